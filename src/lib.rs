@@ -1,0 +1,19 @@
+//! # stagetime
+//!
+//! Commit-driven, staged *revision runs*: for one commit of a repository,
+//! pipeline runs grouped into ordered stages, run by a pure stage scheduler
+//! on a pluggable [`Backend`](core::backend::Backend) and
+//! [`Store`](core::store::Store).
+//!
+//! This facade re-exports the focused crates:
+//! - [`core`]: model, validation, scheduler, traits, engine, embedded defaults;
+//! - `kube` (feature `kube`): the Tekton backend and operator logic;
+//! - `redis` (feature `redis`): the Redis-backed shared store.
+
+pub use stagetime_core as core;
+pub use stagetime_core::*;
+
+#[cfg(feature = "kube")]
+pub use stagetime_kube as kube;
+#[cfg(feature = "redis")]
+pub use stagetime_redis as redis;

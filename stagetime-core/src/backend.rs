@@ -1,0 +1,224 @@
+//! The `Backend` trait: what runs a task attempt (a child process, a Tekton
+//! PipelineRun) and reports how it ended.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::plan::{Plan, TaskIndex};
+use crate::scheduler::AttemptOutcome;
+use crate::spec::TaskSpec;
+use crate::store::RunId;
+
+/// The deterministic identity of one task attempt. Launching is idempotent on
+/// it: the same key launched twice runs once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LaunchKey {
+    /// The run.
+    pub run: RunId,
+    /// The task's name.
+    pub task: String,
+    /// The attempt, 1 for the first.
+    pub attempt: u32,
+}
+
+impl std::fmt::Display for LaunchKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}#{}", self.run, self.task, self.attempt)
+    }
+}
+
+/// The run a task belongs to, as backends label and parameterise it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMeta {
+    /// Repository name.
+    pub repo: String,
+    /// Repository URL.
+    pub repo_url: Option<String>,
+    /// Branch.
+    pub branch: Option<String>,
+    /// Commit id.
+    pub commit: String,
+    /// Author.
+    pub author: Option<String>,
+    /// Push time as written.
+    pub pushed_at: Option<String>,
+}
+
+/// Everything a backend needs to launch one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchRequest {
+    /// Identity (idempotency key).
+    pub key: LaunchKey,
+    /// The run.
+    pub run: RunMeta,
+    /// The task as written.
+    pub task: TaskSpec,
+    /// Stage number (`None` for finally tasks).
+    pub stage: Option<u32>,
+    /// True for finally tasks.
+    pub is_finally: bool,
+    /// Timeout of this attempt, for backends that enforce it themselves.
+    pub timeout: Option<Duration>,
+}
+
+impl LaunchRequest {
+    /// The request for `task`, attempt `attempt`, of a run.
+    pub fn for_task(run: &RunId, plan: &Plan, task: TaskIndex, attempt: u32) -> Self {
+        let t = plan.task(task);
+        let s = &plan.spec;
+        LaunchRequest {
+            key: LaunchKey {
+                run: run.clone(),
+                task: t.spec.name.clone(),
+                attempt,
+            },
+            run: RunMeta {
+                repo: s.repo.clone(),
+                repo_url: s.repo_url.clone(),
+                branch: s.branch.clone(),
+                commit: s.commit.clone(),
+                author: s.author.clone(),
+                pushed_at: s.pushed_at.clone(),
+            },
+            task: t.spec.clone(),
+            stage: t.stage,
+            is_finally: t.is_finally,
+            timeout: t.timeout,
+        }
+    }
+}
+
+/// What a backend says after a launch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Launched {
+    /// Where to look for the attempt: a PipelineRun name, a log file.
+    pub handle: String,
+    /// False when the attempt existed already and was adopted.
+    pub created: bool,
+}
+
+/// An attempt's end, as observed by the backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    /// Which attempt.
+    pub key: LaunchKey,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+}
+
+/// What a backend can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Runs a task's `command`.
+    pub commands: bool,
+    /// Runs a task's `pipeline`.
+    pub pipelines: bool,
+}
+
+impl Capabilities {
+    /// Checks that every task of `plan` has something this backend can run.
+    ///
+    /// # Errors
+    /// [`crate::Error::Invalid`] naming each task that cannot run here.
+    pub fn check(&self, plan: &Plan, backend: &str) -> Result<()> {
+        let mut errors = crate::FieldErrors::default();
+        for (i, t) in plan.tasks.iter().enumerate() {
+            let runnable = (self.commands && t.spec.command.is_some()) || (self.pipelines && t.spec.pipeline.is_some());
+            if !runnable {
+                let (section, pos) = if t.is_finally {
+                    ("finally", i - plan.main_count as usize)
+                } else {
+                    ("tasks", i)
+                };
+                let what = if self.commands { "`command`" } else { "`pipeline`" };
+                errors.push(
+                    format!("{section}[{pos}]"),
+                    format!("task {:?} has no {what}, which the {backend} backend needs", t.spec.name),
+                );
+            }
+        }
+        errors.into_result(())
+    }
+}
+
+/// Finished work older than `ttl`, or beyond the newest `keep_last` per
+/// repository, is deleted by [`Backend::housekeeping`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Housekeeping {
+    /// Delete finished attempts older than this.
+    pub ttl: Duration,
+    /// Keep at least the newest this many finished attempts per repository.
+    pub keep_last: usize,
+    /// The current time (ms since the epoch).
+    pub now_ms: u64,
+}
+
+/// What one housekeeping pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HousekeepingReport {
+    /// Handles (names, paths) of what was deleted.
+    pub deleted: Vec<String>,
+}
+
+/// What runs task attempts.
+///
+/// Implementations: [`crate::local::LocalBackend`] (child processes),
+/// `stagetime_kube::TektonBackend` (PipelineRuns) and, for tests and
+/// benchmarks, `testkit::InstantBackend`. Every implementation must pass the
+/// backend conformance suite in `stagetime_core::testkit`.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for messages (`local`, `tekton`).
+    fn name(&self) -> &str;
+
+    /// What this backend can run.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Launches one attempt.
+    ///
+    /// Idempotent on `request.key`: launching a key that exists (running or
+    /// finished, launched by this or an earlier process) starts nothing and
+    /// returns its handle with `created: false`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`] (retry later); [`crate::Error::Invalid`]
+    /// or [`crate::Error::Unsupported`] when this task cannot run here (the
+    /// attempt fails); [`crate::Error::AlreadyExists`] when a foreign object
+    /// holds the name; [`crate::Error::Forbidden`].
+    async fn launch(&self, request: LaunchRequest) -> Result<Launched>;
+
+    /// Cancels one attempt. Idempotent: cancelling an unknown or finished
+    /// attempt succeeds and does nothing.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`]; [`crate::Error::Forbidden`].
+    async fn cancel(&self, key: &LaunchKey) -> Result<()>;
+
+    /// A stream of attempt ends observed from now on. May be called more than
+    /// once; every stream sees every observation. An attempt's end may be
+    /// observed more than once (the engine ignores repeats).
+    fn observe(&self) -> BoxStream<'static, Observation>;
+
+    /// The ends of a run's attempts that already happened, e.g. after a
+    /// restart. Idempotent and read-only.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`]; [`crate::Error::Forbidden`].
+    async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>>;
+
+    /// Deletes finished work per `policy`. Idempotent.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`]; [`crate::Error::Forbidden`].
+    async fn housekeeping(&self, policy: &Housekeeping) -> Result<HousekeepingReport>;
+}
+
+/// A backend that is shared behind an `Arc`.
+pub type SharedBackend = std::sync::Arc<dyn Backend>;
+
+#[allow(dead_code)]
+fn _assert_object_safe(_: &dyn Backend) {}

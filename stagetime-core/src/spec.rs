@@ -1,0 +1,317 @@
+//! The revision-run document: what users write (native YAML/JSON).
+//!
+//! The types mirror the native format key for key (snake_case, unknown keys
+//! rejected). Values that need checking — names, durations, stage numbers —
+//! are kept as written and checked by [`crate::plan::Plan::build`], so that
+//! *every* problem in a document is reported at once, each with its path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// One revision run: for one commit of one repository, the tasks to run.
+///
+/// ```
+/// let spec: stagetime_core::RevisionRunSpec = yaml_serde::from_str(r#"
+/// repo: demo
+/// commit: 4f1c2e9a77
+/// tasks:
+///   - { name: lint, command: "true" }
+///   - { name: test, stage: 1, command: "true" }
+/// "#).unwrap();
+/// assert_eq!(spec.tasks.len(), 2);
+/// ```
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevisionRunSpec {
+    /// Explicit run id; when absent one is derived from repo, commit and content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Repository name (required).
+    #[serde(default)]
+    pub repo: String,
+    /// Repository URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_url: Option<String>,
+    /// Branch the commit was pushed to (used for concurrency groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Commit id (required; short ids are fine).
+    #[serde(default)]
+    pub commit: String,
+    /// Who pushed the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// When the commit was pushed (RFC 3339, kept as written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_at: Option<String>,
+    /// Run-wide options.
+    #[serde(default, skip_serializing_if = "RunOptions::is_default")]
+    pub options: RunOptions,
+    /// The tasks (pipeline runs), grouped into stages.
+    #[serde(default)]
+    pub tasks: Vec<TaskSpec>,
+    /// Tasks that run once every other task is terminal, whatever happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finally: Vec<TaskSpec>,
+}
+
+/// Run-wide options.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunOptions {
+    /// Cancel running tasks as soon as a failure that is not allowed happens.
+    #[serde(default)]
+    pub fail_fast: bool,
+    /// At most this many tasks of the run at once (absent: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+    /// Run timeout (e.g. `1h`), counted from the start of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Cap of the doubling retry delay (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay_max: Option<String>,
+    /// Runs of the same group are related (e.g. `repo/branch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_group: Option<String>,
+    /// A newer run of the same group cancels older ones still running.
+    #[serde(default)]
+    pub cancel_in_progress: bool,
+}
+
+impl RunOptions {
+    fn is_default(&self) -> bool {
+        self == &RunOptions::default()
+    }
+}
+
+/// One task: a pipeline run (Tekton) and/or a command (local backend).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Unique name, a DNS-1123 label (lowercase letters, digits, `-`).
+    #[serde(default)]
+    pub name: String,
+    /// Stage number (non-negative whole number, default 0). Not allowed on finally tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    /// A failure (or timeout) of this task does not fail the run.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub can_fail: bool,
+    /// Explicit dependencies; when present they replace the stage barrier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs: Option<Vec<String>>,
+    /// Further attempts after a failure or timeout.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+    /// Delay before the second attempt; doubles after each attempt, capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay: Option<String>,
+    /// Timeout of one attempt, counted from its launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Shell command for the local backend (`sh -c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Tekton pipeline for the Tekton backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineSpec>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The Tekton side of a task.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Name of an in-cluster `Pipeline` (exclusive with `resolver`).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub pipeline_ref: Option<String>,
+    /// Resolver name, e.g. `git`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<String>,
+    /// Resolver params, e.g. `url`, `revision`, `pathInRepo`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resolver_params: BTreeMap<String, String>,
+    /// String params of the PipelineRun.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// Array params of the PipelineRun.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub list_params: BTreeMap<String, Vec<String>>,
+    /// Workspaces bound to the PipelineRun.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workspaces: Vec<WorkspaceSpec>,
+}
+
+/// One workspace binding: exactly one of the sources must be given.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceSpec {
+    /// Workspace name as the Pipeline declares it.
+    #[serde(default)]
+    pub name: String,
+    /// Name of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Name of an existing PersistentVolumeClaim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<String>,
+    /// Name of a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    /// A volume claim created per PipelineRun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim_template: Option<VolumeClaimTemplateSpec>,
+}
+
+/// A per-PipelineRun volume claim.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeClaimTemplateSpec {
+    /// Storage class (absent: the cluster default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    /// Access mode (default `ReadWriteOnce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_mode: Option<String>,
+    /// Requested size, e.g. `1Gi`.
+    #[serde(default)]
+    pub storage: String,
+}
+
+/// A stage number as written. Validation accepts non-negative whole numbers only;
+/// the earlier system sent stages as protobuf doubles, so any number is read.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Stage(f64);
+
+impl Stage {
+    /// The stage as written.
+    pub fn as_f64(self) -> f64 {
+        self.0
+    }
+
+    /// The stage when it is a non-negative whole number that fits a `u32`.
+    pub fn whole(self) -> Option<u32> {
+        let v = self.0;
+        (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX)).then_some(v as u32)
+    }
+}
+
+impl From<u32> for Stage {
+    fn from(n: u32) -> Self {
+        Stage(f64::from(n))
+    }
+}
+
+impl From<f64> for Stage {
+    fn from(n: f64) -> Self {
+        Stage(n)
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.whole() {
+            Some(n) => write!(f, "{n}"),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl Serialize for Stage {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.whole() {
+            Some(n) => s.serialize_u32(n),
+            None => s.serialize_f64(self.0),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Stage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StageVisitor;
+        impl Visitor<'_> for StageVisitor {
+            type Value = Stage;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a stage number")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Stage, E> {
+                Ok(Stage(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Stage, E> {
+                Ok(Stage(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Stage, E> {
+                Ok(Stage(v))
+            }
+        }
+        d.deserialize_any(StageVisitor)
+    }
+}
+
+/// The format a document was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentFormat {
+    /// The native format (YAML or JSON).
+    Native,
+    /// The earlier system's protobuf-JSON `CreateRevisionRunRequest`.
+    Legacy,
+}
+
+/// Keys only the earlier system's file has at the top level.
+const LEGACY_KEYS: &[&str] = &[
+    "repo_name",
+    "repoName",
+    "commit_id",
+    "commitId",
+    "pipelineruns",
+    "repo_url",
+    "repoUrl",
+    "pushedAt",
+];
+
+/// Reads a native (YAML or JSON) or legacy (protobuf JSON) document.
+///
+/// The format is detected by the top-level keys. `what` names the input in
+/// error messages (usually the file name).
+///
+/// # Errors
+/// [`crate::Error::Parse`] naming the key and position for syntax errors,
+/// unknown keys and wrong types; [`crate::Error::Invalid`] listing every
+/// malformed compact field of a legacy file.
+pub fn parse_document(what: &str, text: &str) -> crate::Result<(RevisionRunSpec, DocumentFormat)> {
+    let parse_err = |e: &dyn fmt::Display| crate::Error::Parse {
+        what: what.to_string(),
+        message: e.to_string(),
+    };
+    let value: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| parse_err(&e))?;
+    let mapping = match &value {
+        yaml_serde::Value::Mapping(m) => m,
+        yaml_serde::Value::Null => {
+            return Err(parse_err(&"the document is empty"));
+        }
+        _ => return Err(parse_err(&"expected a mapping at the top level")),
+    };
+    let is_legacy = mapping
+        .keys()
+        .filter_map(|k| k.as_str())
+        .any(|k| LEGACY_KEYS.contains(&k));
+    if is_legacy {
+        let legacy: crate::legacy::LegacyRevisionRun =
+            yaml_serde::from_str(text).map_err(|e| parse_err(&e))?;
+        Ok((legacy.into_spec()?, DocumentFormat::Legacy))
+    } else {
+        let spec: RevisionRunSpec = yaml_serde::from_str(text).map_err(|e| parse_err(&e))?;
+        Ok((spec, DocumentFormat::Native))
+    }
+}

@@ -1,0 +1,445 @@
+//! The `Store` trait: where runs live, and the work queue that lets any
+//! number of engines share them.
+//!
+//! A run is one [`RunRecord`] (spec, scheduler state, outbox) changed only by
+//! [`Store::commit`], a compare-and-set on its version that also enqueues the
+//! work the transition causes and acknowledges the work it consumed — one
+//! atomic step, so a crash between steps loses nothing and repeats nothing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::scheduler::{AttemptOutcome, Command, Event, RunOutcome, RunPhase, SchedulerState};
+use crate::spec::RevisionRunSpec;
+
+/// Version of the stored record layout; a record of another version is
+/// reported as [`Error::Corrupt`] rather than misread.
+pub const RECORD_FORMAT: u32 = 1;
+
+/// A run's id: 1–63 of `a-z0-9-.`, starting and ending alphanumeric.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(String);
+
+impl RunId {
+    /// Checks and wraps an id.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the field `id` when the id is malformed.
+    pub fn new(id: impl Into<String>) -> Result<Self> {
+        let id = id.into();
+        let b = id.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 63
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric();
+        if ok {
+            Ok(RunId(id))
+        } else {
+            let mut errors = crate::FieldErrors::default();
+            errors.push(
+                "id",
+                format!("{id:?} is not a valid run id: use 1-63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit"),
+            );
+            Err(Error::Invalid(errors))
+        }
+    }
+
+    /// The id derived from a spec's repo, commit and content: submitting the
+    /// same document twice yields the same id.
+    pub fn derive(spec: &RevisionRunSpec) -> RunId {
+        use sha2::{Digest, Sha256};
+        let canonical = serde_json::to_vec(spec).unwrap_or_default();
+        let digest = Sha256::digest(&canonical);
+        let hash: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+        let slug = |s: &str, max: usize| -> String {
+            let s: String = s
+                .to_ascii_lowercase()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            s.trim_matches('-').chars().take(max).collect::<String>().trim_matches('-').to_string()
+        };
+        let parts: Vec<String> = [slug(&spec.repo, 24), slug(&spec.commit, 12), hash]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect();
+        RunId(parts.join("-"))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a run is, as listed and filtered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Accepted, not started.
+    Queued,
+    /// Started, not over.
+    Running,
+    /// Over: every task succeeded or was allowed to fail.
+    Succeeded,
+    /// Over: something failed.
+    Failed,
+    /// Over: cancelled.
+    Cancelled,
+}
+
+impl RunState {
+    /// The state for a scheduler state.
+    pub fn of(s: &SchedulerState) -> RunState {
+        match (s.phase(), s.outcome()) {
+            (RunPhase::Pending, _) => RunState::Queued,
+            (RunPhase::Done, Some(RunOutcome::Succeeded)) => RunState::Succeeded,
+            (RunPhase::Done, Some(RunOutcome::Cancelled)) => RunState::Cancelled,
+            (RunPhase::Done, _) => RunState::Failed,
+            _ => RunState::Running,
+        }
+    }
+
+    /// True for Succeeded, Failed and Cancelled.
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled)
+    }
+
+    /// The lowercase name (`running`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the lowercase name.
+    pub fn parse(s: &str) -> Option<RunState> {
+        [RunState::Queued, RunState::Running, RunState::Succeeded, RunState::Failed, RunState::Cancelled]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+/// Wall-clock facts about one task, kept by the engine (the scheduler reads no clock).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskTiming {
+    /// When the first attempt was launched (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_launch_ms: Option<u64>,
+    /// When the current or last attempt was launched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_ms: Option<u64>,
+    /// When the task became terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// The backend's handle of the last attempt (PipelineRun name, log path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+}
+
+/// One run as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Layout version ([`RECORD_FORMAT`]).
+    pub format: u32,
+    /// The run's id.
+    pub id: RunId,
+    /// Incremented by every commit (optimistic concurrency).
+    pub version: u64,
+    /// The document the run was submitted with.
+    pub spec: RevisionRunSpec,
+    /// The scheduler's state.
+    pub scheduler: SchedulerState,
+    /// Derived from the scheduler state; indexed for listing.
+    pub state: RunState,
+    /// When the run was submitted (ms since the epoch).
+    pub created_ms: u64,
+    /// When it last changed.
+    pub updated_ms: u64,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// Per-task wall-clock facts, indexed like the plan.
+    pub timings: Vec<TaskTiming>,
+    /// Launch and cancel commands committed but not yet carried out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<Command>,
+}
+
+impl RunRecord {
+    /// The listing view of this record.
+    pub fn summary(&self) -> RunSummary {
+        RunSummary {
+            id: self.id.clone(),
+            repo: self.spec.repo.clone(),
+            commit: self.spec.commit.clone(),
+            state: self.state,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            finished_ms: self.finished_ms,
+            concurrency_group: self.spec.options.concurrency_group.clone(),
+        }
+    }
+
+    /// Checks the layout version of a record just read.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for a record of another layout.
+    pub fn check_format(self) -> Result<Self> {
+        if self.format == RECORD_FORMAT {
+            Ok(self)
+        } else {
+            Err(Error::corrupt(
+                format!("run {}", self.id),
+                format!("record format {} is not the supported {RECORD_FORMAT}", self.format),
+            ))
+        }
+    }
+}
+
+/// What listings show of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Id.
+    pub id: RunId,
+    /// Repository.
+    pub repo: String,
+    /// Commit.
+    pub commit: String,
+    /// State.
+    pub state: RunState,
+    /// Submitted at (ms).
+    pub created_ms: u64,
+    /// Last change (ms).
+    pub updated_ms: u64,
+    /// Finished at (ms).
+    pub finished_ms: Option<u64>,
+    /// Concurrency group, if any.
+    pub concurrency_group: Option<String>,
+}
+
+/// A filter for [`Store::list_runs`]; empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only this repository.
+    pub repo: Option<String>,
+    /// Only this commit.
+    pub commit: Option<String>,
+    /// Only runs in one of these states.
+    pub states: Vec<RunState>,
+    /// Only this concurrency group.
+    pub concurrency_group: Option<String>,
+    /// At most this many (0: the store's default page size).
+    pub limit: usize,
+    /// Continue after this cursor (from [`RunPage::next`]).
+    pub after: Option<String>,
+}
+
+impl RunFilter {
+    /// True when `s` passes the filter (cursor and limit aside).
+    pub fn matches(&self, s: &RunSummary) -> bool {
+        self.repo.as_ref().is_none_or(|r| *r == s.repo)
+            && self.commit.as_ref().is_none_or(|c| *c == s.commit)
+            && (self.states.is_empty() || self.states.contains(&s.state))
+            && self.concurrency_group.as_ref().is_none_or(|g| Some(g) == s.concurrency_group.as_ref())
+    }
+}
+
+/// One page of runs, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunPage {
+    /// The runs.
+    pub runs: Vec<RunSummary>,
+    /// Cursor of the next page, if there is one.
+    pub next: Option<String>,
+}
+
+/// A unit of work for an engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "work", rename_all = "snake_case")]
+pub enum Work {
+    /// Apply a scheduler event.
+    Event {
+        /// The event.
+        event: Event,
+    },
+    /// The backend observed the end of an attempt (task by name; the engine
+    /// maps it to the plan).
+    Observed {
+        /// Task name.
+        task: String,
+        /// Attempt.
+        attempt: u32,
+        /// How it ended.
+        outcome: AttemptOutcome,
+    },
+    /// Carry out the run's outbox (after a failed or interrupted attempt).
+    Flush,
+}
+
+/// Work for one run, due now or at `due_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkItem {
+    /// The run.
+    pub run: RunId,
+    /// What to do.
+    pub work: Work,
+    /// Not before this time (ms since the epoch); `None`: now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<u64>,
+}
+
+impl WorkItem {
+    /// Work due now.
+    pub fn now(run: RunId, work: Work) -> Self {
+        WorkItem { run, work, due_ms: None }
+    }
+
+    /// An event due now.
+    pub fn event(run: RunId, event: Event) -> Self {
+        WorkItem::now(run, Work::Event { event })
+    }
+}
+
+/// Identifies a claimed item for [`Store::ack`]; opaque to the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClaimToken(pub String);
+
+/// An item handed to one consumer until acknowledged or reclaimed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// Acknowledge with this.
+    pub token: ClaimToken,
+    /// The work.
+    pub item: WorkItem,
+    /// How often it has been handed out (1 the first time).
+    pub deliveries: u32,
+}
+
+/// The result of [`Store::create_run`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    /// The stored record (the existing one when `created` is false).
+    pub record: RunRecord,
+    /// False when the run existed already (an idempotent repeat).
+    pub created: bool,
+}
+
+/// One atomic transition of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    /// The new record; its `version` must be `expected_version + 1`.
+    pub record: RunRecord,
+    /// The version the writer read.
+    pub expected_version: u64,
+    /// Work the transition causes (timers, follow-ups).
+    pub enqueue: Vec<WorkItem>,
+    /// Claimed items the transition consumed.
+    pub ack: Vec<ClaimToken>,
+}
+
+/// Where revision runs live, and the work queue engines share.
+///
+/// Implementations: [`crate::memory::MemoryStore`] (one process) and
+/// `stagetime_redis::RedisStore` (many workers). Every implementation must
+/// pass the conformance suite in `stagetime_core::testkit` (feature
+/// `test-util`).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new run and enqueues `start` with it, atomically.
+    ///
+    /// Idempotent on the run id: when a run with this id exists, nothing is
+    /// written or enqueued and the existing record is returned with
+    /// `created: false`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the store cannot be reached (nothing was
+    /// written, or the write is complete — retrying is safe).
+    async fn create_run(&self, record: RunRecord, start: Vec<WorkItem>) -> Result<Created>;
+
+    /// Loads a run.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown (or expired) id; [`Error::Corrupt`]
+    /// when the stored data cannot be read (that run only);
+    /// [`Error::Unavailable`].
+    async fn load_run(&self, id: &RunId) -> Result<RunRecord>;
+
+    /// Writes a transition if the stored version is still
+    /// `commit.expected_version`, enqueues `commit.enqueue` and acknowledges
+    /// `commit.ack` — all or nothing.
+    ///
+    /// Not idempotent by itself: a repeat fails with a conflict, after which
+    /// the engine reloads and reapplies its (idempotent) events.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the version moved on; [`Error::NotFound`]
+    /// when the run is gone; [`Error::Unavailable`].
+    async fn commit(&self, commit: Commit) -> Result<()>;
+
+    /// Enqueues work from outside a transition (observed outcomes, cancel
+    /// and rerun requests). At-least-once: the engine tolerates duplicates.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    async fn enqueue(&self, items: Vec<WorkItem>) -> Result<()>;
+
+    /// Hands up to `max` items to `consumer`: due delayed items, new items,
+    /// and items another consumer claimed but did not acknowledge within the
+    /// store's reclaim time (a dead worker). Waits up to `wait` when nothing
+    /// is available. `now_ms` decides what is due (stores read no clock for
+    /// that, so tests can drive time).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    async fn claim(&self, consumer: &str, max: usize, now_ms: u64, wait: Duration) -> Result<Vec<Claimed>>;
+
+    /// Acknowledges claimed items; unknown tokens are ignored (idempotent).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    async fn ack(&self, tokens: &[ClaimToken]) -> Result<()>;
+
+    /// Lists runs matching `filter`, newest first, one page at a time, from
+    /// an index (never a scan of the keyspace).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a malformed cursor; [`Error::Unavailable`].
+    async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage>;
+
+    /// Deletes finished runs whose retention period ended before `now_ms`,
+    /// with their pending work; returns how many went. Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    async fn purge_expired(&self, now_ms: u64) -> Result<u64>;
+}
+
+/// A store that is shared behind an `Arc`.
+pub type SharedStore = std::sync::Arc<dyn Store>;
+
+/// How long a claimed item may stay unacknowledged before another consumer
+/// may take it over (default for stores).
+pub const DEFAULT_RECLAIM_AFTER: Duration = Duration::from_secs(30);
+
+/// How long finished runs are kept (default for stores).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[allow(dead_code)]
+fn _assert_object_safe(_: &dyn Store) {}
