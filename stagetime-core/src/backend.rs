@@ -127,17 +127,25 @@ impl Capabilities {
     pub fn check(&self, plan: &Plan, backend: &str) -> Result<()> {
         let mut errors = crate::FieldErrors::default();
         for (i, t) in plan.tasks.iter().enumerate() {
-            let runnable = (self.commands && t.spec.command.is_some()) || (self.pipelines && t.spec.pipeline.is_some());
+            let runnable = (self.commands && t.spec.command.is_some())
+                || (self.pipelines && t.spec.pipeline.is_some());
             if !runnable {
                 let (section, pos) = if t.is_finally {
                     ("finally", i - plan.main_count as usize)
                 } else {
                     ("tasks", i)
                 };
-                let what = if self.commands { "`command`" } else { "`pipeline`" };
+                let what = if self.commands {
+                    "`command`"
+                } else {
+                    "`pipeline`"
+                };
                 errors.push(
                     format!("{section}[{pos}]"),
-                    format!("task {:?} has no {what}, which the {backend} backend needs", t.spec.name),
+                    format!(
+                        "task {:?} has no {what}, which the {backend} backend needs",
+                        t.spec.name
+                    ),
                 );
             }
         }

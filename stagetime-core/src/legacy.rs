@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, FieldErrors};
-use crate::spec::{PipelineSpec, RevisionRunSpec, Stage, TaskSpec, VolumeClaimTemplateSpec, WorkspaceSpec};
+use crate::spec::{
+    PipelineSpec, RevisionRunSpec, Stage, TaskSpec, VolumeClaimTemplateSpec, WorkspaceSpec,
+};
 
 /// The earlier system's `CreateRevisionRunRequest` (protobuf JSON mapping;
 /// lowerCamel names are accepted too).
@@ -62,7 +64,11 @@ pub struct LegacyPipelinerun {
     #[serde(default)]
     pub workspaces: String,
     /// `name=storageClass;accessMode;size, ...`.
-    #[serde(default, rename = "volumeClaimTemplates", alias = "volume_claim_templates")]
+    #[serde(
+        default,
+        rename = "volumeClaimTemplates",
+        alias = "volume_claim_templates"
+    )]
     pub volume_claim_templates: String,
 }
 
@@ -103,9 +109,15 @@ impl LegacyRevisionRun {
 impl LegacyPipelinerun {
     fn into_task(self, path: &str, errors: &mut FieldErrors) -> TaskSpec {
         let params = parse_pairs(&self.params, &format!("{path}.params"), errors);
-        let resolver_params = parse_pairs(&self.resolver_params, &format!("{path}.resolverParams"), errors);
-        let list_params = parse_list_params(&self.listparams, &format!("{path}.listparams"), errors);
-        let mut workspaces = parse_workspaces(&self.workspaces, &format!("{path}.workspaces"), errors);
+        let resolver_params = parse_pairs(
+            &self.resolver_params,
+            &format!("{path}.resolverParams"),
+            errors,
+        );
+        let list_params =
+            parse_list_params(&self.listparams, &format!("{path}.listparams"), errors);
+        let mut workspaces =
+            parse_workspaces(&self.workspaces, &format!("{path}.workspaces"), errors);
         workspaces.extend(parse_volume_claims(
             &self.volume_claim_templates,
             &format!("{path}.volumeClaimTemplates"),
@@ -138,7 +150,11 @@ impl LegacyPipelinerun {
 ///
 /// Returns `(key, value, segment index)`; reports segments without `=` or
 /// with an empty key.
-pub fn split_compact<'a>(text: &'a str, path: &str, errors: &mut FieldErrors) -> Vec<(&'a str, &'a str)> {
+pub fn split_compact<'a>(
+    text: &'a str,
+    path: &str,
+    errors: &mut FieldErrors,
+) -> Vec<(&'a str, &'a str)> {
     let mut out = Vec::new();
     for (i, segment) in text.split(',').enumerate() {
         let segment = segment.trim();
@@ -147,8 +163,14 @@ pub fn split_compact<'a>(text: &'a str, path: &str, errors: &mut FieldErrors) ->
         }
         match segment.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => out.push((k.trim(), v.trim())),
-            Some(_) => errors.push(format!("{path}[{i}]"), format!("entry {segment:?} has an empty name")),
-            None => errors.push(format!("{path}[{i}]"), format!("entry {segment:?} is not of the form name=value")),
+            Some(_) => errors.push(
+                format!("{path}[{i}]"),
+                format!("entry {segment:?} has an empty name"),
+            ),
+            None => errors.push(
+                format!("{path}[{i}]"),
+                format!("entry {segment:?} is not of the form name=value"),
+            ),
         }
     }
     out
@@ -166,10 +188,19 @@ pub fn parse_pairs(text: &str, path: &str, errors: &mut FieldErrors) -> BTreeMap
 }
 
 /// Parses `name=a;b;c, name2=x;y` into array params.
-pub fn parse_list_params(text: &str, path: &str, errors: &mut FieldErrors) -> BTreeMap<String, Vec<String>> {
+pub fn parse_list_params(
+    text: &str,
+    path: &str,
+    errors: &mut FieldErrors,
+) -> BTreeMap<String, Vec<String>> {
     let mut map = BTreeMap::new();
     for (k, v) in split_compact(text, path, errors) {
-        let items: Vec<String> = v.split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        let items: Vec<String> = v
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         if map.insert(k.to_string(), items).is_some() {
             errors.push(path, format!("{k:?} is given twice"));
         }
@@ -183,7 +214,10 @@ pub fn parse_workspaces(text: &str, path: &str, errors: &mut FieldErrors) -> Vec
     for (name, v) in split_compact(text, path, errors) {
         let parts: Vec<&str> = v.split(';').map(str::trim).collect();
         let [kind, reference, field] = parts.as_slice() else {
-            errors.push(path, format!("workspace {name:?}: expected kind;ref;refField, got {v:?}"));
+            errors.push(
+                path,
+                format!("workspace {name:?}: expected kind;ref;refField, got {v:?}"),
+            );
             continue;
         };
         if reference.is_empty() {
@@ -233,7 +267,10 @@ pub fn parse_volume_claims(text: &str, path: &str, errors: &mut FieldErrors) -> 
     for (name, v) in split_compact(text, path, errors) {
         let parts: Vec<&str> = v.split(';').map(str::trim).collect();
         let [class, mode, size] = parts.as_slice() else {
-            errors.push(path, format!("volume claim {name:?}: expected storageClass;accessMode;size, got {v:?}"));
+            errors.push(
+                path,
+                format!("volume claim {name:?}: expected storageClass;accessMode;size, got {v:?}"),
+            );
             continue;
         };
         if size.is_empty() {
@@ -297,7 +334,15 @@ mod tests {
         assert_eq!(spec.repo, "r");
         assert_eq!(spec.commit, "abc");
         // no resolver params: a reference to the Pipeline named like the entry
-        assert_eq!(spec.tasks[0].pipeline.as_ref().unwrap().pipeline_ref.as_deref(), Some("a"));
+        assert_eq!(
+            spec.tasks[0]
+                .pipeline
+                .as_ref()
+                .unwrap()
+                .pipeline_ref
+                .as_deref(),
+            Some("a")
+        );
     }
 
     #[test]
@@ -315,7 +360,9 @@ mod tests {
             {"name": "a", "params": "novalue, =x", "workspaces": "w=secret;s;claimName, v=tape;x;y, z=secret"},
             {"name": "b", "volumeClaimTemplates": "c=std;RWO", "listparams": "t=a;b, t=c"}]}"#;
         let err = parse_document("x", text).unwrap_err();
-        let Error::Invalid(errors) = err else { panic!("{err}") };
+        let Error::Invalid(errors) = err else {
+            panic!("{err}")
+        };
         let text = errors.to_string();
         for needle in [
             "pipelineruns[0].params[0]",
@@ -333,7 +380,11 @@ mod tests {
 
     #[test]
     fn unknown_legacy_key_is_named() {
-        let err = parse_document("x", r#"{"repo_name": "r", "pipelineruns": [{"name": "a", "canfial": true}]}"#).unwrap_err();
+        let err = parse_document(
+            "x",
+            r#"{"repo_name": "r", "pipelineruns": [{"name": "a", "canfial": true}]}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("canfial"), "{err}");
     }
 }

@@ -3,16 +3,21 @@
 //! defaults (`MemoryStore`, `LocalBackend`).
 
 pub mod backend;
+pub mod engine;
 pub mod error;
 pub mod legacy;
+pub mod local;
+pub mod memory;
 pub mod plan;
 pub mod scheduler;
 pub mod spec;
 pub mod store;
+#[cfg(feature = "test-util")]
+pub mod testkit;
 
-pub use error::{Error, ErrorKind, FieldError, FieldErrors, Result};
-pub use spec::{RevisionRunSpec, TaskSpec};
 pub use backend::{Backend, LaunchKey, LaunchRequest, Observation};
+pub use error::{Error, ErrorKind, FieldError, FieldErrors, Result};
 pub use plan::Plan;
 pub use scheduler::{AttemptOutcome, Command, Event, RunOutcome, StageScheduler};
+pub use spec::{RevisionRunSpec, TaskSpec};
 pub use store::{RunId, RunRecord, RunState, Store};

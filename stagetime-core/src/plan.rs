@@ -110,7 +110,8 @@ pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -123,7 +124,10 @@ fn parse_duration(text: &str, path: &str, errors: &mut FieldErrors) -> Option<Du
         }
         Ok(d) => Some(d),
         Err(e) => {
-            errors.push(path, format!("{text:?} is not a duration like 30s, 5m or 1h30m ({e})"));
+            errors.push(
+                path,
+                format!("{text:?} is not a duration like 30s, 5m or 1h30m ({e})"),
+            );
             None
         }
     }
@@ -190,7 +194,10 @@ impl Plan {
         let total = main_count + spec.finally.len();
         let mut by_name: HashMap<String, TaskIndex> = HashMap::with_capacity(total);
         let mut tasks = Vec::with_capacity(total);
-        let sections = [("tasks", &spec.tasks, false), ("finally", &spec.finally, true)];
+        let sections = [
+            ("tasks", &spec.tasks, false),
+            ("finally", &spec.finally, true),
+        ];
         for (section, list, is_finally) in sections {
             for (i, t) in list.iter().enumerate() {
                 let path = format!("{section}[{i}]");
@@ -204,8 +211,14 @@ impl Plan {
                             t.name
                         ),
                     );
-                } else if by_name.insert(t.name.clone(), tasks.len() as TaskIndex).is_some() {
-                    errors.push(format!("{path}.name"), format!("duplicate task name {:?}", t.name));
+                } else if by_name
+                    .insert(t.name.clone(), tasks.len() as TaskIndex)
+                    .is_some()
+                {
+                    errors.push(
+                        format!("{path}.name"),
+                        format!("duplicate task name {:?}", t.name),
+                    );
                 }
                 let stage = match (t.stage, is_finally) {
                     (Some(_), true) => {
@@ -217,13 +230,19 @@ impl Plan {
                     (Some(s), false) => match s.whole() {
                         Some(n) => Some(n),
                         None => {
-                            errors.push(format!("{path}.stage"), format!("{s} is not a non-negative whole number"));
+                            errors.push(
+                                format!("{path}.stage"),
+                                format!("{s} is not a non-negative whole number"),
+                            );
                             Some(0)
                         }
                     },
                 };
                 if t.command.is_none() && t.pipeline.is_none() {
-                    errors.push(path.clone(), "needs a `command` (local backend) or a `pipeline` (Tekton), or both");
+                    errors.push(
+                        path.clone(),
+                        "needs a `command` (local backend) or a `pipeline` (Tekton), or both",
+                    );
                 }
                 if let Some(p) = &t.pipeline {
                     check_pipeline(p, &format!("{path}.pipeline"), &mut errors);
@@ -256,7 +275,11 @@ impl Plan {
         let mut numbers: Vec<u32> = tasks[..main_count].iter().filter_map(|t| t.stage).collect();
         numbers.sort_unstable();
         numbers.dedup();
-        let group_of: HashMap<u32, u32> = numbers.iter().enumerate().map(|(g, n)| (*n, g as u32)).collect();
+        let group_of: HashMap<u32, u32> = numbers
+            .iter()
+            .enumerate()
+            .map(|(g, n)| (*n, g as u32))
+            .collect();
         let mut stages: Vec<StageGroup> = numbers
             .iter()
             .map(|n| StageGroup {
@@ -276,19 +299,31 @@ impl Plan {
         let mut dependents_lists: Vec<Vec<TaskIndex>> = vec![Vec::new(); total];
         let mut barrier_lists: Vec<Vec<TaskIndex>> = vec![Vec::new(); stages.len()];
         for (i, task) in tasks.iter_mut().enumerate() {
-            let (section, pos) = if i < main_count { ("tasks", i) } else { ("finally", i - main_count) };
+            let (section, pos) = if i < main_count {
+                ("tasks", i)
+            } else {
+                ("finally", i - main_count)
+            };
             match &task.spec.needs {
                 Some(needs) => {
-                    task.gate = if needs.is_empty() { Gate::Open } else { Gate::Needs };
+                    task.gate = if needs.is_empty() {
+                        Gate::Open
+                    } else {
+                        Gate::Needs
+                    };
                     for (j, need) in needs.iter().enumerate() {
                         let path = format!("{section}[{pos}].needs[{j}]");
                         match by_name.get(need) {
                             None => errors.push(path, format!("unknown task {need:?}")),
                             Some(&d) if (d as usize >= main_count) != task.is_finally => {
                                 let msg = if task.is_finally {
-                                    format!("a finally task may only need finally tasks; {need:?} is a task of the run (finally tasks already wait for all of them)")
+                                    format!(
+                                        "a finally task may only need finally tasks; {need:?} is a task of the run (finally tasks already wait for all of them)"
+                                    )
                                 } else {
-                                    format!("{need:?} is a finally task; tasks cannot need finally tasks")
+                                    format!(
+                                        "{need:?} is a finally task; tasks cannot need finally tasks"
+                                    )
                                 };
                                 errors.push(path, msg);
                             }
@@ -317,7 +352,14 @@ impl Plan {
         }
 
         // Cycles: tasks plus one node per stage barrier.
-        find_cycles(&tasks, &stages, &stage_of, &needs_lists, &barrier_lists, &mut errors);
+        find_cycles(
+            &tasks,
+            &stages,
+            &stage_of,
+            &needs_lists,
+            &barrier_lists,
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(Error::Invalid(errors));
         }
@@ -400,7 +442,10 @@ impl Plan {
 fn check_pipeline(p: &crate::spec::PipelineSpec, path: &str, errors: &mut FieldErrors) {
     match (&p.pipeline_ref, &p.resolver) {
         (Some(_), Some(_)) => errors.push(path, "give either `ref` or `resolver`, not both"),
-        (None, None) => errors.push(path, "needs `ref` (a Pipeline name) or `resolver` (e.g. git)"),
+        (None, None) => errors.push(
+            path,
+            "needs `ref` (a Pipeline name) or `resolver` (e.g. git)",
+        ),
         (Some(r), None) if r.trim().is_empty() => errors.push(format!("{path}.ref"), "is empty"),
         _ => {}
     }
@@ -427,7 +472,10 @@ fn check_pipeline(p: &crate::spec::PipelineSpec, path: &str, errors: &mut FieldE
         if let Some(v) = &ws.volume_claim_template
             && v.storage.trim().is_empty()
         {
-            errors.push(format!("{wpath}.volume_claim_template.storage"), "required (e.g. 1Gi)");
+            errors.push(
+                format!("{wpath}.volume_claim_template.storage"),
+                "required (e.g. 1Gi)",
+            );
         }
     }
 }
@@ -475,7 +523,11 @@ fn find_cycles(
             continue;
         }
         // Walk the component from a task node back to itself (BFS keeps it short).
-        let start = *scc.iter().filter(|v| v.index() < n).min().unwrap_or(&scc[0]);
+        let start = *scc
+            .iter()
+            .filter(|v| v.index() < n)
+            .min()
+            .unwrap_or(&scc[0]);
         let members: std::collections::HashSet<NodeIndex> = scc.iter().copied().collect();
         let mut prev: HashMap<NodeIndex, NodeIndex> = HashMap::new();
         let mut queue = std::collections::VecDeque::from([start]);
@@ -499,7 +551,10 @@ fn find_cycles(
             v = prev[&v];
         }
         chain.reverse();
-        let path: Vec<NodeIndex> = std::iter::once(start).chain(chain).chain(std::iter::once(start)).collect();
+        let path: Vec<NodeIndex> = std::iter::once(start)
+            .chain(chain)
+            .chain(std::iter::once(start))
+            .collect();
         let text: Vec<String> = path.iter().map(|v| label(*v)).collect();
         let idx = start.index();
         let field = if tasks[idx].is_finally {

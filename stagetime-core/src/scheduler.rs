@@ -210,7 +210,11 @@ impl TaskStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::TimedOut | TaskStatus::Cancelled | TaskStatus::Skipped
+            TaskStatus::Succeeded
+                | TaskStatus::Failed
+                | TaskStatus::TimedOut
+                | TaskStatus::Cancelled
+                | TaskStatus::Skipped
         )
     }
 }
@@ -428,7 +432,11 @@ impl StageScheduler {
                     }
                 }
             }
-            Event::TaskFinished { task, attempt, outcome } if task < total => {
+            Event::TaskFinished {
+                task,
+                attempt,
+                outcome,
+            } if task < total => {
                 if self.is_current(task, attempt) {
                     self.finish_attempt(task, outcome, out);
                 }
@@ -457,7 +465,9 @@ impl StageScheduler {
         self.state.phase = RunPhase::Running;
         if let Some(after) = self.plan.options.timeout {
             out.push(Command::ScheduleTimer {
-                timer: Timer::RunTimeout { epoch: self.state.epoch },
+                timer: Timer::RunTimeout {
+                    epoch: self.state.epoch,
+                },
                 after,
             });
         }
@@ -510,7 +520,11 @@ impl StageScheduler {
     fn finish_attempt(&mut self, task: TaskIndex, outcome: AttemptOutcome, out: &mut Vec<Command>) {
         self.state.running -= 1;
         let planned = self.plan.task(task);
-        let (retries, can_fail, is_finally) = (planned.spec.retries, planned.spec.can_fail, planned.is_finally);
+        let (retries, can_fail, is_finally) = (
+            planned.spec.retries,
+            planned.spec.can_fail,
+            planned.is_finally,
+        );
         let st = &mut self.state.tasks[task as usize];
         st.started = false;
         st.message = outcome.message().map(str::to_string);
@@ -669,7 +683,10 @@ impl StageScheduler {
                 TaskStatus::Waiting | TaskStatus::Ready => TaskStatus::Skipped,
                 TaskStatus::Backoff => TaskStatus::Failed,
                 TaskStatus::Running if cancel_running => {
-                    out.push(Command::Cancel { task: i, attempt: st.attempt });
+                    out.push(Command::Cancel {
+                        task: i,
+                        attempt: st.attempt,
+                    });
                     self.state.running -= 1;
                     TaskStatus::Cancelled
                 }
@@ -753,7 +770,12 @@ impl StageScheduler {
                 return;
             }
             while let Some(&i) = self.state.ready.front() {
-                if self.plan.options.max_parallel.is_some_and(|m| self.state.running >= m) {
+                if self
+                    .plan
+                    .options
+                    .max_parallel
+                    .is_some_and(|m| self.state.running >= m)
+                {
                     break;
                 }
                 self.state.ready.pop_front();
@@ -765,7 +787,10 @@ impl StageScheduler {
                 st.attempt += 1;
                 st.started = false;
                 self.state.running += 1;
-                out.push(Command::Launch { task: i, attempt: st.attempt });
+                out.push(Command::Launch {
+                    task: i,
+                    attempt: st.attempt,
+                });
             }
             match self.state.phase {
                 RunPhase::Running if self.state.main_left == 0 => {

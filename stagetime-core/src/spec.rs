@@ -203,7 +203,8 @@ impl Stage {
     /// The stage when it is a non-negative whole number that fits a `u32`.
     pub fn whole(self) -> Option<u32> {
         let v = self.0;
-        (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX)).then_some(v as u32)
+        (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX))
+            .then_some(v as u32)
     }
 }
 

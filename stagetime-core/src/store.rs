@@ -34,7 +34,8 @@ impl RunId {
         let b = id.as_bytes();
         let ok = !b.is_empty()
             && b.len() <= 63
-            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric();
         if ok {
@@ -62,7 +63,12 @@ impl RunId {
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
                 .collect();
-            s.trim_matches('-').chars().take(max).collect::<String>().trim_matches('-').to_string()
+            s.trim_matches('-')
+                .chars()
+                .take(max)
+                .collect::<String>()
+                .trim_matches('-')
+                .to_string()
         };
         let parts: Vec<String> = [slug(&spec.repo, 24), slug(&spec.commit, 12), hash]
             .into_iter()
@@ -113,7 +119,10 @@ impl RunState {
 
     /// True for Succeeded, Failed and Cancelled.
     pub fn is_finished(self) -> bool {
-        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled)
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        )
     }
 
     /// The lowercase name (`running`, ...).
@@ -129,9 +138,15 @@ impl RunState {
 
     /// Parses the lowercase name.
     pub fn parse(s: &str) -> Option<RunState> {
-        [RunState::Queued, RunState::Running, RunState::Succeeded, RunState::Failed, RunState::Cancelled]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        [
+            RunState::Queued,
+            RunState::Running,
+            RunState::Succeeded,
+            RunState::Failed,
+            RunState::Cancelled,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 }
 
@@ -206,7 +221,10 @@ impl RunRecord {
         } else {
             Err(Error::corrupt(
                 format!("run {}", self.id),
-                format!("record format {} is not the supported {RECORD_FORMAT}", self.format),
+                format!(
+                    "record format {} is not the supported {RECORD_FORMAT}",
+                    self.format
+                ),
             ))
         }
     }
@@ -256,7 +274,10 @@ impl RunFilter {
         self.repo.as_ref().is_none_or(|r| *r == s.repo)
             && self.commit.as_ref().is_none_or(|c| *c == s.commit)
             && (self.states.is_empty() || self.states.contains(&s.state))
-            && self.concurrency_group.as_ref().is_none_or(|g| Some(g) == s.concurrency_group.as_ref())
+            && self
+                .concurrency_group
+                .as_ref()
+                .is_none_or(|g| Some(g) == s.concurrency_group.as_ref())
     }
 }
 
@@ -307,7 +328,11 @@ pub struct WorkItem {
 impl WorkItem {
     /// Work due now.
     pub fn now(run: RunId, work: Work) -> Self {
-        WorkItem { run, work, due_ms: None }
+        WorkItem {
+            run,
+            work,
+            due_ms: None,
+        }
     }
 
     /// An event due now.
@@ -408,7 +433,13 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`Error::Unavailable`].
-    async fn claim(&self, consumer: &str, max: usize, now_ms: u64, wait: Duration) -> Result<Vec<Claimed>>;
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        now_ms: u64,
+        wait: Duration,
+    ) -> Result<Vec<Claimed>>;
 
     /// Acknowledges claimed items; unknown tokens are ignored (idempotent).
     ///

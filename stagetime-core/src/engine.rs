@@ -1,0 +1,865 @@
+//! The engine: drives the pure scheduler with a [`Backend`] and a [`Store`].
+//!
+//! Any number of engines may share one store. Each claims work items, applies
+//! them to the run's scheduler, and commits the transition with a
+//! compare-and-set on the run's version. Launch and cancel commands go to the
+//! run's *outbox* in the same commit and are carried out afterwards; the
+//! consumed work is acknowledged only once the outbox is empty again, so a
+//! crash at any point leaves work that another engine reclaims, replays
+//! (events are idempotent) and finishes (launches are idempotent on their key).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tracing::{debug, error, info, warn};
+
+use crate::backend::{Backend, Housekeeping, LaunchKey, LaunchRequest};
+use crate::error::{Error, ErrorKind, Result};
+use crate::plan::Plan;
+use crate::scheduler::{
+    AttemptOutcome, Command, Event, SchedulerState, StageScheduler, TaskStatus,
+};
+use crate::spec::RevisionRunSpec;
+use crate::store::{
+    ClaimToken, Claimed, Commit, RECORD_FORMAT, RunFilter, RunId, RunRecord, RunState, Store,
+    TaskTiming, Work, WorkItem,
+};
+
+/// A source of wall-clock time (ms since the epoch). The scheduler reads no
+/// clock; the engine stamps times and computes timer due dates with this.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in ms since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that follows tokio's time, so tests with paused time
+/// (`tokio::time::pause`) drive timers and timeouts deterministically.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    base_ms: u64,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock starting at the current wall time. Call inside a runtime.
+    pub fn new() -> Self {
+        TokioClock {
+            base_ms: SystemClock.now_ms(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        self.base_ms + self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This engine's consumer name in the work queue (unique per engine).
+    pub consumer: String,
+    /// At most this many work items per claim.
+    pub batch: usize,
+    /// How long one claim waits for work.
+    pub claim_wait: Duration,
+    /// How often finished runs past retention are purged (`None`: never).
+    pub purge_every: Option<Duration>,
+    /// Backend housekeeping policy and period (`None`: never).
+    pub housekeeping: Option<(Duration, usize, Duration)>,
+    /// Reconcile running runs with the backend when the engine starts.
+    pub reconcile_on_start: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            consumer: format!("engine-{}-{:x}", std::process::id(), SystemClock.now_ms()),
+            batch: 256,
+            claim_wait: Duration::from_secs(1),
+            purge_every: Some(Duration::from_secs(60)),
+            housekeeping: None,
+            reconcile_on_start: true,
+        }
+    }
+}
+
+/// The result of [`Engine::submit`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    /// The run's id.
+    pub id: RunId,
+    /// False when the same run had been submitted before (nothing new was created).
+    pub created: bool,
+}
+
+/// Bounded retries of a commit that lost a compare-and-set race.
+const MAX_CONFLICTS: usize = 64;
+/// Bounded passes of launch → commit → launch within one claim.
+const MAX_PASSES: usize = 1024;
+/// Attempts of one backend call before handing it back to the queue.
+const BACKEND_TRIES: u32 = 3;
+
+/// Drives revision runs: see the module documentation.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    plans: Mutex<HashMap<RunId, Arc<Plan>>>,
+    updates: broadcast::Sender<Arc<RunRecord>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.backend.name())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine with the default configuration and the system clock.
+    pub fn new(store: Arc<dyn Store>, backend: Arc<dyn Backend>) -> Self {
+        Engine {
+            store,
+            backend,
+            clock: Arc::new(SystemClock),
+            config: EngineConfig::default(),
+            plans: Mutex::new(HashMap::new()),
+            updates: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Replaces the configuration.
+    pub fn with_config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Replaces the clock (tests use [`TokioClock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Every record this engine commits, as it commits it (for progress
+    /// displays; a slow receiver may miss updates and should reload).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RunRecord>> {
+        self.updates.subscribe()
+    }
+
+    /// Validates and stores a run, and queues its start.
+    ///
+    /// Idempotent: the id is `spec.id` or derived from repo, commit and
+    /// content, and submitting an existing run returns it with
+    /// `created: false`. When the spec names a concurrency group with
+    /// `cancel_in_progress`, older unfinished runs of the group are cancelled.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] with every problem of the spec (nothing is stored),
+    /// including tasks this engine's backend cannot run; store errors.
+    pub async fn submit(&self, spec: RevisionRunSpec) -> Result<Submitted> {
+        let id = match &spec.id {
+            Some(id) => RunId::new(id.clone())?,
+            None => RunId::derive(&spec),
+        };
+        let plan = Arc::new(Plan::build(spec)?);
+        self.backend
+            .capabilities()
+            .check(&plan, self.backend.name())?;
+        let seed = seed_of(&id);
+        let scheduler = StageScheduler::new(Arc::clone(&plan), seed).into_state();
+        let now = self.clock.now_ms();
+        let record = RunRecord {
+            format: RECORD_FORMAT,
+            id: id.clone(),
+            version: 1,
+            spec: plan.spec.clone(),
+            state: RunState::of(&scheduler),
+            scheduler,
+            created_ms: now,
+            updated_ms: now,
+            finished_ms: None,
+            timings: vec![TaskTiming::default(); plan.len()],
+            outbox: Vec::new(),
+        };
+        let created = self
+            .store
+            .create_run(record, vec![WorkItem::event(id.clone(), Event::Start)])
+            .await?;
+        if created.created {
+            info!(run = %id, tasks = plan.len(), "run submitted");
+            self.remember_plan(&id, plan.clone());
+            if let Some(group) = plan.spec.options.concurrency_group.clone()
+                && plan.spec.options.cancel_in_progress
+            {
+                self.cancel_older_in_group(&id, &group, now).await?;
+            }
+        }
+        Ok(Submitted {
+            id,
+            created: created.created,
+        })
+    }
+
+    async fn cancel_older_in_group(&self, id: &RunId, group: &str, now: u64) -> Result<()> {
+        let filter = RunFilter {
+            concurrency_group: Some(group.to_string()),
+            states: vec![RunState::Queued, RunState::Running],
+            limit: 1000,
+            ..RunFilter::default()
+        };
+        let page = self.store.list_runs(&filter).await?;
+        let older: Vec<WorkItem> = page
+            .runs
+            .iter()
+            .filter(|r| r.id != *id && r.created_ms <= now)
+            .map(|r| {
+                info!(run = %r.id, newer = %id, group, "cancelling older run of the concurrency group");
+                WorkItem::event(r.id.clone(), Event::CancelRequested)
+            })
+            .collect();
+        if !older.is_empty() {
+            self.store.enqueue(older).await?;
+        }
+        Ok(())
+    }
+
+    /// Asks for a run to be cancelled. Idempotent; a finished run stays as it is.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run; store errors.
+    pub async fn cancel(&self, id: &RunId) -> Result<()> {
+        self.store.load_run(id).await?;
+        self.store
+            .enqueue(vec![WorkItem::event(id.clone(), Event::CancelRequested)])
+            .await
+    }
+
+    /// Asks for a finished run to be run again, keeping its succeeded tasks.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown run; [`Error::Invalid`] naming `id`
+    /// when the run has not finished; store errors.
+    pub async fn rerun(&self, id: &RunId) -> Result<()> {
+        let record = self.store.load_run(id).await?;
+        if !record.state.is_finished() {
+            let mut e = crate::FieldErrors::default();
+            e.push(
+                "id",
+                format!(
+                    "run {id} is {}; only a finished run can be rerun",
+                    record.state.as_str()
+                ),
+            );
+            return Err(Error::Invalid(e));
+        }
+        self.store
+            .enqueue(vec![WorkItem::event(id.clone(), Event::RerunRequested)])
+            .await
+    }
+
+    /// Runs the engine until `shutdown` resolves: claims and applies work,
+    /// feeds backend observations into the queue, reconciles running runs at
+    /// start, purges expired runs and does backend housekeeping periodically.
+    ///
+    /// Store or backend outages are logged and retried with backoff; they do
+    /// not end the loop. Work claimed but not finished at shutdown is left
+    /// unacknowledged, so another engine reclaims it.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for fatal setup errors.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let observer = tokio::spawn(Arc::clone(&self).forward_observations());
+        let chores = tokio::spawn(Arc::clone(&self).chores());
+        let work = Arc::clone(&self).work_loop();
+        tokio::select! {
+            _ = shutdown => info!(consumer = %self.config.consumer, "engine shutting down"),
+            _ = work => {}
+        }
+        observer.abort();
+        chores.abort();
+        Ok(())
+    }
+
+    async fn work_loop(self: Arc<Self>) {
+        if self.config.reconcile_on_start {
+            self.reconcile_running().await;
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            let now = self.clock.now_ms();
+            let claimed = match self
+                .store
+                .claim(
+                    &self.config.consumer,
+                    self.config.batch,
+                    now,
+                    self.config.claim_wait,
+                )
+                .await
+            {
+                Ok(c) => {
+                    backoff.reset();
+                    c
+                }
+                Err(e) => {
+                    warn!(error = %e, "claiming work failed; retrying");
+                    backoff.wait().await;
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                continue;
+            }
+            self.process_batch(claimed).await;
+        }
+    }
+
+    /// Applies a batch of claimed work, grouped by run (one load and commit
+    /// per run rather than per item).
+    pub async fn process_batch(&self, claimed: Vec<Claimed>) {
+        let mut groups: Vec<(RunId, Vec<Claimed>)> = Vec::new();
+        let mut index: HashMap<RunId, usize> = HashMap::new();
+        for c in claimed {
+            match index.get(&c.item.run) {
+                Some(&i) => groups[i].1.push(c),
+                None => {
+                    index.insert(c.item.run.clone(), groups.len());
+                    groups.push((c.item.run.clone(), vec![c]));
+                }
+            }
+        }
+        let runs = groups.into_iter().map(|(id, items)| async move {
+            if let Err(e) = self.process_run(&id, items).await {
+                warn!(run = %id, error = %e, "run not advanced; its work will be retried");
+            }
+        });
+        futures::future::join_all(runs).await;
+    }
+
+    async fn load_plan(&self, record: &RunRecord) -> Result<Arc<Plan>> {
+        if let Some(p) = self
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&record.id)
+        {
+            return Ok(Arc::clone(p));
+        }
+        let plan = Arc::new(Plan::build(record.spec.clone()).map_err(|e| {
+            Error::corrupt(
+                format!("run {}", record.id),
+                format!("stored spec is invalid: {e}"),
+            )
+        })?);
+        self.remember_plan(&record.id, Arc::clone(&plan));
+        Ok(plan)
+    }
+
+    fn remember_plan(&self, id: &RunId, plan: Arc<Plan>) {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if plans.len() >= 4096 {
+            plans.clear();
+        }
+        plans.insert(id.clone(), plan);
+    }
+
+    fn forget_plan(&self, id: &RunId) {
+        self.plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Applies `items` to run `id` and carries out what they cause.
+    async fn process_run(&self, id: &RunId, items: Vec<Claimed>) -> Result<()> {
+        let tokens: Vec<ClaimToken> = items.iter().map(|c| c.token.clone()).collect();
+        let mut record = match self.store.load_run(id).await {
+            Ok(r) => r,
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
+                if e.kind() == ErrorKind::Corrupt {
+                    error!(run = %id, error = %e, "skipping work of an unreadable run");
+                } else {
+                    debug!(run = %id, "dropping work of a run that no longer exists");
+                }
+                return self.store.ack(&tokens).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let plan = match self.load_plan(&record).await {
+            Ok(p) => p,
+            Err(e) => {
+                error!(run = %id, error = %e, "skipping work of an unreadable run");
+                return self.store.ack(&tokens).await;
+            }
+        };
+        let mut events = Vec::with_capacity(items.len());
+        for c in &items {
+            match &c.item.work {
+                Work::Event { event } => events.push(event.clone()),
+                Work::Observed {
+                    task,
+                    attempt,
+                    outcome,
+                } => match plan.index_of(task) {
+                    Some(task) => events.push(Event::TaskFinished {
+                        task,
+                        attempt: *attempt,
+                        outcome: outcome.clone(),
+                    }),
+                    None => warn!(run = %id, task, "observation for a task the run does not have"),
+                },
+                Work::Flush => {}
+            }
+        }
+        // Every event applied in this call, replayed on a fresh record after a conflict.
+        let mut applied: Vec<Event> = Vec::new();
+        // Commands carried out in this call (they leave the outbox).
+        let mut executed: Vec<Command> = Vec::new();
+        let mut launched: HashMap<(u32, u32), String> = HashMap::new();
+        let mut conflicts = 0;
+        for _ in 0..MAX_PASSES {
+            let scheduler =
+                match StageScheduler::restore(Arc::clone(&plan), record.scheduler.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!(run = %id, error = %e, "skipping work of an unreadable run");
+                        return self.store.ack(&tokens).await;
+                    }
+                };
+            let (next, timers) = self.transition(&record, scheduler, &events, &launched);
+            let outbox_empty = next.outbox.is_empty();
+            let commit = Commit {
+                expected_version: record.version,
+                record: next.clone(),
+                enqueue: timers,
+                ack: if outbox_empty {
+                    tokens.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    applied.append(&mut events);
+                    if next.state.is_finished() && !record.state.is_finished() {
+                        info!(run = %id, state = next.state.as_str(), "run finished");
+                        self.forget_plan(id);
+                    }
+                    record = next;
+                    let _ = self.updates.send(Arc::new(record.clone()));
+                }
+                Err(e) if e.kind() == ErrorKind::Conflict && conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    debug!(run = %id, conflicts, "commit conflict; reloading");
+                    record = self.store.load_run(id).await?;
+                    record.outbox.retain(|c| !executed.contains(c));
+                    let mut replay = applied.clone();
+                    replay.append(&mut events);
+                    events = replay;
+                    applied.clear();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            if outbox_empty {
+                return Ok(());
+            }
+            // Carry out the outbox; what could not be done stays in it.
+            let outbox = std::mem::take(&mut record.outbox);
+            let mut remaining = Vec::new();
+            for command in outbox {
+                match self.execute(id, &plan, &command).await {
+                    Ok(Some(result)) => {
+                        events.push(result.event);
+                        if let Some(handle) = result.handle
+                            && let Command::Launch { task, attempt } = command
+                        {
+                            launched.insert((task, attempt), handle);
+                        }
+                        executed.push(command);
+                    }
+                    Ok(None) => executed.push(command),
+                    Err(e) => {
+                        warn!(run = %id, error = %e, ?command, "backend unavailable; will retry");
+                        remaining.push(command);
+                    }
+                }
+            }
+            record.outbox = remaining;
+            if events.is_empty() && !record.outbox.is_empty() {
+                // Nothing could be done now: keep the outbox and come back later.
+                let retry_at = self.clock.now_ms() + 2_000;
+                let mut next = record.clone();
+                next.version += 1;
+                let commit = Commit {
+                    expected_version: record.version,
+                    record: next,
+                    enqueue: vec![WorkItem {
+                        run: id.clone(),
+                        work: Work::Flush,
+                        due_ms: Some(retry_at),
+                    }],
+                    ack: tokens.clone(),
+                };
+                return self.store.commit(commit).await;
+            }
+        }
+        Err(Error::unavailable(
+            "engine",
+            format!("run {id} did not settle"),
+        ))
+    }
+
+    /// Applies `events` to `record` and returns the new record and the timers to enqueue.
+    fn transition(
+        &self,
+        record: &RunRecord,
+        mut scheduler: StageScheduler,
+        events: &[Event],
+        launched: &HashMap<(u32, u32), String>,
+    ) -> (RunRecord, Vec<WorkItem>) {
+        let now = self.clock.now_ms();
+        let mut commands = Vec::new();
+        for e in events {
+            scheduler.handle_into(e.clone(), &mut commands);
+        }
+        let mut next = record.clone();
+        next.version = record.version + 1;
+        next.updated_ms = now;
+        let mut timers = Vec::new();
+        for c in commands {
+            match c {
+                Command::ScheduleTimer { timer, after } => timers.push(WorkItem {
+                    run: record.id.clone(),
+                    work: Work::Event {
+                        event: Event::TimerFired { timer },
+                    },
+                    due_ms: Some(now + after.as_millis() as u64),
+                }),
+                Command::Launch { task, attempt } => {
+                    let t = &mut next.timings[task as usize];
+                    t.launch_ms = Some(now);
+                    t.first_launch_ms.get_or_insert(now);
+                    let _ = attempt;
+                    next.outbox.push(c);
+                }
+                Command::Cancel { .. } => next.outbox.push(c),
+                Command::Complete { .. } => {}
+            }
+        }
+        for ((task, attempt), handle) in launched {
+            if scheduler.state().tasks()[*task as usize].attempt == *attempt {
+                next.timings[*task as usize].handle = Some(handle.clone());
+            }
+        }
+        refresh_timings(&mut next.timings, scheduler.state(), now);
+        next.scheduler = scheduler.into_state();
+        next.state = RunState::of(&next.scheduler);
+        if next.state.is_finished() {
+            next.finished_ms.get_or_insert(now);
+        } else {
+            next.finished_ms = None;
+        }
+        (next, timers)
+    }
+
+    /// Carries out one command; `Ok(None)` when there is nothing to report,
+    /// `Err` only for errors worth retrying later.
+    async fn execute(
+        &self,
+        id: &RunId,
+        plan: &Plan,
+        command: &Command,
+    ) -> Result<Option<Executed>> {
+        match *command {
+            Command::Launch { task, attempt } => {
+                let request = LaunchRequest::for_task(id, plan, task, attempt);
+                match retry(|| self.backend.launch(request.clone())).await {
+                    Ok(l) => Ok(Some(Executed {
+                        event: Event::TaskStarted { task, attempt },
+                        handle: Some(l.handle),
+                    })),
+                    Err(e) if e.is_retryable() => Err(e),
+                    Err(e) => {
+                        warn!(run = %id, task = plan.task(task).name(), attempt, error = %e, "launch failed");
+                        Ok(Some(Executed {
+                            event: Event::TaskFinished {
+                                task,
+                                attempt,
+                                outcome: AttemptOutcome::Failed {
+                                    message: format!("launch failed: {e}"),
+                                },
+                            },
+                            handle: None,
+                        }))
+                    }
+                }
+            }
+            Command::Cancel { task, attempt } => {
+                let key = LaunchKey {
+                    run: id.clone(),
+                    task: plan.task(task).name().to_string(),
+                    attempt,
+                };
+                match retry(|| self.backend.cancel(&key)).await {
+                    Ok(()) => Ok(None),
+                    Err(e) if e.is_retryable() => Err(e),
+                    Err(e) => {
+                        warn!(%key, error = %e, "cancel failed; giving up on it");
+                        Ok(None)
+                    }
+                }
+            }
+            Command::ScheduleTimer { .. } | Command::Complete { .. } => Ok(None),
+        }
+    }
+
+    /// Feeds the backend's observations into the store's queue.
+    async fn forward_observations(self: Arc<Self>) {
+        let mut stream = self.backend.observe().ready_chunks(256);
+        while let Some(chunk) = stream.next().await {
+            let items: Vec<WorkItem> = chunk
+                .into_iter()
+                .map(|o| {
+                    WorkItem::now(
+                        o.key.run,
+                        Work::Observed {
+                            task: o.key.task,
+                            attempt: o.key.attempt,
+                            outcome: o.outcome,
+                        },
+                    )
+                })
+                .collect();
+            let mut backoff = Backoff::default();
+            while let Err(e) = self.store.enqueue(items.clone()).await {
+                warn!(error = %e, "cannot record observations; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+
+    /// After a restart: feed what the backend already finished for running runs.
+    async fn reconcile_running(&self) {
+        let mut filter = RunFilter {
+            states: vec![RunState::Running],
+            limit: 500,
+            ..RunFilter::default()
+        };
+        loop {
+            let page = match self.store.list_runs(&filter).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "cannot list running runs to reconcile");
+                    return;
+                }
+            };
+            for run in &page.runs {
+                match self.backend.reconcile(&run.id).await {
+                    Ok(found) if !found.is_empty() => {
+                        let items = found
+                            .into_iter()
+                            .map(|o| {
+                                WorkItem::now(
+                                    o.key.run,
+                                    Work::Observed {
+                                        task: o.key.task,
+                                        attempt: o.key.attempt,
+                                        outcome: o.outcome,
+                                    },
+                                )
+                            })
+                            .collect();
+                        if let Err(e) = self.store.enqueue(items).await {
+                            warn!(run = %run.id, error = %e, "cannot record reconciled outcomes");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(run = %run.id, error = %e, "cannot reconcile run with the backend")
+                    }
+                }
+                // Flush so outboxes of interrupted transitions are carried out.
+                let _ = self
+                    .store
+                    .enqueue(vec![WorkItem::now(run.id.clone(), Work::Flush)])
+                    .await;
+            }
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => return,
+            }
+        }
+    }
+
+    async fn chores(self: Arc<Self>) {
+        let purge_every = self.config.purge_every;
+        let housekeeping = self.config.housekeeping;
+        let tick = [purge_every, housekeeping.map(|h| h.2)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Duration::from_secs(3600));
+        let mut last_purge = tokio::time::Instant::now();
+        let mut last_house = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(tick).await;
+            if let Some(every) = purge_every
+                && last_purge.elapsed() >= every
+            {
+                last_purge = tokio::time::Instant::now();
+                match self.store.purge_expired(self.clock.now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(runs = n, "purged expired runs"),
+                    Err(e) => warn!(error = %e, "purging expired runs failed"),
+                }
+            }
+            if let Some((ttl, keep_last, every)) = housekeeping
+                && last_house.elapsed() >= every
+            {
+                last_house = tokio::time::Instant::now();
+                let policy = Housekeeping {
+                    ttl,
+                    keep_last,
+                    now_ms: self.clock.now_ms(),
+                };
+                match self.backend.housekeeping(&policy).await {
+                    Ok(r) if !r.deleted.is_empty() => {
+                        info!(deleted = r.deleted.len(), "backend housekeeping")
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "backend housekeeping failed"),
+                }
+            }
+        }
+    }
+
+    /// Waits until run `id` has finished and returns its record. Uses this
+    /// engine's updates, and reloads from the store when it may have missed some.
+    ///
+    /// # Errors
+    /// Store errors (e.g. [`Error::NotFound`]).
+    pub async fn wait_finished(&self, id: &RunId) -> Result<RunRecord> {
+        let mut rx = self.subscribe();
+        loop {
+            let record = self.store.load_run(id).await?;
+            if record.state.is_finished() {
+                return Ok(record);
+            }
+            loop {
+                match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+                    Ok(Ok(r)) if r.id == *id && r.state.is_finished() => return Ok((*r).clone()),
+                    Ok(Ok(_)) => continue,
+                    // Lagged, closed or quiet for a while: reload.
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+struct Executed {
+    event: Event,
+    handle: Option<String>,
+}
+
+fn refresh_timings(timings: &mut [TaskTiming], state: &SchedulerState, now: u64) {
+    for (t, s) in timings.iter_mut().zip(state.tasks()) {
+        let terminal = s.status.is_terminal();
+        if terminal && t.finished_ms.is_none() {
+            t.finished_ms = Some(now);
+        } else if !terminal && t.finished_ms.is_some() {
+            t.finished_ms = None;
+        }
+        if s.status == TaskStatus::Waiting && s.attempt == 0 {
+            t.launch_ms = None;
+        }
+    }
+}
+
+/// The scheduler's jitter seed for a run, stable across engines.
+fn seed_of(id: &RunId) -> u64 {
+    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Calls `f` up to [`BACKEND_TRIES`] times while it fails with a retryable error.
+async fn retry<T, F, Fut>(mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match f().await {
+            Err(e) if e.is_retryable() && tries < BACKEND_TRIES => {
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Exponential backoff for outages: 100 ms doubling to 5 s.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+
+    fn reset(&mut self) {
+        self.0 = Duration::from_millis(100);
+    }
+}

@@ -1,0 +1,339 @@
+//! `MemoryStore`: the embedded, single-process [`Store`].
+//!
+//! Everything lives behind one mutex; a [`Notify`] wakes claimers when work
+//! arrives. Semantics match the Redis store (the same conformance suite runs
+//! against both), so the embedded mode is a faithful rehearsal.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+use crate::store::{
+    ClaimToken, Claimed, Commit, Created, DEFAULT_RECLAIM_AFTER, DEFAULT_RETENTION, RunFilter,
+    RunId, RunPage, RunRecord, Store, WorkItem,
+};
+
+/// Default page size of [`Store::list_runs`].
+const DEFAULT_PAGE: usize = 100;
+
+#[derive(Debug)]
+struct Pending {
+    item: WorkItem,
+    claimed_at_ms: u64,
+    deliveries: u32,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    runs: HashMap<RunId, RunRecord>,
+    /// (created_ms, id) for listing newest first.
+    by_created: BTreeSet<(u64, RunId)>,
+    ready: VecDeque<(u64, WorkItem, u32)>,
+    delayed: BTreeMap<(u64, u64), WorkItem>,
+    pending: BTreeMap<u64, Pending>,
+    next_seq: u64,
+}
+
+impl Inner {
+    fn push(&mut self, item: WorkItem) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        match item.due_ms {
+            Some(due) => {
+                self.delayed.insert((due, seq), item);
+            }
+            None => self.ready.push_back((seq, item, 0)),
+        }
+    }
+
+    fn ack(&mut self, tokens: &[ClaimToken]) {
+        for t in tokens {
+            if let Ok(seq) = t.0.parse::<u64>() {
+                self.pending.remove(&seq);
+            }
+        }
+    }
+}
+
+/// The in-memory store for embedded runs and tests.
+#[derive(Debug)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    reclaim_after: Duration,
+    retention: Duration,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with the default reclaim time and retention.
+    pub fn new() -> Self {
+        MemoryStore {
+            inner: Mutex::new(Inner::default()),
+            notify: Notify::new(),
+            reclaim_after: DEFAULT_RECLAIM_AFTER,
+            retention: DEFAULT_RETENTION,
+        }
+    }
+
+    /// Sets how long a claimed item may stay unacknowledged before it is handed out again.
+    pub fn with_reclaim_after(mut self, d: Duration) -> Self {
+        self.reclaim_after = d;
+        self
+    }
+
+    /// Sets how long finished runs are kept.
+    pub fn with_retention(mut self, d: Duration) -> Self {
+        self.retention = d;
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave Inner half-updated in a
+        // way that matters more than losing the process; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes what is available at `now_ms`; returns the next due time otherwise.
+    fn take(&self, max: usize, now_ms: u64) -> (Vec<Claimed>, Option<u64>) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let due: Vec<(u64, u64)> = inner
+            .delayed
+            .range(..=(now_ms, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            if let Some(item) = inner.delayed.remove(&key) {
+                inner.ready.push_back((key.1, item, 0));
+            }
+        }
+        let mut out = Vec::new();
+        let reclaim_ms = self.reclaim_after.as_millis() as u64;
+        for (seq, p) in inner.pending.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if p.claimed_at_ms.saturating_add(reclaim_ms) <= now_ms {
+                p.claimed_at_ms = now_ms;
+                p.deliveries += 1;
+                out.push(Claimed {
+                    token: ClaimToken(seq.to_string()),
+                    item: p.item.clone(),
+                    deliveries: p.deliveries,
+                });
+            }
+        }
+        while out.len() < max {
+            let Some((seq, item, deliveries)) = inner.ready.pop_front() else {
+                break;
+            };
+            inner.pending.insert(
+                seq,
+                Pending {
+                    item: item.clone(),
+                    claimed_at_ms: now_ms,
+                    deliveries: deliveries + 1,
+                },
+            );
+            out.push(Claimed {
+                token: ClaimToken(seq.to_string()),
+                item,
+                deliveries: deliveries + 1,
+            });
+        }
+        let next_due = inner.delayed.keys().next().map(|k| k.0);
+        let next_reclaim = inner
+            .pending
+            .values()
+            .map(|p| p.claimed_at_ms.saturating_add(reclaim_ms))
+            .min();
+        let next = match (next_due, next_reclaim) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        (out, next)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_run(&self, record: RunRecord, start: Vec<WorkItem>) -> Result<Created> {
+        let mut inner = self.lock();
+        if let Some(existing) = inner.runs.get(&record.id) {
+            return Ok(Created {
+                record: existing.clone(),
+                created: false,
+            });
+        }
+        inner
+            .by_created
+            .insert((record.created_ms, record.id.clone()));
+        inner.runs.insert(record.id.clone(), record.clone());
+        for item in start {
+            inner.push(item);
+        }
+        drop(inner);
+        self.notify.notify_waiters();
+        Ok(Created {
+            record,
+            created: true,
+        })
+    }
+
+    async fn load_run(&self, id: &RunId) -> Result<RunRecord> {
+        self.lock()
+            .runs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("run {id}")))
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<()> {
+        let mut inner = self.lock();
+        let id = commit.record.id.clone();
+        let Some(current) = inner.runs.get(&id) else {
+            return Err(Error::not_found(format!("run {id}")));
+        };
+        if current.version != commit.expected_version
+            || commit.record.version != commit.expected_version + 1
+        {
+            return Err(Error::Conflict {
+                what: format!("run {id}"),
+                expected: commit.expected_version,
+                found: current.version,
+            });
+        }
+        inner.runs.insert(id, commit.record);
+        for item in commit.enqueue {
+            inner.push(item);
+        }
+        inner.ack(&commit.ack);
+        drop(inner);
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn enqueue(&self, items: Vec<WorkItem>) -> Result<()> {
+        let mut inner = self.lock();
+        for item in items {
+            inner.push(item);
+        }
+        drop(inner);
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        _consumer: &str,
+        max: usize,
+        now_ms: u64,
+        wait: Duration,
+    ) -> Result<Vec<Claimed>> {
+        let started = tokio::time::Instant::now();
+        loop {
+            // Register interest before looking, so a notify between the look
+            // and the wait is not lost.
+            let notified = self.notify.notified();
+            let elapsed = started.elapsed();
+            let now = now_ms + elapsed.as_millis() as u64;
+            let (out, next) = self.take(max.max(1), now);
+            if !out.is_empty() || elapsed >= wait {
+                return Ok(out);
+            }
+            let mut sleep = wait - elapsed;
+            if let Some(next) = next {
+                sleep = sleep.min(Duration::from_millis(next.saturating_sub(now).max(1)));
+            }
+            let _ = tokio::time::timeout(sleep, notified).await;
+        }
+    }
+
+    async fn ack(&self, tokens: &[ClaimToken]) -> Result<()> {
+        self.lock().ack(tokens);
+        Ok(())
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
+        let inner = self.lock();
+        let limit = if filter.limit == 0 {
+            DEFAULT_PAGE
+        } else {
+            filter.limit
+        };
+        let upper = match &filter.after {
+            None => None,
+            Some(cursor) => Some(parse_cursor(cursor)?),
+        };
+        let mut runs = Vec::new();
+        let mut next = None;
+        let range: Box<dyn Iterator<Item = &(u64, RunId)>> = match &upper {
+            Some(key) => Box::new(inner.by_created.range(..key.clone()).rev()),
+            None => Box::new(inner.by_created.iter().rev()),
+        };
+        for key in range {
+            let summary = inner.runs[&key.1].summary();
+            if !filter.matches(&summary) {
+                continue;
+            }
+            if runs.len() == limit {
+                next = runs
+                    .last()
+                    .map(|s: &crate::store::RunSummary| format!("{}:{}", s.created_ms, s.id));
+                break;
+            }
+            runs.push(summary);
+        }
+        Ok(RunPage { runs, next })
+    }
+
+    async fn purge_expired(&self, now_ms: u64) -> Result<u64> {
+        let mut inner = self.lock();
+        let retention = self.retention.as_millis() as u64;
+        let expired: Vec<(u64, RunId)> = inner
+            .runs
+            .values()
+            .filter(|r| {
+                r.finished_ms
+                    .is_some_and(|f| f.saturating_add(retention) <= now_ms)
+            })
+            .map(|r| (r.created_ms, r.id.clone()))
+            .collect();
+        for key in &expired {
+            inner.runs.remove(&key.1);
+            inner.by_created.remove(key);
+        }
+        let gone: BTreeSet<&RunId> = expired.iter().map(|k| &k.1).collect();
+        let inner = &mut *inner;
+        inner.ready.retain(|(_, item, _)| !gone.contains(&item.run));
+        inner.delayed.retain(|_, item| !gone.contains(&item.run));
+        inner.pending.retain(|_, p| !gone.contains(&p.item.run));
+        Ok(expired.len() as u64)
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Result<(u64, RunId)> {
+    let bad = || {
+        let mut e = crate::FieldErrors::default();
+        e.push(
+            "after",
+            format!("{cursor:?} is not a cursor returned by list"),
+        );
+        Error::Invalid(e)
+    };
+    let (ms, id) = cursor.split_once(':').ok_or_else(bad)?;
+    Ok((
+        ms.parse().map_err(|_| bad())?,
+        RunId::new(id).map_err(|_| bad())?,
+    ))
+}

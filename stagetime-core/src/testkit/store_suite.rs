@@ -1,0 +1,492 @@
+//! The conformance suite every [`Store`] implementation must pass. Use it
+//! through [`crate::store_conformance_tests!`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::{Clock, SystemClock};
+use crate::error::ErrorKind;
+use crate::plan::Plan;
+use crate::scheduler::{Event, StageScheduler};
+use crate::store::{
+    Commit, RECORD_FORMAT, RunFilter, RunId, RunRecord, RunState, Store, TaskTiming, Work, WorkItem,
+};
+
+/// A store to test and its reclaim time (keep it short, e.g. 300 ms: the
+/// reclaim case waits for it in real time).
+#[derive(Clone)]
+pub struct StoreUnderTest {
+    /// The store, empty or holding only data of other tests.
+    pub store: Arc<dyn Store>,
+    /// How long the store lets a claimed item sit before handing it out again.
+    pub reclaim_after: Duration,
+}
+
+impl StoreUnderTest {
+    /// A store configured with a 300 ms reclaim time.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        StoreUnderTest {
+            store,
+            reclaim_after: Duration::from_millis(300),
+        }
+    }
+}
+
+/// A fresh record of a two-task run with a unique id.
+pub fn new_record(prefix: &str, repo: &str, commit: &str, created_ms: u64) -> RunRecord {
+    let spec = super::spec_with(
+        commit,
+        vec![
+            super::command_task("a", 0, "true"),
+            super::command_task("b", 1, "true"),
+        ],
+    );
+    let spec = crate::spec::RevisionRunSpec {
+        repo: repo.into(),
+        ..spec
+    };
+    let plan = Arc::new(Plan::build(spec).expect("valid spec"));
+    let scheduler = StageScheduler::new(Arc::clone(&plan), 1).into_state();
+    RunRecord {
+        format: RECORD_FORMAT,
+        id: RunId::new(super::unique(prefix)).expect("valid id"),
+        version: 1,
+        spec: plan.spec.clone(),
+        state: RunState::of(&scheduler),
+        scheduler,
+        created_ms,
+        updated_ms: created_ms,
+        finished_ms: None,
+        timings: vec![TaskTiming::default(); plan.len()],
+        outbox: Vec::new(),
+    }
+}
+
+fn now() -> u64 {
+    SystemClock.now_ms()
+}
+
+/// Claims everything of `run` available now (other tests' items are acknowledged away).
+async fn claim_for(
+    s: &dyn Store,
+    run: &RunId,
+    at: u64,
+    wait: Duration,
+) -> Vec<crate::store::Claimed> {
+    let mut mine = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let got = s
+            .claim("suite", 64, at, Duration::from_millis(50))
+            .await
+            .expect("claim");
+        let (m, _others): (Vec<_>, Vec<_>) = got.into_iter().partition(|c| c.item.run == *run);
+        // Items of other tests are left unacknowledged: they come back to them after reclaim.
+        mine.extend(m);
+        if !mine.is_empty() || tokio::time::Instant::now() >= deadline {
+            return mine;
+        }
+    }
+}
+
+/// Creating twice stores one run and enqueues its start once.
+pub async fn create_is_idempotent(t: StoreUnderTest) {
+    let s = &*t.store;
+    let rec = new_record("create", "repo", "c1", now());
+    let start = vec![WorkItem::event(rec.id.clone(), Event::Start)];
+    let first = s
+        .create_run(rec.clone(), start.clone())
+        .await
+        .expect("create");
+    assert!(first.created);
+    let mut changed = rec.clone();
+    changed.spec.author = Some("someone else".into());
+    let second = s.create_run(changed, start).await.expect("create again");
+    assert!(
+        !second.created,
+        "the second create must report the existing run"
+    );
+    assert_eq!(
+        second.record, rec,
+        "the existing record is returned unchanged"
+    );
+    let claimed = claim_for(s, &rec.id, now(), Duration::from_secs(2)).await;
+    assert_eq!(claimed.len(), 1, "one start item, not two: {claimed:?}");
+    assert_eq!(claimed[0].deliveries, 1);
+    s.ack(&[claimed[0].token.clone()]).await.expect("ack");
+}
+
+/// Loading an unknown run is NotFound.
+pub async fn load_unknown_is_not_found(t: StoreUnderTest) {
+    let err = t
+        .store
+        .load_run(&RunId::new(super::unique("missing")).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+/// A commit applies only on the expected version; a stale writer gets a conflict.
+pub async fn commit_is_compare_and_set(t: StoreUnderTest) {
+    let s = &*t.store;
+    let rec = new_record("cas", "repo", "c1", now());
+    s.create_run(rec.clone(), vec![]).await.unwrap();
+    let mut next = rec.clone();
+    next.version = 2;
+    next.updated_ms += 5;
+    let commit = |record: RunRecord, expected| Commit {
+        record,
+        expected_version: expected,
+        enqueue: vec![],
+        ack: vec![],
+    };
+    s.commit(commit(next.clone(), 1))
+        .await
+        .expect("first writer wins");
+    assert_eq!(s.load_run(&rec.id).await.unwrap(), next);
+    let stale = s.commit(commit(next.clone(), 1)).await.unwrap_err();
+    assert_eq!(stale.kind(), ErrorKind::Conflict, "{stale}");
+    assert_eq!(
+        s.load_run(&rec.id).await.unwrap().version,
+        2,
+        "a failed commit changes nothing"
+    );
+    let mut gone = new_record("cas-missing", "repo", "c1", now());
+    gone.version = 2;
+    let err = s.commit(commit(gone, 1)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+/// Of two writers racing from one version, exactly one wins.
+pub async fn concurrent_commits_one_wins(t: StoreUnderTest) {
+    let s = Arc::clone(&t.store);
+    let rec = new_record("race", "repo", "c1", now());
+    s.create_run(rec.clone(), vec![]).await.unwrap();
+    let mut handles = Vec::new();
+    for i in 0..8u64 {
+        let s = Arc::clone(&s);
+        let mut next = rec.clone();
+        next.version = 2;
+        next.updated_ms = 1000 + i;
+        handles.push(tokio::spawn(async move {
+            s.commit(Commit {
+                record: next,
+                expected_version: 1,
+                enqueue: vec![],
+                ack: vec![],
+            })
+            .await
+        }));
+    }
+    let mut wins = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(()) => wins += 1,
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e}"),
+        }
+    }
+    assert_eq!(wins, 1);
+}
+
+/// A commit enqueues its work and acknowledges consumed items atomically.
+pub async fn commit_enqueues_and_acks(t: StoreUnderTest) {
+    let s = &*t.store;
+    let rec = new_record("outbox", "repo", "c1", now());
+    s.create_run(
+        rec.clone(),
+        vec![WorkItem::event(rec.id.clone(), Event::Start)],
+    )
+    .await
+    .unwrap();
+    let claimed = claim_for(s, &rec.id, now(), Duration::from_secs(2)).await;
+    assert_eq!(claimed.len(), 1);
+    let mut next = rec.clone();
+    next.version = 2;
+    s.commit(Commit {
+        record: next,
+        expected_version: 1,
+        enqueue: vec![WorkItem::now(rec.id.clone(), Work::Flush)],
+        ack: vec![claimed[0].token.clone()],
+    })
+    .await
+    .unwrap();
+    // Well after the reclaim time, only the new item is there: the acknowledged one never returns.
+    tokio::time::sleep(t.reclaim_after + Duration::from_millis(100)).await;
+    let later = now() + t.reclaim_after.as_millis() as u64 * 4;
+    let again = claim_for(s, &rec.id, later, Duration::from_secs(2)).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].item.work, Work::Flush);
+    s.ack(&[again[0].token.clone()]).await.unwrap();
+}
+
+/// An item claimed and not acknowledged is handed out again after the reclaim time, and not before.
+pub async fn unacknowledged_work_is_reclaimed(t: StoreUnderTest) {
+    let s = &*t.store;
+    let rec = new_record("reclaim", "repo", "c1", now());
+    s.create_run(
+        rec.clone(),
+        vec![WorkItem::event(rec.id.clone(), Event::Start)],
+    )
+    .await
+    .unwrap();
+    let at = now();
+    let first = claim_for(s, &rec.id, at, Duration::from_secs(2)).await;
+    assert_eq!(first.len(), 1);
+    let early = s.claim("other", 64, at, Duration::ZERO).await.unwrap();
+    assert!(
+        early.iter().all(|c| c.item.run != rec.id),
+        "handed out again before the reclaim time"
+    );
+    tokio::time::sleep(t.reclaim_after + Duration::from_millis(150)).await;
+    let later = now() + t.reclaim_after.as_millis() as u64 * 2;
+    let mut reclaimed = Vec::new();
+    for _ in 0..20 {
+        let got = s
+            .claim("other", 64, later, Duration::from_millis(50))
+            .await
+            .unwrap();
+        reclaimed.extend(got.into_iter().filter(|c| c.item.run == rec.id));
+        if !reclaimed.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        reclaimed.len(),
+        1,
+        "a dead consumer's item must be reclaimed"
+    );
+    assert_eq!(reclaimed[0].item, first[0].item);
+    assert!(reclaimed[0].deliveries >= 2, "deliveries count the reclaim");
+    s.ack(&[reclaimed[0].token.clone()]).await.unwrap();
+    s.ack(&[reclaimed[0].token.clone()])
+        .await
+        .expect("ack is idempotent");
+}
+
+/// Delayed work is not handed out before it is due.
+pub async fn delayed_work_waits_until_due(t: StoreUnderTest) {
+    let s = &*t.store;
+    let rec = new_record("delayed", "repo", "c1", now());
+    s.create_run(rec.clone(), vec![]).await.unwrap();
+    let at = now();
+    s.enqueue(vec![WorkItem {
+        run: rec.id.clone(),
+        work: Work::Flush,
+        due_ms: Some(at + 60_000),
+    }])
+    .await
+    .unwrap();
+    let early = s.claim("suite", 64, at, Duration::ZERO).await.unwrap();
+    assert!(
+        early.iter().all(|c| c.item.run != rec.id),
+        "delayed item handed out early"
+    );
+    let due = claim_for(s, &rec.id, at + 60_001, Duration::from_secs(2)).await;
+    assert_eq!(due.len(), 1, "due item must be handed out");
+    assert_eq!(due[0].item.work, Work::Flush);
+    s.ack(&[due[0].token.clone()]).await.unwrap();
+}
+
+/// A claim waiting for work returns when work arrives.
+pub async fn waiting_claim_wakes_on_enqueue(t: StoreUnderTest) {
+    let s = Arc::clone(&t.store);
+    let rec = new_record("wake", "repo", "c1", now());
+    s.create_run(rec.clone(), vec![]).await.unwrap();
+    let waiter = {
+        let s = Arc::clone(&s);
+        let id = rec.id.clone();
+        tokio::spawn(async move { claim_for(&*s, &id, now(), Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.enqueue(vec![WorkItem::now(rec.id.clone(), Work::Flush)])
+        .await
+        .unwrap();
+    let got = waiter.await.unwrap();
+    assert_eq!(got.len(), 1);
+    s.ack(&[got[0].token.clone()]).await.unwrap();
+}
+
+/// Listing filters by repo, commit and state, newest first, page by page.
+pub async fn list_filters_and_pages(t: StoreUnderTest) {
+    let s = &*t.store;
+    let repo = super::unique("listrepo");
+    let base = now();
+    let mut ids = Vec::new();
+    for i in 0..5u64 {
+        let commit = if i % 2 == 0 { "even" } else { "odd" };
+        let rec = new_record("list", &repo, commit, base + i);
+        ids.push(rec.id.clone());
+        s.create_run(rec, vec![]).await.unwrap();
+    }
+    let filter = RunFilter {
+        repo: Some(repo.clone()),
+        limit: 2,
+        ..RunFilter::default()
+    };
+    let mut seen = Vec::new();
+    let mut page = s.list_runs(&filter).await.unwrap();
+    loop {
+        assert!(page.runs.len() <= 2);
+        seen.extend(page.runs.iter().map(|r| r.id.clone()));
+        match page.next.clone() {
+            Some(next) => {
+                page = s
+                    .list_runs(&RunFilter {
+                        after: Some(next),
+                        ..filter.clone()
+                    })
+                    .await
+                    .unwrap()
+            }
+            None => break,
+        }
+    }
+    let newest_first: Vec<RunId> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first, "all runs, newest first, each once");
+    let odd = s
+        .list_runs(&RunFilter {
+            repo: Some(repo.clone()),
+            commit: Some("odd".into()),
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(odd.runs.len(), 2);
+    assert!(odd.runs.iter().all(|r| r.commit == "odd"));
+    let finished = s
+        .list_runs(&RunFilter {
+            repo: Some(repo.clone()),
+            states: vec![RunState::Succeeded],
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(finished.runs.is_empty(), "no run of this repo has finished");
+    let bad = s
+        .list_runs(&RunFilter {
+            after: Some("not a cursor".into()),
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::Invalid, "{bad}");
+}
+
+/// A state change is visible to the state filter.
+pub async fn list_follows_state_changes(t: StoreUnderTest) {
+    let s = &*t.store;
+    let repo = super::unique("staterepo");
+    let rec = new_record("state", &repo, "c", now());
+    s.create_run(rec.clone(), vec![]).await.unwrap();
+    let mut next = rec.clone();
+    next.version = 2;
+    next.state = RunState::Failed;
+    next.finished_ms = Some(now());
+    s.commit(Commit {
+        record: next,
+        expected_version: 1,
+        enqueue: vec![],
+        ack: vec![],
+    })
+    .await
+    .unwrap();
+    let failed = s
+        .list_runs(&RunFilter {
+            repo: Some(repo.clone()),
+            states: vec![RunState::Failed],
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.runs.len(), 1);
+    assert_eq!(failed.runs[0].state, RunState::Failed);
+    let queued = s
+        .list_runs(&RunFilter {
+            repo: Some(repo),
+            states: vec![RunState::Queued],
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(queued.runs.is_empty(), "the old state must leave the index");
+}
+
+/// Finished runs past retention are purged with their work; others stay.
+pub async fn purge_removes_only_expired_finished_runs(t: StoreUnderTest) {
+    let s = &*t.store;
+    let at = now();
+    let finished = new_record("purge-old", "repo", "c", at);
+    let running = new_record("purge-running", "repo", "c", at);
+    for r in [&finished, &running] {
+        s.create_run(r.clone(), vec![]).await.unwrap();
+    }
+    let mut done = finished.clone();
+    done.version = 2;
+    done.state = RunState::Succeeded;
+    done.finished_ms = Some(at);
+    s.commit(Commit {
+        record: done,
+        expected_version: 1,
+        enqueue: vec![WorkItem::now(finished.id.clone(), Work::Flush)],
+        ack: vec![],
+    })
+    .await
+    .unwrap();
+    // Far in the future, beyond any retention.
+    let purged = s
+        .purge_expired(at + 10 * 365 * 24 * 3600 * 1000)
+        .await
+        .unwrap();
+    assert!(purged >= 1);
+    let err = s.load_run(&finished.id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(
+        s.load_run(&running.id).await.is_ok(),
+        "unfinished runs are never purged"
+    );
+    let listed = s
+        .list_runs(&RunFilter {
+            repo: Some("repo".into()),
+            limit: 1000,
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        listed.runs.iter().all(|r| r.id != finished.id),
+        "purged runs leave the index"
+    );
+    assert_eq!(
+        s.purge_expired(at).await.unwrap(),
+        0,
+        "nothing is expired now"
+    );
+}
+
+/// Expands to one `#[tokio::test]` per store conformance case. The argument
+/// is an expression (usually an `async` block) yielding
+/// `Option<StoreUnderTest>`; `None` skips.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@cases $make;
+            create_is_idempotent, load_unknown_is_not_found, commit_is_compare_and_set,
+            concurrent_commits_one_wins, commit_enqueues_and_acks, unacknowledged_work_is_reclaimed,
+            delayed_work_waits_until_due, waiting_claim_wakes_on_enqueue, list_filters_and_pages,
+            list_follows_state_changes, purge_removes_only_expired_finished_runs);
+    };
+    (@cases $make:expr; $($case:ident),*) => {
+        mod store_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    if let Some(t) = $make.await {
+                        $crate::testkit::store_suite::$case(t).await;
+                    }
+                }
+            )*
+        }
+    };
+}
