@@ -1,0 +1,476 @@
+//! [`TektonBackend`]: the [`Backend`] that runs each task attempt as a Tekton PipelineRun.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::channel::mpsc::{UnboundedSender, unbounded};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, ResourceExt};
+use stagetime_core::backend::{Backend, Capabilities, Housekeeping, HousekeepingReport, LaunchKey, LaunchRequest, Launched, Observation};
+use stagetime_core::{AttemptOutcome, Error, Result, RunId};
+use tokio::task::JoinHandle;
+
+use crate::config::TektonConfig;
+use crate::error::{Call, RESOURCE, classify, is_retryable};
+use crate::naming::pipelinerun_name;
+use crate::ratelimit::RateLimiter;
+use crate::render::{LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_REPO, LABEL_RUN, LABEL_TASK, MANAGED_BY_VALUE, render_pipelinerun};
+use crate::status;
+use crate::types::PipelineRun;
+
+type Subscribers = Arc<Mutex<Vec<UnboundedSender<Observation>>>>;
+
+/// Runs task attempts as `tekton.dev/v1` PipelineRuns in one namespace.
+///
+/// * **launch** creates the PipelineRun rendered by
+///   [`render_pipelinerun`](crate::render::render_pipelinerun) under its
+///   deterministic name; when the name is taken it reads the object and adopts
+///   it if its labels say it is the same run, task and attempt, and otherwise
+///   reports [`Error::AlreadyExists`] — never two PipelineRuns for one attempt.
+/// * **observe** is fed by one kube-runtime [`watcher`] per backend instance
+///   (label selector `<prefix>/managed-by=stagetime`; started by the first
+///   `observe` call), fanned out to every stream. A PipelineRun deleted before
+///   it finished is a failure. Watch errors and `410 Gone` make the watcher
+///   re-list; ends that happened meanwhile are still reported.
+/// * **reconcile** lists a run's PipelineRuns by label and reports the finished ones.
+/// * **cancel** merge-patches `spec.status` ([`crate::config::CancelMode`]).
+/// * **housekeeping** deletes finished PipelineRuns older than the TTL, keeping
+///   the newest `keep_last` per repository label, with background propagation.
+///
+/// Every API call goes through a client-side token bucket
+/// ([`crate::config::RateLimit`]) and is retried on 429, 5xx and connection
+/// errors ([`crate::config::RetryPolicy`]) before [`Error::Unavailable`] is
+/// reported.
+#[derive(Clone)]
+pub struct TektonBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    api: Api<PipelineRun>,
+    cfg: TektonConfig,
+    limiter: Option<RateLimiter>,
+    subscribers: Subscribers,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(h) = self.watcher.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            h.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for TektonBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TektonBackend").field("config", &self.inner.cfg).finish_non_exhaustive()
+    }
+}
+
+impl TektonBackend {
+    /// A backend using `client` for the namespace and settings of `cfg`.
+    pub fn new(client: Client, cfg: TektonConfig) -> Self {
+        let api = Api::namespaced(client, &cfg.namespace);
+        TektonBackend {
+            inner: Arc::new(Inner {
+                api,
+                limiter: cfg.rate_limit.map(RateLimiter::new),
+                cfg,
+                subscribers: Arc::default(),
+                watcher: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// A backend for the cluster of the current kubeconfig, or the in-cluster config.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when no configuration can be found or the client cannot be built.
+    pub async fn try_default(cfg: TektonConfig) -> Result<Self> {
+        let client = Client::try_default()
+            .await
+            .map_err(|e| Error::unavailable("kubernetes", format!("no usable kubeconfig or in-cluster config: {e}")))?;
+        Ok(Self::new(client, cfg))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TektonConfig {
+        &self.inner.cfg
+    }
+
+    /// The PipelineRun API of the configured namespace.
+    pub fn api(&self) -> &Api<PipelineRun> {
+        &self.inner.api
+    }
+
+    /// The name of the PipelineRun of `key`.
+    pub fn name_of(key: &LaunchKey) -> String {
+        pipelinerun_name(key.run.as_str(), &key.task, key.attempt)
+    }
+
+    fn call_info<'a>(&'a self, verb: &'a str, name: Option<&'a str>) -> Call<'a> {
+        Call {
+            verb,
+            namespace: &self.inner.cfg.namespace,
+            name,
+        }
+    }
+
+    /// Runs one API call through the rate limiter, retrying retryable errors.
+    async fn call<T, F, Fut>(&self, what: Call<'_>, mut f: F) -> std::result::Result<T, kube::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, kube::Error>>,
+    {
+        let policy = self.inner.cfg.retry;
+        let mut failures = 0;
+        loop {
+            if let Some(l) = &self.inner.limiter {
+                l.acquire().await;
+            }
+            match f().await {
+                Err(e) if is_retryable(&e) && failures + 1 < policy.attempts.max(1) => {
+                    failures += 1;
+                    let delay = policy.delay(failures);
+                    tracing::warn!(verb = what.verb, what = %what.what(), error = %e, ?delay, "retrying Kubernetes API call");
+                    tokio::time::sleep(delay).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn start_watcher(&self) {
+        let mut guard = self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("TektonBackend::observe must be called within a Tokio runtime; no watch started");
+            return;
+        };
+        let api = self.inner.api.clone();
+        let selector = self.inner.cfg.managed_selector();
+        let prefix = self.inner.cfg.label_prefix.clone();
+        let subs = self.inner.subscribers.clone();
+        *guard = Some(rt.spawn(watch_loop(api, selector, prefix, subs)));
+    }
+}
+
+async fn watch_loop(api: Api<PipelineRun>, selector: String, prefix: String, subs: Subscribers) {
+    let config = watcher::Config::default().labels(&selector);
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut tracker = Tracker::new(prefix);
+    loop {
+        match events.try_next().await {
+            Ok(Some(event)) => {
+                for obs in tracker.handle(event) {
+                    fan_out(&subs, obs);
+                }
+            }
+            Ok(None) => return,
+            Err(e) => tracing::warn!(error = %e, "PipelineRun watch failed; the watcher backs off and re-lists"),
+        }
+    }
+}
+
+fn fan_out(subs: &Subscribers, obs: Observation) {
+    let mut list = subs.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|tx| tx.unbounded_send(obs.clone()).is_ok());
+}
+
+/// The launch key a PipelineRun's labels name, if they name one.
+pub fn key_of(pr: &PipelineRun, label_prefix: &str) -> Option<LaunchKey> {
+    let labels = pr.metadata.labels.as_ref()?;
+    let get = |k: &str| labels.get(&format!("{label_prefix}/{k}"));
+    if get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_VALUE) {
+        return None;
+    }
+    Some(LaunchKey {
+        run: RunId::new(get(LABEL_RUN)?.clone()).ok()?,
+        task: get(LABEL_TASK)?.clone(),
+        attempt: get(LABEL_ATTEMPT)?.parse().ok()?,
+    })
+}
+
+/// True when `existing` carries the identifying labels of `wanted`
+/// (managed-by, run, task, attempt): it is the same attempt and may be adopted.
+pub fn same_attempt(existing: &PipelineRun, wanted: &PipelineRun, label_prefix: &str) -> bool {
+    let empty = BTreeMap::new();
+    let have = existing.metadata.labels.as_ref().unwrap_or(&empty);
+    let want = wanted.metadata.labels.as_ref().unwrap_or(&empty);
+    [LABEL_MANAGED_BY, LABEL_RUN, LABEL_TASK, LABEL_ATTEMPT].iter().all(|k| {
+        let k = format!("{label_prefix}/{k}");
+        want.get(&k).is_some() && have.get(&k) == want.get(&k)
+    })
+}
+
+/// When a PipelineRun finished (ms since the epoch): its `completionTime`,
+/// else the `Succeeded` condition's transition time, else its creation time.
+pub fn finished_ms(pr: &PipelineRun) -> Option<u64> {
+    let parse = |s: &str| s.parse::<Timestamp>().ok().map(|t| t.as_millisecond().max(0) as u64);
+    pr.status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_deref())
+        .and_then(parse)
+        .or_else(|| status::succeeded_condition(pr).and_then(|c| c.last_transition_time.as_deref()).and_then(parse))
+        .or_else(|| pr.metadata.creation_timestamp.as_ref().map(|t| t.0.as_millisecond().max(0) as u64))
+}
+
+#[derive(Debug, Clone)]
+struct Known {
+    key: LaunchKey,
+    finished: bool,
+}
+
+/// Turns watcher events into observations: each attempt's end once per
+/// tracker (again after a re-list only if it was not seen finished before),
+/// and a failure for a PipelineRun deleted before it finished — also when the
+/// deletion happened while the watch was down (found by the re-list).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    prefix: String,
+    known: HashMap<String, Known>,
+    relisting: Option<HashSet<String>>,
+}
+
+impl Tracker {
+    /// A tracker for objects labelled with `label_prefix`.
+    pub fn new(label_prefix: impl Into<String>) -> Self {
+        Tracker {
+            prefix: label_prefix.into(),
+            ..Tracker::default()
+        }
+    }
+
+    fn deleted_unfinished(name: &str, key: LaunchKey) -> Observation {
+        Observation {
+            key,
+            outcome: AttemptOutcome::Failed {
+                message: format!("PipelineRun {name} was deleted before it finished"),
+            },
+        }
+    }
+
+    /// The observations one watcher event causes.
+    pub fn handle(&mut self, event: Event<PipelineRun>) -> Vec<Observation> {
+        let mut out = Vec::new();
+        match event {
+            Event::Init => self.relisting = Some(HashSet::new()),
+            Event::InitApply(pr) | Event::Apply(pr) => {
+                let name = pr.name_any();
+                if let Some(seen) = &mut self.relisting {
+                    seen.insert(name.clone());
+                }
+                let Some(key) = key_of(&pr, &self.prefix) else { return out };
+                let outcome = status::outcome(&pr);
+                let was_finished = self.known.get(&name).is_some_and(|k| k.finished);
+                let finished = outcome.is_some();
+                if let Some(outcome) = outcome
+                    && !was_finished
+                {
+                    out.push(Observation { key: key.clone(), outcome });
+                }
+                self.known.insert(name, Known { key, finished });
+            }
+            Event::Delete(pr) => {
+                let name = pr.name_any();
+                let prev = self.known.remove(&name);
+                let Some(key) = key_of(&pr, &self.prefix).or_else(|| prev.as_ref().map(|p| p.key.clone())) else {
+                    return out;
+                };
+                let was_finished = prev.is_some_and(|k| k.finished);
+                match status::outcome(&pr) {
+                    Some(outcome) if !was_finished => out.push(Observation { key, outcome }),
+                    Some(_) => {}
+                    None if was_finished => {}
+                    None => out.push(Self::deleted_unfinished(&name, key)),
+                }
+            }
+            Event::InitDone => {
+                if let Some(seen) = self.relisting.take() {
+                    let gone: Vec<String> = self.known.keys().filter(|n| !seen.contains(*n)).cloned().collect();
+                    for name in gone {
+                        if let Some(k) = self.known.remove(&name)
+                            && !k.finished
+                        {
+                            out.push(Self::deleted_unfinished(&name, k.key));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl Backend for TektonBackend {
+    fn name(&self) -> &str {
+        "tekton"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            commands: false,
+            pipelines: true,
+        }
+    }
+
+    async fn launch(&self, request: LaunchRequest) -> Result<Launched> {
+        let pr = render_pipelinerun(&request, &self.inner.cfg)?;
+        let name = pr.name_any();
+        let api = &self.inner.api;
+        let prefix = &self.inner.cfg.label_prefix;
+        let pp = PostParams::default();
+        for _ in 0..3 {
+            let created = self
+                .call(self.call_info("create", Some(&name)), || api.create(&pp, &pr))
+                .await;
+            match created {
+                Ok(_) => {
+                    tracing::info!(pipelinerun = %name, key = %request.key, "created PipelineRun");
+                    return Ok(Launched { handle: name, created: true });
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    let existing = self
+                        .call(self.call_info("get", Some(&name)), || api.get_opt(&name))
+                        .await
+                        .map_err(|e| classify(e, self.call_info("get", Some(&name))))?;
+                    match existing {
+                        Some(existing) if same_attempt(&existing, &pr, prefix) => {
+                            tracing::info!(pipelinerun = %name, key = %request.key, "adopted existing PipelineRun");
+                            return Ok(Launched { handle: name, created: false });
+                        }
+                        Some(existing) => {
+                            let theirs = key_of(&existing, prefix).map_or_else(|| "no stagetime labels".to_string(), |k| format!("attempt {k}"));
+                            return Err(Error::AlreadyExists {
+                                what: format!("{RESOURCE} {name:?} in namespace {:?}", self.inner.cfg.namespace),
+                                message: format!("it is not the PipelineRun of attempt {} (its labels say: {theirs}); delete or rename it", request.key),
+                            });
+                        }
+                        // Deleted between our create and get: create again.
+                        None => continue,
+                    }
+                }
+                Err(e) => return Err(classify(e, self.call_info("create", Some(&name)))),
+            }
+        }
+        Err(Error::unavailable(
+            "kubernetes",
+            format!("PipelineRun {name:?} kept being deleted while it was being created"),
+        ))
+    }
+
+    async fn cancel(&self, key: &LaunchKey) -> Result<()> {
+        let name = Self::name_of(key);
+        let api = &self.inner.api;
+        let prefix = &self.inner.cfg.label_prefix;
+        let existing = self
+            .call(self.call_info("get", Some(&name)), || api.get_opt(&name))
+            .await
+            .map_err(|e| classify(e, self.call_info("get", Some(&name))))?;
+        let Some(existing) = existing else { return Ok(()) };
+        if key_of(&existing, prefix).as_ref() != Some(key) {
+            tracing::warn!(pipelinerun = %name, %key, "not cancelling a PipelineRun that is not this attempt's");
+            return Ok(());
+        }
+        let wanted = self.inner.cfg.cancel_mode.as_str();
+        if status::is_finished(&existing) || existing.spec.status.as_deref() == Some(wanted) {
+            return Ok(());
+        }
+        let patch = Patch::Merge(serde_json::json!({ "spec": { "status": wanted } }));
+        let pp = PatchParams::default();
+        let patched = self
+            .call(self.call_info("patch", Some(&name)), || api.patch(&name, &pp, &patch))
+            .await;
+        match patched {
+            Ok(_) => {
+                tracing::info!(pipelinerun = %name, %key, status = wanted, "cancelled PipelineRun");
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(classify(e, self.call_info("patch", Some(&name)))),
+        }
+    }
+
+    fn observe(&self) -> BoxStream<'static, Observation> {
+        let (tx, rx) = unbounded();
+        self.inner.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        self.start_watcher();
+        rx.boxed()
+    }
+
+    async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>> {
+        let api = &self.inner.api;
+        let lp = ListParams::default().labels(&self.inner.cfg.run_selector(run.as_str()));
+        let list = self
+            .call(self.call_info("list", None), || api.list(&lp))
+            .await
+            .map_err(|e| classify(e, self.call_info("list", None)))?;
+        let prefix = &self.inner.cfg.label_prefix;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|pr| {
+                let key = key_of(pr, prefix)?;
+                let outcome = status::outcome(pr)?;
+                (key.run == *run).then_some(Observation { key, outcome })
+            })
+            .collect())
+    }
+
+    async fn housekeeping(&self, policy: &Housekeeping) -> Result<HousekeepingReport> {
+        let api = &self.inner.api;
+        let lp = ListParams::default().labels(&self.inner.cfg.managed_selector());
+        let list = self
+            .call(self.call_info("list", None), || api.list(&lp))
+            .await
+            .map_err(|e| classify(e, self.call_info("list", None)))?;
+        let plan = housekeeping_plan(&list.items, policy, &self.inner.cfg.key(LABEL_REPO));
+        let mut report = HousekeepingReport::default();
+        let dp = DeleteParams::background();
+        for name in plan {
+            let deleted = self.call(self.call_info("delete", Some(&name)), || api.delete(&name, &dp)).await;
+            match deleted {
+                Ok(_) => report.deleted.push(name),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(classify(e, self.call_info("delete", Some(&name)))),
+            }
+        }
+        if !report.deleted.is_empty() {
+            tracing::info!(deleted = report.deleted.len(), "housekeeping deleted finished PipelineRuns");
+        }
+        Ok(report)
+    }
+}
+
+/// The names housekeeping deletes: per repository label, finished
+/// PipelineRuns newest first; the first `keep_last` stay, the rest go when
+/// they finished at least `ttl` before `now_ms`. Running ones always stay.
+pub fn housekeeping_plan(items: &[PipelineRun], policy: &Housekeeping, repo_label: &str) -> Vec<String> {
+    let mut by_repo: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for pr in items.iter().filter(|pr| status::is_finished(pr)) {
+        let repo = pr.labels().get(repo_label).cloned().unwrap_or_default();
+        by_repo.entry(repo).or_default().push((finished_ms(pr).unwrap_or(0), pr.name_any()));
+    }
+    let ttl = policy.ttl.as_millis() as u64;
+    let mut out = Vec::new();
+    for (_, mut list) in by_repo {
+        list.sort_by(|a, b| b.cmp(a));
+        for (i, (done, name)) in list.into_iter().enumerate() {
+            if i >= policy.keep_last && done.saturating_add(ttl) <= policy.now_ms {
+                out.push(name);
+            }
+        }
+    }
+    out
+}

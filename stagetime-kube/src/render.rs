@@ -1,0 +1,220 @@
+//! Request building: a [`LaunchRequest`] becomes a [`PipelineRun`] (pure; no IO).
+//!
+//! The mapping follows what the earlier system rendered (see docs/tekton.md):
+//! `spec.pipelineRef` by name or by resolver with name/value params;
+//! `spec.params` with list params as arrays; workspaces from a Secret, a PVC,
+//! a ConfigMap or a volume claim template; `spec.timeouts.pipeline`;
+//! `spec.taskRunTemplate.podTemplate.securityContext.fsGroup`; `stagetime/*`
+//! labels and the `canfail` annotation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::api::ObjectMeta;
+use stagetime_core::backend::LaunchRequest;
+use stagetime_core::plan::Plan;
+use stagetime_core::spec::{PipelineSpec, WorkspaceSpec};
+use stagetime_core::{Error, RunId};
+
+use crate::config::TektonConfig;
+use crate::naming::{pipelinerun_name, sanitize_label_value};
+use crate::types::{
+    ClaimSource, ConfigMapSource, Param, ParamValue, PipelineRef, PipelineRun, PipelineRunSpec, PodSecurityContext,
+    PodTemplate, SecretSource, TaskRunTemplate, Timeouts, VolumeClaimSpec, VolumeClaimTemplate, VolumeResources,
+    WorkspaceBinding,
+};
+
+/// Label: the run id.
+pub const LABEL_RUN: &str = "run";
+/// Label: the repository name.
+pub const LABEL_REPO: &str = "repo";
+/// Label: the commit id.
+pub const LABEL_COMMIT: &str = "commit";
+/// Label: the author.
+pub const LABEL_AUTHOR: &str = "author";
+/// Label: the stage number (`finally` for finally tasks).
+pub const LABEL_STAGE: &str = "stage";
+/// Label: the task name.
+pub const LABEL_TASK: &str = "task";
+/// Label: the attempt (1 for the first).
+pub const LABEL_ATTEMPT: &str = "attempt";
+/// Label: who manages the object; its value is [`MANAGED_BY_VALUE`].
+pub const LABEL_MANAGED_BY: &str = "managed-by";
+/// Value of the managed-by label.
+pub const MANAGED_BY_VALUE: &str = "stagetime";
+/// Annotation (unprefixed, as the earlier system wrote it): `"true"` or `"false"`.
+pub const ANNOTATION_CANFAIL: &str = "canfail";
+/// Annotation: the launch key `run/task#attempt`, unsanitised.
+pub const ANNOTATION_KEY: &str = "launch-key";
+/// Annotation: the repository URL.
+pub const ANNOTATION_REPO_URL: &str = "repo-url";
+/// Annotation: the push time as written.
+pub const ANNOTATION_PUSHED_AT: &str = "pushed-at";
+
+/// Formats a duration as Go's `time.Duration` prints it (`30m0s`, `1h0m0s`, `1.5s`).
+pub fn go_duration(d: Duration) -> String {
+    let total = d.as_secs();
+    let (h, m, s) = (total / 3600, (total / 60) % 60, total % 60);
+    let millis = d.subsec_millis();
+    let secs = if millis == 0 {
+        format!("{s}s")
+    } else {
+        let frac = format!("{millis:03}");
+        format!("{s}.{}s", frac.trim_end_matches('0'))
+    };
+    if h > 0 {
+        format!("{h}h{m}m{secs}")
+    } else if m > 0 {
+        format!("{m}m{secs}")
+    } else {
+        secs
+    }
+}
+
+/// The `stagetime/*` labels of one attempt, sanitised to valid label values.
+pub fn labels(req: &LaunchRequest, cfg: &TektonConfig) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    let mut put = |k: &str, v: &str| {
+        l.insert(cfg.key(k), sanitize_label_value(v));
+    };
+    put(LABEL_MANAGED_BY, MANAGED_BY_VALUE);
+    put(LABEL_RUN, req.key.run.as_str());
+    put(LABEL_REPO, &req.run.repo);
+    put(LABEL_COMMIT, &req.run.commit);
+    if let Some(a) = &req.run.author {
+        put(LABEL_AUTHOR, a);
+    }
+    put(LABEL_STAGE, &req.stage.map_or_else(|| "finally".to_string(), |s| s.to_string()));
+    put(LABEL_TASK, &req.key.task);
+    put(LABEL_ATTEMPT, &req.key.attempt.to_string());
+    l
+}
+
+fn workspace(ws: &WorkspaceSpec) -> WorkspaceBinding {
+    WorkspaceBinding {
+        name: ws.name.clone(),
+        secret: ws.secret.as_ref().map(|s| SecretSource { secret_name: s.clone() }),
+        persistent_volume_claim: ws.persistent_volume_claim.as_ref().map(|c| ClaimSource { claim_name: c.clone() }),
+        config_map: ws.config_map.as_ref().map(|c| ConfigMapSource { name: c.clone() }),
+        volume_claim_template: ws.volume_claim_template.as_ref().map(|v| VolumeClaimTemplate {
+            spec: VolumeClaimSpec {
+                storage_class_name: v.storage_class.clone(),
+                access_modes: vec![v.access_mode.clone().unwrap_or_else(|| "ReadWriteOnce".to_string())],
+                resources: VolumeResources {
+                    requests: BTreeMap::from([("storage".to_string(), v.storage.trim().to_string())]),
+                },
+            },
+        }),
+    }
+}
+
+fn pipeline_ref(p: &PipelineSpec) -> PipelineRef {
+    match (&p.pipeline_ref, &p.resolver) {
+        (Some(name), _) => PipelineRef {
+            name: Some(name.clone()),
+            ..PipelineRef::default()
+        },
+        (None, resolver) => PipelineRef {
+            name: None,
+            resolver: Some(resolver.clone().unwrap_or_else(|| "git".to_string())),
+            params: p
+                .resolver_params
+                .iter()
+                .map(|(k, v)| Param {
+                    name: k.clone(),
+                    value: ParamValue::String(v.clone()),
+                })
+                .collect(),
+        },
+    }
+}
+
+/// The PipelineRun of one attempt.
+///
+/// # Errors
+/// [`Error::Unsupported`] when the task has no `pipeline` (it is a
+/// command-only task, which the Tekton backend cannot run).
+pub fn render_pipelinerun(req: &LaunchRequest, cfg: &TektonConfig) -> Result<PipelineRun, Error> {
+    let Some(p) = &req.task.pipeline else {
+        return Err(Error::Unsupported {
+            message: format!("task {:?} has no `pipeline`, which the tekton backend needs", req.key.task),
+        });
+    };
+    let name = pipelinerun_name(req.key.run.as_str(), &req.key.task, req.key.attempt);
+    let mut annotations = BTreeMap::from([
+        (ANNOTATION_CANFAIL.to_string(), req.task.can_fail.to_string()),
+        (cfg.key(ANNOTATION_KEY), req.key.to_string()),
+    ]);
+    if let Some(u) = &req.run.repo_url {
+        annotations.insert(cfg.key(ANNOTATION_REPO_URL), u.clone());
+    }
+    if let Some(t) = &req.run.pushed_at {
+        annotations.insert(cfg.key(ANNOTATION_PUSHED_AT), t.clone());
+    }
+    let mut params: Vec<Param> = p
+        .params
+        .iter()
+        .map(|(k, v)| Param {
+            name: k.clone(),
+            value: ParamValue::String(v.clone()),
+        })
+        .collect();
+    params.extend(p.list_params.iter().map(|(k, v)| Param {
+        name: k.clone(),
+        value: ParamValue::Array(v.clone()),
+    }));
+    let timeout = req.timeout.or(cfg.default_timeout);
+    let task_run_template = (cfg.fs_group.is_some() || cfg.service_account.is_some()).then(|| TaskRunTemplate {
+        service_account_name: cfg.service_account.clone(),
+        pod_template: cfg.fs_group.map(|g| PodTemplate {
+            security_context: Some(PodSecurityContext { fs_group: Some(g) }),
+        }),
+    });
+    let spec = PipelineRunSpec {
+        pipeline_ref: Some(pipeline_ref(p)),
+        params,
+        workspaces: p.workspaces.iter().map(workspace).collect(),
+        timeouts: timeout.map(|t| Timeouts {
+            pipeline: Some(go_duration(t)),
+        }),
+        task_run_template,
+        status: None,
+    };
+    Ok(PipelineRun {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(cfg.namespace.clone()),
+            labels: Some(labels(req, cfg)),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: None,
+    })
+}
+
+/// The PipelineRuns of every task of `plan` that has a `pipeline`, first
+/// attempts, in plan order (main tasks by document order, then finally
+/// tasks): what `stagetime plan FILE --output yaml` prints.
+///
+/// Tasks with only a `command` are left out (they cannot run on Tekton).
+pub fn render_plan(run: &RunId, plan: &Plan, cfg: &TektonConfig) -> Vec<PipelineRun> {
+    (0..plan.len() as u32)
+        .map(|i| LaunchRequest::for_task(run, plan, i, 1))
+        .filter_map(|req| render_pipelinerun(&req, cfg).ok())
+        .collect()
+}
+
+/// [`render_plan`] as a multi-document YAML stream (`---` between documents).
+///
+/// # Errors
+/// [`Error::Corrupt`] if serialising fails (it does not for these types).
+pub fn render_plan_yaml(run: &RunId, plan: &Plan, cfg: &TektonConfig) -> Result<String, Error> {
+    let mut out = String::new();
+    for pr in render_plan(run, plan, cfg) {
+        let doc = yaml_serde::to_string(&pr).map_err(|e| Error::corrupt("PipelineRun", e))?;
+        out.push_str("---\n");
+        out.push_str(&doc);
+    }
+    Ok(out)
+}
