@@ -474,3 +474,121 @@ pub fn housekeeping_plan(items: &[PipelineRun], policy: &Housekeeping, repo_labe
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Condition, PipelineRunSpec, PipelineRunStatus};
+    use std::time::Duration;
+
+    fn pr(task: &str, succeeded: Option<(&str, &str)>, completion: Option<&str>) -> PipelineRun {
+        let key = LaunchKey {
+            run: RunId::new("run-1").unwrap(),
+            task: task.into(),
+            attempt: 1,
+        };
+        let mut pr = PipelineRun::new(&TektonBackend::name_of(&key), PipelineRunSpec::default());
+        pr.metadata.labels = Some(BTreeMap::from([
+            ("stagetime/managed-by".to_string(), "stagetime".to_string()),
+            ("stagetime/run".to_string(), "run-1".to_string()),
+            ("stagetime/repo".to_string(), "demo".to_string()),
+            ("stagetime/task".to_string(), task.to_string()),
+            ("stagetime/attempt".to_string(), "1".to_string()),
+        ]));
+        pr.status = Some(PipelineRunStatus {
+            conditions: succeeded
+                .map(|(s, r)| Condition {
+                    type_: "Succeeded".into(),
+                    status: s.into(),
+                    reason: Some(r.into()),
+                    ..Condition::default()
+                })
+                .into_iter()
+                .collect(),
+            completion_time: completion.map(Into::into),
+            ..PipelineRunStatus::default()
+        });
+        pr
+    }
+
+    fn tasks(obs: &[Observation]) -> Vec<(&str, &AttemptOutcome)> {
+        obs.iter().map(|o| (o.key.task.as_str(), &o.outcome)).collect()
+    }
+
+    #[test]
+    fn each_end_is_reported_once_and_running_is_silent() {
+        let mut t = Tracker::new("stagetime");
+        assert!(t.handle(Event::Init).is_empty());
+        assert!(t.handle(Event::InitApply(pr("a", Some(("Unknown", "Running")), None))).is_empty());
+        let done = t.handle(Event::InitApply(pr("b", Some(("True", "Succeeded")), None)));
+        assert_eq!(tasks(&done), [("b", &AttemptOutcome::Succeeded)], "finished before we watched");
+        assert!(t.handle(Event::InitDone).is_empty());
+        let a = t.handle(Event::Apply(pr("a", Some(("False", "Failed")), None)));
+        assert!(matches!(tasks(&a)[..], [("a", AttemptOutcome::Failed { .. })]));
+        assert!(t.handle(Event::Apply(pr("a", Some(("False", "Failed")), None))).is_empty(), "no repeat");
+        // Re-list after a watch error: nothing new, nothing repeated.
+        t.handle(Event::Init);
+        t.handle(Event::InitApply(pr("a", Some(("False", "Failed")), None)));
+        t.handle(Event::InitApply(pr("b", Some(("True", "Succeeded")), None)));
+        assert!(t.handle(Event::InitDone).is_empty());
+        // Deleting finished ones (housekeeping) reports nothing.
+        assert!(t.handle(Event::Delete(pr("b", Some(("True", "Succeeded")), None))).is_empty());
+        // Unknown objects are ignored.
+        let mut foreign = pr("z", Some(("True", "Succeeded")), None);
+        foreign.metadata.labels = None;
+        assert!(t.handle(Event::Apply(foreign)).is_empty());
+    }
+
+    #[test]
+    fn deleted_before_finishing_is_a_failure() {
+        let mut t = Tracker::new("stagetime");
+        t.handle(Event::Apply(pr("a", None, None)));
+        let obs = t.handle(Event::Delete(pr("a", None, None)));
+        match tasks(&obs)[..] {
+            [("a", AttemptOutcome::Failed { message })] => assert!(message.contains("deleted before it finished"), "{message}"),
+            ref other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missed_events_are_recovered_by_the_relist() {
+        let mut t = Tracker::new("stagetime");
+        t.handle(Event::Apply(pr("a", None, None)));
+        t.handle(Event::Apply(pr("b", None, None)));
+        // The watch broke; meanwhile `a` finished and `b` was deleted.
+        t.handle(Event::Init);
+        let during = t.handle(Event::InitApply(pr("a", Some(("False", "PipelineRunTimeout")), None)));
+        assert!(matches!(tasks(&during)[..], [("a", AttemptOutcome::TimedOut { .. })]));
+        let after = t.handle(Event::InitDone);
+        assert!(matches!(tasks(&after)[..], [("b", AttemptOutcome::Failed { .. })]), "{after:?}");
+    }
+
+    #[test]
+    fn housekeeping_keeps_newest_per_repo_and_young_ones() {
+        let day = 86_400_000u64;
+        let mut items = vec![
+            pr("a", Some(("True", "Succeeded")), Some("2024-01-01T00:00:00Z")),
+            pr("b", Some(("False", "Failed")), Some("2024-01-02T00:00:00Z")),
+            pr("c", Some(("True", "Succeeded")), Some("2024-01-03T00:00:00Z")),
+            pr("d", Some(("Unknown", "Running")), None),
+        ];
+        let mut other = pr("e", Some(("True", "Succeeded")), Some("2024-01-01T00:00:00Z"));
+        other.metadata.labels.as_mut().unwrap().insert("stagetime/repo".into(), "other".into());
+        items.push(other);
+        let jan3 = "2024-01-03T00:00:00Z".parse::<Timestamp>().unwrap().as_millisecond() as u64;
+        let name = |t: &str| TektonBackend::name_of(&LaunchKey { run: RunId::new("run-1").unwrap(), task: t.into(), attempt: 1 });
+        let policy = |ttl_days: u64, keep_last: usize| Housekeeping {
+            ttl: Duration::from_millis(ttl_days * day),
+            keep_last,
+            now_ms: jan3 + day,
+        };
+        let mut got = housekeeping_plan(&items, &policy(0, 1), "stagetime/repo");
+        got.sort();
+        let mut want = vec![name("a"), name("b")];
+        want.sort();
+        assert_eq!(got, want, "keep the newest of demo (c) and of other (e); never the running d");
+        assert_eq!(housekeeping_plan(&items, &policy(3, 1), "stagetime/repo"), [name("a")], "b is younger than the TTL");
+        assert!(housekeeping_plan(&items, &policy(0, 3), "stagetime/repo").is_empty());
+        assert_eq!(finished_ms(&items[2]), Some(jan3));
+    }
+}
