@@ -1,0 +1,29 @@
+-- purge.lua: delete finished runs whose retention ended at or before `now`,
+-- with their listing-index entries and their pending delayed work.
+--
+-- KEYS: 1 finished zset, 2 gc hash, 3 timers zset
+-- ARGV: 1 now ms, 2 at most this many runs, 3 key prefix of run hashes
+--       ("<prefix>run:{"; the run id and "}" follow)
+-- Returns how many runs went.
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  local gc = redis.call('HGET', KEYS[2], id)
+  if gc then
+    local ok, info = pcall(cjson.decode, gc)
+    if ok and type(info) == 'table' and type(info.k) == 'table' then
+      for _, key in ipairs(info.k) do
+        redis.call('ZREM', key, info.m)
+      end
+    end
+  end
+  local run = ARGV[3] .. id .. '}'
+  local delayed = run .. ':delayed'
+  local members = redis.call('SMEMBERS', delayed)
+  if #members > 0 then
+    redis.call('ZREM', KEYS[3], unpack(members))
+  end
+  redis.call('DEL', run, delayed)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #ids

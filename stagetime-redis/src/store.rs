@@ -1,0 +1,886 @@
+//! [`RedisStore`]: the [`Store`] on Redis.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Value};
+use serde::Deserialize;
+use stagetime_core::store::{
+    ClaimToken, Claimed, Commit, Created, RECORD_FORMAT, RunFilter, RunId, RunPage, RunRecord,
+    RunSummary, Store, WorkItem,
+};
+use stagetime_core::{Error, FieldErrors, Result};
+use tracing::{debug, warn};
+
+use crate::config::{RedisConfig, normalise_prefix};
+use crate::error::{classify, unavailable_reply};
+use crate::keys::{Keys, STATES};
+use crate::scripts::Scripts;
+
+/// Runs purged per script call.
+const PURGE_BATCH: usize = 200;
+/// Index members read per round trip while listing.
+const LIST_CHUNK: usize = 200;
+/// Largest page a listing returns.
+const MAX_PAGE: usize = 1000;
+/// How often a claim trims the stream.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// Arguments per chunk of a variadic command (Lua's `unpack` has a limit).
+const MAX_CHUNK: usize = 1000;
+
+/// Figures about the work queue, for tests, benchmarks and operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamStats {
+    /// Entries in the work stream (`XLEN`).
+    pub length: u64,
+    /// Entries handed out and not acknowledged (`XPENDING`).
+    pub pending: u64,
+    /// Timers: delayed items and claim deadlines (`ZCARD`).
+    pub timers: u64,
+}
+
+/// The [`Store`] on Redis ≥ 6.2 or Valkey. Cheap to share behind an `Arc`;
+/// any number of stores (in any number of processes) may use one server.
+///
+/// Normal commands go through a reconnecting [`ConnectionManager`] with the
+/// configured response timeout; waiting for work uses blocking `XREAD`s on
+/// connections of their own with no response timeout.
+pub struct RedisStore {
+    config: RedisConfig,
+    keys: Keys,
+    client: Client,
+    con: ConnectionManager,
+    scripts: Scripts,
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    started: Instant,
+    last_autoclaim_ms: AtomicU64,
+    last_trim_ms: AtomicU64,
+    nonce_base: u64,
+    nonce: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.config.prefix)
+            .field("group", &self.config.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects, loads the scripts and creates the consumer group.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a malformed URL; [`Error::Unavailable`] when
+    /// Redis cannot be reached; [`Error::Forbidden`] when it refuses the
+    /// credentials.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        let store = Self::new(config)?;
+        let mut con = store.con.clone();
+        for script in store.scripts.all() {
+            script
+                .prepare_invoke()
+                .load_async(&mut con)
+                .await
+                .map_err(|e| classify(e, "loading scripts"))?;
+        }
+        store.ensure_group().await?;
+        Ok(store)
+    }
+
+    /// A store that connects on first use (no IO here): scripts are loaded
+    /// and the consumer group is created when first needed. Useful when
+    /// Redis may be down while a worker starts.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a malformed URL.
+    pub fn new(mut config: RedisConfig) -> Result<Self> {
+        config.prefix = normalise_prefix(std::mem::take(&mut config.prefix));
+        let client = Client::open(config.url.as_str()).map_err(|e| classify(e, "redis url"))?;
+        let manager = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let con = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+            .map_err(|e| classify(e, "redis connection"))?;
+        let mut h = RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let nonce_base = h.finish();
+        Ok(RedisStore {
+            keys: Keys::new(config.prefix.clone()),
+            config,
+            client,
+            con,
+            scripts: Scripts::new(),
+            blocking: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            last_autoclaim_ms: AtomicU64::new(0),
+            last_trim_ms: AtomicU64::new(0),
+            nonce_base,
+            nonce: AtomicU64::new(0),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// The key layout in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Sizes of the work stream, its pending entries and the timers.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    pub async fn stream_stats(&self) -> Result<StreamStats> {
+        let mut con = self.con.clone();
+        let (length, pending, timers): (u64, Value, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(self.keys.stream())
+            .cmd("XPENDING")
+            .arg(self.keys.stream())
+            .arg(&self.config.group)
+            .cmd("ZCARD")
+            .arg(self.keys.timers())
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "stream stats"))?;
+        let pending = match pending {
+            Value::Array(v) => v.first().and_then(as_u64).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(StreamStats {
+            length,
+            pending,
+            timers,
+        })
+    }
+
+    async fn ensure_group(&self) -> Result<()> {
+        let mut con = self.con.clone();
+        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.stream())
+            .arg(&self.config.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut con)
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP") => {
+                Ok(())
+            }
+            Err(e) => Err(classify(e, "creating the consumer group")),
+        }
+    }
+
+    fn retention_ms(&self) -> u64 {
+        self.config.retention.as_millis() as u64
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// True (once per period, across tasks) when a periodic chore is due.
+    fn due(&self, last: &AtomicU64, every: Duration) -> bool {
+        let now = self.elapsed_ms().max(1);
+        let prev = last.load(Ordering::Relaxed);
+        (prev == 0 || now.saturating_sub(prev) >= every.as_millis() as u64)
+            && last
+                .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    fn delayed_member(&self, item: &WorkItem, json: &str) -> String {
+        let n = self.nonce.fetch_add(1, Ordering::Relaxed);
+        format!("d{:016x}{:08x}|{}|{}", self.nonce_base, n, item.run, json)
+    }
+
+    /// Splits items into now items `(run, json)` and delayed `(due, member)`.
+    fn encode_items(&self, items: &[WorkItem]) -> Result<Encoded> {
+        let mut now = Vec::new();
+        let mut delayed = Vec::new();
+        for item in items {
+            let json = to_json(item, "work item")?;
+            match item.due_ms {
+                None => now.push((item.run.to_string(), json)),
+                Some(due) => delayed.push((due, self.delayed_member(item, &json))),
+            }
+        }
+        Ok((now, delayed))
+    }
+
+    fn finished_score(&self, record: &RunRecord) -> String {
+        record
+            .finished_ms
+            .map(|f| f.saturating_add(self.retention_ms()).to_string())
+            .unwrap_or_default()
+    }
+
+    fn gc_json(&self, record: &RunRecord, member: &str) -> Result<String> {
+        if record.finished_ms.is_none() {
+            return Ok(String::new());
+        }
+        let mut keys = self.static_index_keys(record);
+        keys.extend(STATES.iter().map(|s| self.keys.idx_state(*s)));
+        to_json(&serde_json::json!({ "m": member, "k": keys }), "gc entry")
+    }
+
+    /// Indexes a run is in for life (all but the state index).
+    fn static_index_keys(&self, record: &RunRecord) -> Vec<String> {
+        let mut keys = vec![
+            self.keys.idx_all(),
+            self.keys.idx_repo(&record.spec.repo),
+            self.keys.idx_commit(&record.spec.commit),
+        ];
+        if let Some(g) = &record.spec.options.concurrency_group {
+            keys.push(self.keys.idx_group(g));
+        }
+        keys
+    }
+
+    async fn stored_version(&self, id: &RunId) -> Result<Option<String>> {
+        let mut con = self.con.clone();
+        redis::cmd("HGET")
+            .arg(self.keys.run(id))
+            .arg("v")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, &format!("run {id}")))
+    }
+
+    async fn blocking_connection(&self) -> Result<MultiplexedConnection> {
+        if let Some(c) = self
+            .blocking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+        {
+            return Ok(c);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(self.config.connect_timeout));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| classify(e, "blocking connection"))
+    }
+
+    /// Waits up to `block` for an entry after `last_id` (no claim: the
+    /// claim script takes it afterwards). Returns early on new entries.
+    async fn wait_for_entries(&self, last_id: &str, block: Duration) -> Result<()> {
+        let mut con = self.blocking_connection().await?;
+        let ms = block.as_millis().max(1) as u64;
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(ms)
+            .arg("STREAMS")
+            .arg(self.keys.stream())
+            .arg(last_id);
+        let read = cmd.query_async::<Value>(&mut con);
+        // The connection has no response timeout (BLOCK would trip it); guard
+        // against a server that vanished without closing the socket.
+        match tokio::time::timeout(block + self.config.response_timeout, read).await {
+            Ok(Ok(_)) => {
+                self.blocking
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(con);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(classify(e, "waiting for work")),
+            Err(_) => Err(Error::unavailable(
+                "redis",
+                "waiting for work: no reply from redis",
+            )),
+        }
+    }
+
+    /// One run of the claim script.
+    async fn claim_once(&self, consumer: &str, max: usize, now_ms: u64) -> Result<ClaimReply> {
+        let reclaim_ms = self.config.reclaim_after.as_millis() as u64;
+        let autoclaim_every = (self.config.reclaim_after / 2)
+            .clamp(Duration::from_millis(50), Duration::from_secs(10));
+        let autoclaim = if self.due(&self.last_autoclaim_ms, autoclaim_every) {
+            reclaim_ms.max(1).to_string()
+        } else {
+            String::new()
+        };
+        let trim = if self.due(&self.last_trim_ms, TRIM_EVERY) {
+            "1"
+        } else {
+            ""
+        };
+        let mut con = self.con.clone();
+        let reply: Value = self
+            .scripts
+            .claim
+            .key(self.keys.stream())
+            .key(self.keys.timers())
+            .arg(&self.config.group)
+            .arg(consumer)
+            .arg(max)
+            .arg(now_ms)
+            .arg(now_ms.saturating_add(reclaim_ms))
+            .arg(self.config.stream_max_len)
+            .arg(autoclaim)
+            .arg(trim)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "claiming work"))?;
+        parse_claim_reply(reply)
+    }
+
+    /// Acknowledges entries that cannot be decoded (poison messages).
+    async fn drop_entries(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let tokens: Vec<ClaimToken> = ids.iter().cloned().map(ClaimToken).collect();
+        if let Err(e) = self.ack(&tokens).await {
+            warn!(error = %e, "cannot drop undecodable work items; they will come back");
+        }
+    }
+}
+
+/// Now items `(run, json)` and delayed items `(due ms, timers member)`.
+type Encoded = (Vec<(String, String)>, Vec<(u64, String)>);
+
+/// What the claim script answered.
+struct ClaimReply {
+    entries: Vec<(String, u32, Vec<u8>)>,
+    next_timer: Option<u64>,
+    last_id: String,
+}
+
+fn parse_claim_reply(v: Value) -> Result<ClaimReply> {
+    let Value::Array(parts) = v else {
+        return Err(unavailable_reply("claim", format!("{v:?}")));
+    };
+    let mut parts = parts.into_iter();
+    let _n = parts.next();
+    let next_timer = parts
+        .next()
+        .and_then(|v| as_string(&v))
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(|f| f.max(0.0) as u64);
+    let last_id = parts.next().and_then(|v| as_string(&v)).unwrap_or_default();
+    let mut entries = Vec::new();
+    if let Some(Value::Array(flat)) = parts.next() {
+        let mut it = flat.into_iter();
+        while let (Some(id), Some(deliveries), Some(json)) = (it.next(), it.next(), it.next()) {
+            let id = as_string(&id).ok_or_else(|| unavailable_reply("claim", "entry id"))?;
+            let deliveries = as_u64(&deliveries).unwrap_or(1).max(1) as u32;
+            let json = match json {
+                Value::BulkString(b) => b,
+                Value::SimpleString(s) => s.into_bytes(),
+                _ => Vec::new(),
+            };
+            entries.push((id, deliveries, json));
+        }
+    }
+    Ok(ClaimReply {
+        entries,
+        next_timer,
+        last_id,
+    })
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T, what: &str) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| {
+        let mut errors = FieldErrors::default();
+        errors.push(what, format!("cannot be encoded: {e}"));
+        Error::Invalid(errors)
+    })
+}
+
+/// Decodes a stored record, telling a foreign layout from a broken one.
+fn decode_record(id: &RunId, bytes: &[u8]) -> Result<RunRecord> {
+    let what = format!("run {id}");
+    let record: RunRecord = match serde_json::from_slice(bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            #[derive(Deserialize)]
+            struct FormatOnly {
+                format: u32,
+            }
+            return Err(match serde_json::from_slice::<FormatOnly>(bytes) {
+                Ok(f) if f.format != RECORD_FORMAT => Error::corrupt(
+                    what,
+                    format!(
+                        "record format {} is not the supported {RECORD_FORMAT}",
+                        f.format
+                    ),
+                ),
+                _ => Error::corrupt(what, format!("stored record cannot be read: {e}")),
+            });
+        }
+    };
+    if &record.id != id {
+        return Err(Error::corrupt(
+            what,
+            format!("stored record belongs to run {}", record.id),
+        ));
+    }
+    record.check_format()
+}
+
+/// Parses a listing cursor (`<created ms>:<id>`, as [`RunPage::next`] gives)
+/// into an index member.
+fn cursor_member(cursor: &str) -> Result<String> {
+    let bad = || {
+        let mut e = FieldErrors::default();
+        e.push(
+            "after",
+            format!("{cursor:?} is not a cursor returned by list"),
+        );
+        Error::Invalid(e)
+    };
+    let (ms, id) = cursor.split_once(':').ok_or_else(bad)?;
+    let ms: u64 = ms.parse().map_err(|_| bad())?;
+    let id = RunId::new(id).map_err(|_| bad())?;
+    Ok(Keys::index_member(ms, &id))
+}
+
+fn chunks<T>(v: &[T]) -> std::slice::Chunks<'_, T> {
+    v.chunks(MAX_CHUNK)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn create_run(&self, record: RunRecord, start: Vec<WorkItem>) -> Result<Created> {
+        let id = record.id.clone();
+        let what = format!("run {id}");
+        let rec_json = to_json(&record, "record")?;
+        let sum_json = to_json(&record.summary(), "summary")?;
+        let member = Keys::index_member(record.created_ms, &id);
+        let mut index_keys = self.static_index_keys(&record);
+        index_keys.push(self.keys.idx_state(record.state));
+        let (now, delayed) = self.encode_items(&start)?;
+
+        let mut inv = self.scripts.create.prepare_invoke();
+        inv.key(self.keys.run(&id))
+            .key(self.keys.run_delayed(&id))
+            .key(self.keys.stream())
+            .key(self.keys.timers())
+            .key(self.keys.finished())
+            .key(self.keys.gc());
+        for k in &index_keys {
+            inv.key(k);
+        }
+        inv.arg(record.version)
+            .arg(&rec_json)
+            .arg(&sum_json)
+            .arg(record.state.as_str())
+            .arg(&member)
+            .arg(id.as_str())
+            .arg(self.finished_score(&record))
+            .arg(self.retention_ms().max(1))
+            .arg(self.gc_json(&record, &member)?)
+            .arg(self.config.stream_max_len)
+            .arg(now.len())
+            .arg(delayed.len());
+        for (run, json) in &now {
+            inv.arg(run).arg(json);
+        }
+        for (due, m) in &delayed {
+            inv.arg(*due).arg(m);
+        }
+        let mut con = self.con.clone();
+        let reply: Vec<Value> = inv
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| classify(e, &what))?;
+        match reply.first().and_then(as_string).as_deref() {
+            Some("created") => Ok(Created {
+                record,
+                created: true,
+            }),
+            Some("exists") => {
+                let bytes = match reply.get(1) {
+                    Some(Value::BulkString(b)) => b.as_slice(),
+                    _ => return Err(Error::corrupt(what, "stored record is not a string")),
+                };
+                Ok(Created {
+                    record: decode_record(&id, bytes)?,
+                    created: false,
+                })
+            }
+            other => Err(unavailable_reply(&what, format!("{other:?}"))),
+        }
+    }
+
+    async fn load_run(&self, id: &RunId) -> Result<RunRecord> {
+        let what = format!("run {id}");
+        let mut con = self.con.clone();
+        let bytes: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.keys.run(id))
+            .arg("rec")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, &what))?;
+        match bytes {
+            None => Err(Error::not_found(what)),
+            Some(b) => decode_record(id, &b),
+        }
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<()> {
+        let Commit {
+            record,
+            expected_version,
+            enqueue,
+            ack,
+        } = commit;
+        let id = record.id.clone();
+        let what = format!("run {id}");
+        if record.version != expected_version.wrapping_add(1) {
+            // A malformed commit: report what is stored, like any conflict.
+            return match self.stored_version(&id).await? {
+                None => Err(Error::not_found(what)),
+                Some(v) => Err(Error::Conflict {
+                    what,
+                    expected: expected_version,
+                    found: v.parse().unwrap_or(0),
+                }),
+            };
+        }
+        let rec_json = to_json(&record, "record")?;
+        let sum_json = to_json(&record.summary(), "summary")?;
+        let member = Keys::index_member(record.created_ms, &id);
+        let (now, delayed) = self.encode_items(&enqueue)?;
+
+        let mut inv = self.scripts.commit.prepare_invoke();
+        inv.key(self.keys.run(&id))
+            .key(self.keys.run_delayed(&id))
+            .key(self.keys.stream())
+            .key(self.keys.timers())
+            .key(self.keys.finished())
+            .key(self.keys.gc());
+        for s in STATES {
+            inv.key(self.keys.idx_state(s));
+        }
+        inv.arg(expected_version)
+            .arg(record.version)
+            .arg(&rec_json)
+            .arg(&sum_json)
+            .arg(record.state.as_str())
+            .arg(&member)
+            .arg(id.as_str())
+            .arg(self.finished_score(&record))
+            .arg(self.retention_ms().max(1))
+            .arg(self.gc_json(&record, &member)?)
+            .arg(&self.config.group)
+            .arg(self.config.stream_max_len)
+            .arg(now.len())
+            .arg(delayed.len())
+            .arg(ack.len());
+        for (run, json) in &now {
+            inv.arg(run).arg(json);
+        }
+        for (due, m) in &delayed {
+            inv.arg(*due).arg(m);
+        }
+        for t in &ack {
+            inv.arg(&t.0);
+        }
+        let mut con = self.con.clone();
+        let reply: Vec<Value> = inv
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| classify(e, &what))?;
+        match reply.first().and_then(as_string).as_deref() {
+            Some("ok") => Ok(()),
+            Some("notfound") => Err(Error::not_found(what)),
+            Some("conflict") => {
+                let found = reply.get(1).and_then(as_string).unwrap_or_default();
+                match found.parse::<u64>() {
+                    Ok(found) => Err(Error::Conflict {
+                        what,
+                        expected: expected_version,
+                        found,
+                    }),
+                    Err(_) => Err(Error::corrupt(
+                        what,
+                        format!("stored version {found:?} is not a number"),
+                    )),
+                }
+            }
+            other => Err(unavailable_reply(&what, format!("{other:?}"))),
+        }
+    }
+
+    async fn enqueue(&self, items: Vec<WorkItem>) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let (now, delayed) = self.encode_items(&items)?;
+        let stream = self.keys.stream();
+        let mut pipe = redis::pipe();
+        for (run, json) in &now {
+            let cmd = pipe.cmd("XADD").arg(&stream);
+            if self.config.stream_max_len > 0 {
+                cmd.arg("MAXLEN").arg("~").arg(self.config.stream_max_len);
+            }
+            cmd.arg("*").arg("r").arg(run).arg("w").arg(json).ignore();
+        }
+        for chunk in chunks(&delayed) {
+            let cmd = pipe.cmd("ZADD").arg(self.keys.timers());
+            for (due, m) in chunk {
+                cmd.arg(*due).arg(m);
+            }
+            cmd.ignore();
+        }
+        for ((_, m), item) in delayed
+            .iter()
+            .zip(items.iter().filter(|i| i.due_ms.is_some()))
+        {
+            pipe.cmd("SADD")
+                .arg(self.keys.run_delayed(&item.run))
+                .arg(m)
+                .ignore();
+        }
+        let mut con = self.con.clone();
+        pipe.query_async::<()>(&mut con)
+            .await
+            .map_err(|e| classify(e, "enqueueing work"))
+    }
+
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        now_ms: u64,
+        wait: Duration,
+    ) -> Result<Vec<Claimed>> {
+        let max = max.clamp(1, MAX_CHUNK);
+        let started = Instant::now();
+        loop {
+            let elapsed = started.elapsed();
+            let now = now_ms.saturating_add(elapsed.as_millis() as u64);
+            let reply = self.claim_once(consumer, max, now).await?;
+            if !reply.entries.is_empty() {
+                let mut out = Vec::with_capacity(reply.entries.len());
+                let mut poison = Vec::new();
+                for (id, deliveries, json) in reply.entries {
+                    match serde_json::from_slice::<WorkItem>(&json) {
+                        Ok(item) => out.push(Claimed {
+                            token: ClaimToken(id),
+                            item,
+                            deliveries,
+                        }),
+                        Err(e) => {
+                            warn!(entry = %id, error = %e, "dropping a work item that cannot be read");
+                            poison.push(id);
+                        }
+                    }
+                }
+                self.drop_entries(&poison).await;
+                if !out.is_empty() || started.elapsed() >= wait {
+                    return Ok(out);
+                }
+                continue;
+            }
+            let elapsed = started.elapsed();
+            if elapsed >= wait {
+                return Ok(Vec::new());
+            }
+            let mut block = wait - elapsed;
+            if let Some(next) = reply.next_timer {
+                block = block.min(Duration::from_millis(next.saturating_sub(now).max(1)));
+            }
+            let autoclaim_every = (self.config.reclaim_after / 2)
+                .clamp(Duration::from_millis(50), Duration::from_secs(10));
+            block = block.min(autoclaim_every);
+            debug!(consumer, ?block, "waiting for work");
+            self.wait_for_entries(&reply.last_id, block).await?;
+        }
+    }
+
+    async fn ack(&self, tokens: &[ClaimToken]) -> Result<()> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for chunk in chunks(tokens) {
+            let xack = pipe
+                .cmd("XACK")
+                .arg(self.keys.stream())
+                .arg(&self.config.group);
+            for t in chunk {
+                xack.arg(&t.0);
+            }
+            xack.ignore();
+            let zrem = pipe.cmd("ZREM").arg(self.keys.timers());
+            for t in chunk {
+                zrem.arg(format!("c{}", t.0));
+            }
+            zrem.ignore();
+        }
+        let mut con = self.con.clone();
+        pipe.query_async::<()>(&mut con)
+            .await
+            .map_err(|e| classify(e, "acknowledging work"))
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
+        let limit = if filter.limit == 0 {
+            self.config.page_size
+        } else {
+            filter.limit
+        }
+        .min(MAX_PAGE);
+        let index = if let Some(c) = &filter.commit {
+            self.keys.idx_commit(c)
+        } else if let Some(g) = &filter.concurrency_group {
+            self.keys.idx_group(g)
+        } else if let Some(r) = &filter.repo {
+            self.keys.idx_repo(r)
+        } else if filter.states.len() == 1 {
+            self.keys.idx_state(filter.states[0])
+        } else {
+            self.keys.idx_all()
+        };
+        let mut upper = match &filter.after {
+            Some(c) => format!("({}", cursor_member(c)?),
+            None => "+".to_string(),
+        };
+        let mut con = self.con.clone();
+        let mut runs: Vec<RunSummary> = Vec::new();
+        let mut more = false;
+        'scan: loop {
+            let members: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+                .arg(&index)
+                .arg(&upper)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(LIST_CHUNK)
+                .query_async(&mut con)
+                .await
+                .map_err(|e| classify(e, "listing runs"))?;
+            if members.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            let mut ids = Vec::with_capacity(members.len());
+            for m in &members {
+                let id = m.split_once(':').map(|(_, id)| id).unwrap_or_default();
+                let id = match RunId::new(id) {
+                    Ok(id) => id,
+                    Err(_) => {
+                        warn!(index = %index, member = %m, "skipping a malformed index entry");
+                        continue;
+                    }
+                };
+                pipe.cmd("HGET").arg(self.keys.run(&id)).arg("sum");
+                ids.push(id);
+            }
+            let sums: Vec<redis::RedisResult<Option<Vec<u8>>>> = if ids.is_empty() {
+                Vec::new()
+            } else {
+                pipe.ignore_errors()
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| classify(e, "listing runs"))?
+            };
+            for (id, sum) in ids.iter().zip(sums) {
+                let sum = match sum {
+                    Ok(Some(sum)) => sum,
+                    Ok(None) => continue, // expired, not yet purged from the index
+                    Err(e) => {
+                        let e = classify(e, &format!("run {id}"));
+                        if e.kind() != stagetime_core::ErrorKind::Corrupt {
+                            return Err(e);
+                        }
+                        warn!(run = %id, error = %e, "skipping a run that cannot be read");
+                        continue;
+                    }
+                };
+                let summary: RunSummary = match serde_json::from_slice(&sum) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(run = %id, error = %e, "skipping a run whose summary cannot be read");
+                        continue;
+                    }
+                };
+                if !filter.matches(&summary) {
+                    continue;
+                }
+                if runs.len() == limit {
+                    more = true;
+                    break 'scan;
+                }
+                runs.push(summary);
+            }
+            if members.len() < LIST_CHUNK {
+                break;
+            }
+            upper = format!("({}", members[members.len() - 1]);
+        }
+        let next = if more {
+            runs.last().map(|s| format!("{}:{}", s.created_ms, s.id))
+        } else {
+            None
+        };
+        Ok(RunPage { runs, next })
+    }
+
+    async fn purge_expired(&self, now_ms: u64) -> Result<u64> {
+        let mut total = 0u64;
+        let mut con = self.con.clone();
+        loop {
+            let n: u64 = self
+                .scripts
+                .purge
+                .key(self.keys.finished())
+                .key(self.keys.gc())
+                .key(self.keys.timers())
+                .arg(now_ms)
+                .arg(PURGE_BATCH)
+                .arg(self.keys.run_prefix())
+                .invoke_async(&mut con)
+                .await
+                .map_err(|e| classify(e, "purging expired runs"))?;
+            total += n;
+            if (n as usize) < PURGE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+}
