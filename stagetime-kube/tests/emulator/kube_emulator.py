@@ -62,8 +62,8 @@ def _now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
 
 
-def _status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> rendering.Response:
-    return rendering.Response(status=code, payload={
+def _status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
         'apiVersion': 'v1',
         'kind': 'Status',
         'metadata': {},
@@ -72,7 +72,17 @@ def _status(code: int, reason: str, message: str, details: dict[str, Any] | None
         'reason': reason,
         'details': details or {},
         'code': code,
-    })
+    }
+
+
+def _status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> kmock.KubernetesError:
+    """An error to raise: rendered as a standard Status object by ``_render_error``.
+
+    (Errors are raised rather than returned as ``kmock.Response`` because a
+    returned Response's status sticks to kmock's reaction object and would
+    leak into later answers of the same verb.)
+    """
+    return kmock.KubernetesError(status=code, reason=reason, message=message, details=details or {})
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -196,6 +206,9 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
         if path == '/_emulator/requests':
             return aiohttp.web.json_response(self._log)
         if path == '/_emulator/expire':
+            # Like an etcd compaction past everything any client has seen:
+            # even the newest resourceVersion handed out so far is too old.
+            self._rv += 1
             self._oldest_rv = self._rv + 1
             self._history.clear()
             self._close_watches()
@@ -233,7 +246,7 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
         res = request.resource
         return f'{res.plural}.{res.group}' if res and res.group else (res.plural if res else '?')
 
-    def _not_found(self, request: rendering.Request, name: str | None = None) -> rendering.Response:
+    def _not_found(self, request: rendering.Request, name: str | None = None) -> kmock.KubernetesError:
         name = name or request.name
         return _status(404, 'NotFound', f'{self._qualified(request)} "{name}" not found', self._what(request))
 
@@ -265,7 +278,7 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
         try:
             labels_ok, fields_ok = self._selectors(request)
         except ValueError as e:
-            return _status(400, 'BadRequest', str(e))
+            raise _status(400, 'BadRequest', str(e))
         items = [copy.deepcopy(obj) for key, obj in sorted(self._store.items(), key=lambda kv: kv[0][1:])
                  if self._matches(request, key, obj, labels_ok, fields_ok)]
         res = request.resource
@@ -287,7 +300,7 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
         try:
             labels_ok, fields_ok = self._selectors(request)
         except ValueError as e:
-            yield {'type': 'ERROR', 'object': _status(400, 'BadRequest', str(e)).payload}
+            yield {'type': 'ERROR', 'object': _status_body(400, 'BadRequest', str(e))}
             return
         timeout = float(request.params.get('timeoutSeconds') or 3600)
         loop = asyncio.get_running_loop()
@@ -304,17 +317,17 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
             try:
                 since = int(rv_text)
             except ValueError:
-                yield {'type': 'ERROR', 'object': _status(400, 'BadRequest', f'invalid resourceVersion {rv_text!r}').payload}
+                yield {'type': 'ERROR', 'object': _status_body(400, 'BadRequest', f'invalid resourceVersion {rv_text!r}')}
                 return
             if since + 1 < self._oldest_rv:
-                yield {'type': 'ERROR', 'object': _status(
-                    410, 'Expired', f'too old resource version: {since} ({self._oldest_rv})').payload}
+                yield {'type': 'ERROR', 'object': _status_body(
+                    410, 'Expired', f'too old resource version: {since} ({self._oldest_rv})')}
                 return
         while True:
             if generation != self._watch_generation:
                 if since + 1 < self._oldest_rv:
-                    yield {'type': 'ERROR', 'object': _status(
-                        410, 'Expired', f'too old resource version: {since} ({self._oldest_rv})').payload}
+                    yield {'type': 'ERROR', 'object': _status_body(
+                        410, 'Expired', f'too old resource version: {since} ({self._oldest_rv})')}
                 return
             for rv, resource, kind, obj in list(self._history):
                 if rv <= since:
@@ -336,30 +349,30 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
     async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
         obj = self._store.get((request.resource, request.namespace, request.name))
         if obj is None:
-            return self._not_found(request)
+            raise self._not_found(request)
         return copy.deepcopy(obj)
 
     async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
         obj = self._data(request)
         if not isinstance(obj, dict):
-            return _status(400, 'BadRequest', 'the body is not a JSON object')
+            raise _status(400, 'BadRequest', 'the body is not a JSON object')
         meta = obj.setdefault('metadata', {})
         if not meta.get('name'):
             if meta.get('generateName'):
                 meta['name'] = meta['generateName'] + uuid.uuid4().hex[:5]
             else:
-                return _status(422, 'Invalid', 'metadata.name: Required value')
+                raise _status(422, 'Invalid', 'metadata.name: Required value')
         if request.namespace is not None:
             if meta.get('namespace') not in (None, request.namespace):
-                return _status(400, 'BadRequest', 'the namespace of the object does not match the namespace of the request')
+                raise _status(400, 'BadRequest', 'the namespace of the object does not match the namespace of the request')
             meta['namespace'] = request.namespace
         key = (request.resource, meta.get('namespace'), meta['name'])
         if key in self._store:
-            return _status(409, 'AlreadyExists',
+            raise _status(409, 'AlreadyExists',
                            f'{self._qualified(request)} "{meta["name"]}" already exists',
                            dict(self._what(request), name=meta['name']))
         if request.params.get('dryRun'):
-            return rendering.Response(status=201, payload=obj)
+            return obj
         meta['uid'] = str(uuid.uuid4())
         meta['creationTimestamp'] = _now()
         meta['generation'] = 1
@@ -367,6 +380,8 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
         meta.pop('deletionTimestamp', None)
         self._store[key] = obj
         self._record('ADDED', request.resource, obj)
+        # 201 like an API server (a status on a returned Response sticks to the
+        # reaction, which is harmless here: every create that gets this far is a 201).
         return rendering.Response(status=201, payload=copy.deepcopy(obj))
 
     def _apply(self, request: rendering.Request, new: dict[str, Any], old: dict[str, Any]) -> rendering.Payload:
@@ -406,26 +421,26 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
         key = (request.resource, request.namespace, request.name)
         old = self._store.get(key)
         if old is None:
-            return self._not_found(request)
+            raise self._not_found(request)
         patch = self._data(request)
         ctype = request.headers.get('Content-Type', '').split(';')[0].strip()
         if ctype in ('application/merge-patch+json', 'application/strategic-merge-patch+json'):
             if not isinstance(patch, dict):
-                return _status(400, 'BadRequest', 'a merge patch must be a JSON object')
+                raise _status(400, 'BadRequest', 'a merge patch must be a JSON object')
             want_rv = (patch.get('metadata') or {}).get('resourceVersion')
             if want_rv is not None and want_rv != old['metadata']['resourceVersion']:
-                return self._conflict(request)
+                raise self._conflict(request)
             new = merge_patch(old, patch)
         elif ctype == 'application/json-patch+json':
             try:
                 new = jsonpatch.apply_patch(old, patch)
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
-                return _status(422, 'Invalid', f'the JSON patch does not apply: {e}')
+                raise _status(422, 'Invalid', f'the JSON patch does not apply: {e}')
         else:
-            return _status(415, 'UnsupportedMediaType', f'the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ctype!r})')
+            raise _status(415, 'UnsupportedMediaType', f'the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ctype!r})')
         return self._apply(request, new, old)
 
-    def _conflict(self, request: rendering.Request) -> rendering.Response:
+    def _conflict(self, request: rendering.Request) -> kmock.KubernetesError:
         return _status(409, 'Conflict',
                        f'Operation cannot be fulfilled on {self._qualified(request)} "{request.name}": '
                        'the object has been modified; please apply your changes to the latest version and try again',
@@ -435,24 +450,24 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
         key = (request.resource, request.namespace, request.name)
         old = self._store.get(key)
         if old is None:
-            return self._not_found(request)
+            raise self._not_found(request)
         new = self._data(request)
         if not isinstance(new, dict):
-            return _status(400, 'BadRequest', 'the body is not a JSON object')
+            raise _status(400, 'BadRequest', 'the body is not a JSON object')
         want_rv = (new.get('metadata') or {}).get('resourceVersion')
         if want_rv and want_rv != old['metadata']['resourceVersion']:
-            return self._conflict(request)
+            raise self._conflict(request)
         return self._apply(request, new, old)
 
     async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
         key = (request.resource, request.namespace, request.name)
         old = self._store.get(key)
         if old is None:
-            return self._not_found(request)
+            raise self._not_found(request)
         body = self._data(request) or {}
         policy = request.params.get('propagationPolicy') or (body.get('propagationPolicy') if isinstance(body, dict) else None)
         if policy not in (None, 'Background', 'Foreground', 'Orphan'):
-            return _status(400, 'BadRequest', f'invalid propagationPolicy {policy!r}')
+            raise _status(400, 'BadRequest', f'invalid propagationPolicy {policy!r}')
         meta = old['metadata']
         if meta.get('finalizers'):
             if not meta.get('deletionTimestamp'):
