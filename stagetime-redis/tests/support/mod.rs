@@ -8,6 +8,8 @@
 //! when the test process exits, since statics are never dropped.
 #![allow(dead_code)]
 
+pub mod durable;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,6 +24,7 @@ pub struct RedisServer {
     binary: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
+    extra: Vec<String>,
     child: std::sync::Mutex<Option<Child>>,
     watchdog: std::sync::Mutex<Option<Child>>,
 }
@@ -57,6 +60,11 @@ pub fn skip(reason: &str) {
 impl RedisServer {
     /// Starts a server with AOF on, or returns `None` when the binary is missing.
     pub fn start() -> Option<RedisServer> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`] with extra server arguments (later ones win).
+    pub fn start_with(extra: &[&str]) -> Option<RedisServer> {
         let binary = find_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("stagetime-redis-test")
@@ -66,6 +74,7 @@ impl RedisServer {
             binary,
             dir,
             port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: std::sync::Mutex::new(None),
             watchdog: std::sync::Mutex::new(None),
         };
@@ -96,6 +105,7 @@ impl RedisServer {
                 .arg("--dir")
                 .arg(self.dir.path())
                 .args(["--daemonize", "no", "--loglevel", "warning"])
+                .args(&self.extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -248,7 +258,12 @@ pub fn shared() -> Option<&'static RedisServer> {
 
 /// A server of one's own (to kill or restart), or `None` (after [`skip`]).
 pub fn dedicated() -> Option<RedisServer> {
-    let s = RedisServer::start();
+    dedicated_with(&[])
+}
+
+/// [`dedicated`] with extra server arguments.
+pub fn dedicated_with(extra: &[&str]) -> Option<RedisServer> {
+    let s = RedisServer::start_with(extra);
     if s.is_none() {
         skip("redis-server not found");
     }
