@@ -10,10 +10,13 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
-use stagetime_core::backend::{Backend, Capabilities, Housekeeping, HousekeepingReport, LaunchKey, LaunchRequest, Launched, Observation};
+use stagetime_core::backend::{
+    Backend, Capabilities, Housekeeping, HousekeepingReport, LaunchKey, LaunchRequest, Launched,
+    Observation,
+};
 use stagetime_core::{AttemptOutcome, Error, Result, RunId};
 use tokio::task::JoinHandle;
 
@@ -21,7 +24,10 @@ use crate::config::TektonConfig;
 use crate::error::{Call, RESOURCE, classify, is_retryable};
 use crate::naming::pipelinerun_name;
 use crate::ratelimit::RateLimiter;
-use crate::render::{LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_REPO, LABEL_RUN, LABEL_TASK, MANAGED_BY_VALUE, render_pipelinerun};
+use crate::render::{
+    LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_REPO, LABEL_RUN, LABEL_TASK, MANAGED_BY_VALUE,
+    render_pipelinerun,
+};
 use crate::status;
 use crate::types::PipelineRun;
 
@@ -30,7 +36,7 @@ type Subscribers = Arc<Mutex<Vec<UnboundedSender<Observation>>>>;
 /// Runs task attempts as `tekton.dev/v1` PipelineRuns in one namespace.
 ///
 /// * **launch** creates the PipelineRun rendered by
-///   [`render_pipelinerun`](crate::render::render_pipelinerun) under its
+///   [`render_pipelinerun`] under its
 ///   deterministic name; when the name is taken it reads the object and adopts
 ///   it if its labels say it is the same run, task and attempt, and otherwise
 ///   reports [`Error::AlreadyExists`] — never two PipelineRuns for one attempt.
@@ -63,7 +69,12 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(h) = self.watcher.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = self
+            .watcher
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             h.abort();
         }
     }
@@ -71,7 +82,9 @@ impl Drop for Inner {
 
 impl std::fmt::Debug for TektonBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TektonBackend").field("config", &self.inner.cfg).finish_non_exhaustive()
+        f.debug_struct("TektonBackend")
+            .field("config", &self.inner.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,9 +108,12 @@ impl TektonBackend {
     /// # Errors
     /// [`Error::Unavailable`] when no configuration can be found or the client cannot be built.
     pub async fn try_default(cfg: TektonConfig) -> Result<Self> {
-        let client = Client::try_default()
-            .await
-            .map_err(|e| Error::unavailable("kubernetes", format!("no usable kubeconfig or in-cluster config: {e}")))?;
+        let client = Client::try_default().await.map_err(|e| {
+            Error::unavailable(
+                "kubernetes",
+                format!("no usable kubeconfig or in-cluster config: {e}"),
+            )
+        })?;
         Ok(Self::new(client, cfg))
     }
 
@@ -154,7 +170,9 @@ impl TektonBackend {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::error!("TektonBackend::observe must be called within a Tokio runtime; no watch started");
+            tracing::error!(
+                "TektonBackend::observe must be called within a Tokio runtime; no watch started"
+            );
             return;
         };
         let api = self.inner.api.clone();
@@ -177,7 +195,9 @@ async fn watch_loop(api: Api<PipelineRun>, selector: String, prefix: String, sub
                 }
             }
             Ok(None) => return,
-            Err(e) => tracing::warn!(error = %e, "PipelineRun watch failed; the watcher backs off and re-lists"),
+            Err(e) => {
+                tracing::warn!(error = %e, "PipelineRun watch failed; the watcher backs off and re-lists")
+            }
         }
     }
 }
@@ -207,22 +227,37 @@ pub fn same_attempt(existing: &PipelineRun, wanted: &PipelineRun, label_prefix: 
     let empty = BTreeMap::new();
     let have = existing.metadata.labels.as_ref().unwrap_or(&empty);
     let want = wanted.metadata.labels.as_ref().unwrap_or(&empty);
-    [LABEL_MANAGED_BY, LABEL_RUN, LABEL_TASK, LABEL_ATTEMPT].iter().all(|k| {
-        let k = format!("{label_prefix}/{k}");
-        want.get(&k).is_some() && have.get(&k) == want.get(&k)
-    })
+    [LABEL_MANAGED_BY, LABEL_RUN, LABEL_TASK, LABEL_ATTEMPT]
+        .iter()
+        .all(|k| {
+            let k = format!("{label_prefix}/{k}");
+            want.get(&k).is_some() && have.get(&k) == want.get(&k)
+        })
 }
 
 /// When a PipelineRun finished (ms since the epoch): its `completionTime`,
 /// else the `Succeeded` condition's transition time, else its creation time.
 pub fn finished_ms(pr: &PipelineRun) -> Option<u64> {
-    let parse = |s: &str| s.parse::<Timestamp>().ok().map(|t| t.as_millisecond().max(0) as u64);
+    let parse = |s: &str| {
+        s.parse::<Timestamp>()
+            .ok()
+            .map(|t| t.as_millisecond().max(0) as u64)
+    };
     pr.status
         .as_ref()
         .and_then(|s| s.completion_time.as_deref())
         .and_then(parse)
-        .or_else(|| status::succeeded_condition(pr).and_then(|c| c.last_transition_time.as_deref()).and_then(parse))
-        .or_else(|| pr.metadata.creation_timestamp.as_ref().map(|t| t.0.as_millisecond().max(0) as u64))
+        .or_else(|| {
+            status::succeeded_condition(pr)
+                .and_then(|c| c.last_transition_time.as_deref())
+                .and_then(parse)
+        })
+        .or_else(|| {
+            pr.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_millisecond().max(0) as u64)
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -270,21 +305,28 @@ impl Tracker {
                 if let Some(seen) = &mut self.relisting {
                     seen.insert(name.clone());
                 }
-                let Some(key) = key_of(&pr, &self.prefix) else { return out };
+                let Some(key) = key_of(&pr, &self.prefix) else {
+                    return out;
+                };
                 let outcome = status::outcome(&pr);
                 let was_finished = self.known.get(&name).is_some_and(|k| k.finished);
                 let finished = outcome.is_some();
                 if let Some(outcome) = outcome
                     && !was_finished
                 {
-                    out.push(Observation { key: key.clone(), outcome });
+                    out.push(Observation {
+                        key: key.clone(),
+                        outcome,
+                    });
                 }
                 self.known.insert(name, Known { key, finished });
             }
             Event::Delete(pr) => {
                 let name = pr.name_any();
                 let prev = self.known.remove(&name);
-                let Some(key) = key_of(&pr, &self.prefix).or_else(|| prev.as_ref().map(|p| p.key.clone())) else {
+                let Some(key) =
+                    key_of(&pr, &self.prefix).or_else(|| prev.as_ref().map(|p| p.key.clone()))
+                else {
                     return out;
                 };
                 let was_finished = prev.is_some_and(|k| k.finished);
@@ -297,7 +339,12 @@ impl Tracker {
             }
             Event::InitDone => {
                 if let Some(seen) = self.relisting.take() {
-                    let gone: Vec<String> = self.known.keys().filter(|n| !seen.contains(*n)).cloned().collect();
+                    let gone: Vec<String> = self
+                        .known
+                        .keys()
+                        .filter(|n| !seen.contains(*n))
+                        .cloned()
+                        .collect();
                     for name in gone {
                         if let Some(k) = self.known.remove(&name)
                             && !k.finished
@@ -333,12 +380,17 @@ impl Backend for TektonBackend {
         let pp = PostParams::default();
         for _ in 0..3 {
             let created = self
-                .call(self.call_info("create", Some(&name)), || api.create(&pp, &pr))
+                .call(self.call_info("create", Some(&name)), || {
+                    api.create(&pp, &pr)
+                })
                 .await;
             match created {
                 Ok(_) => {
                     tracing::info!(pipelinerun = %name, key = %request.key, "created PipelineRun");
-                    return Ok(Launched { handle: name, created: true });
+                    return Ok(Launched {
+                        handle: name,
+                        created: true,
+                    });
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     let existing = self
@@ -348,13 +400,25 @@ impl Backend for TektonBackend {
                     match existing {
                         Some(existing) if same_attempt(&existing, &pr, prefix) => {
                             tracing::info!(pipelinerun = %name, key = %request.key, "adopted existing PipelineRun");
-                            return Ok(Launched { handle: name, created: false });
+                            return Ok(Launched {
+                                handle: name,
+                                created: false,
+                            });
                         }
                         Some(existing) => {
-                            let theirs = key_of(&existing, prefix).map_or_else(|| "no stagetime labels".to_string(), |k| format!("attempt {k}"));
+                            let theirs = key_of(&existing, prefix).map_or_else(
+                                || "no stagetime labels".to_string(),
+                                |k| format!("attempt {k}"),
+                            );
                             return Err(Error::AlreadyExists {
-                                what: format!("{RESOURCE} {name:?} in namespace {:?}", self.inner.cfg.namespace),
-                                message: format!("it is not the PipelineRun of attempt {} (its labels say: {theirs}); delete or rename it", request.key),
+                                what: format!(
+                                    "{RESOURCE} {name:?} in namespace {:?}",
+                                    self.inner.cfg.namespace
+                                ),
+                                message: format!(
+                                    "it is not the PipelineRun of attempt {} (its labels say: {theirs}); delete or rename it",
+                                    request.key
+                                ),
                             });
                         }
                         // Deleted between our create and get: create again.
@@ -378,7 +442,9 @@ impl Backend for TektonBackend {
             .call(self.call_info("get", Some(&name)), || api.get_opt(&name))
             .await
             .map_err(|e| classify(e, self.call_info("get", Some(&name))))?;
-        let Some(existing) = existing else { return Ok(()) };
+        let Some(existing) = existing else {
+            return Ok(());
+        };
         if key_of(&existing, prefix).as_ref() != Some(key) {
             tracing::warn!(pipelinerun = %name, %key, "not cancelling a PipelineRun that is not this attempt's");
             return Ok(());
@@ -390,7 +456,9 @@ impl Backend for TektonBackend {
         let patch = Patch::Merge(serde_json::json!({ "spec": { "status": wanted } }));
         let pp = PatchParams::default();
         let patched = self
-            .call(self.call_info("patch", Some(&name)), || api.patch(&name, &pp, &patch))
+            .call(self.call_info("patch", Some(&name)), || {
+                api.patch(&name, &pp, &patch)
+            })
             .await;
         match patched {
             Ok(_) => {
@@ -404,7 +472,11 @@ impl Backend for TektonBackend {
 
     fn observe(&self) -> BoxStream<'static, Observation> {
         let (tx, rx) = unbounded();
-        self.inner.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
         self.start_watcher();
         rx.boxed()
     }
@@ -439,7 +511,11 @@ impl Backend for TektonBackend {
         let mut report = HousekeepingReport::default();
         let dp = DeleteParams::background();
         for name in plan {
-            let deleted = self.call(self.call_info("delete", Some(&name)), || api.delete(&name, &dp)).await;
+            let deleted = self
+                .call(self.call_info("delete", Some(&name)), || {
+                    api.delete(&name, &dp)
+                })
+                .await;
             match deleted {
                 Ok(_) => report.deleted.push(name),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -447,7 +523,10 @@ impl Backend for TektonBackend {
             }
         }
         if !report.deleted.is_empty() {
-            tracing::info!(deleted = report.deleted.len(), "housekeeping deleted finished PipelineRuns");
+            tracing::info!(
+                deleted = report.deleted.len(),
+                "housekeeping deleted finished PipelineRuns"
+            );
         }
         Ok(report)
     }
@@ -456,11 +535,18 @@ impl Backend for TektonBackend {
 /// The names housekeeping deletes: per repository label, finished
 /// PipelineRuns newest first; the first `keep_last` stay, the rest go when
 /// they finished at least `ttl` before `now_ms`. Running ones always stay.
-pub fn housekeeping_plan(items: &[PipelineRun], policy: &Housekeeping, repo_label: &str) -> Vec<String> {
+pub fn housekeeping_plan(
+    items: &[PipelineRun],
+    policy: &Housekeeping,
+    repo_label: &str,
+) -> Vec<String> {
     let mut by_repo: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
     for pr in items.iter().filter(|pr| status::is_finished(pr)) {
         let repo = pr.labels().get(repo_label).cloned().unwrap_or_default();
-        by_repo.entry(repo).or_default().push((finished_ms(pr).unwrap_or(0), pr.name_any()));
+        by_repo
+            .entry(repo)
+            .or_default()
+            .push((finished_ms(pr).unwrap_or(0), pr.name_any()));
     }
     let ttl = policy.ttl.as_millis() as u64;
     let mut out = Vec::new();
@@ -512,27 +598,50 @@ mod tests {
     }
 
     fn tasks(obs: &[Observation]) -> Vec<(&str, &AttemptOutcome)> {
-        obs.iter().map(|o| (o.key.task.as_str(), &o.outcome)).collect()
+        obs.iter()
+            .map(|o| (o.key.task.as_str(), &o.outcome))
+            .collect()
     }
 
     #[test]
     fn each_end_is_reported_once_and_running_is_silent() {
         let mut t = Tracker::new("stagetime");
         assert!(t.handle(Event::Init).is_empty());
-        assert!(t.handle(Event::InitApply(pr("a", Some(("Unknown", "Running")), None))).is_empty());
+        assert!(
+            t.handle(Event::InitApply(pr(
+                "a",
+                Some(("Unknown", "Running")),
+                None
+            )))
+            .is_empty()
+        );
         let done = t.handle(Event::InitApply(pr("b", Some(("True", "Succeeded")), None)));
-        assert_eq!(tasks(&done), [("b", &AttemptOutcome::Succeeded)], "finished before we watched");
+        assert_eq!(
+            tasks(&done),
+            [("b", &AttemptOutcome::Succeeded)],
+            "finished before we watched"
+        );
         assert!(t.handle(Event::InitDone).is_empty());
         let a = t.handle(Event::Apply(pr("a", Some(("False", "Failed")), None)));
-        assert!(matches!(tasks(&a)[..], [("a", AttemptOutcome::Failed { .. })]));
-        assert!(t.handle(Event::Apply(pr("a", Some(("False", "Failed")), None))).is_empty(), "no repeat");
+        assert!(matches!(
+            tasks(&a)[..],
+            [("a", AttemptOutcome::Failed { .. })]
+        ));
+        assert!(
+            t.handle(Event::Apply(pr("a", Some(("False", "Failed")), None)))
+                .is_empty(),
+            "no repeat"
+        );
         // Re-list after a watch error: nothing new, nothing repeated.
         t.handle(Event::Init);
         t.handle(Event::InitApply(pr("a", Some(("False", "Failed")), None)));
         t.handle(Event::InitApply(pr("b", Some(("True", "Succeeded")), None)));
         assert!(t.handle(Event::InitDone).is_empty());
         // Deleting finished ones (housekeeping) reports nothing.
-        assert!(t.handle(Event::Delete(pr("b", Some(("True", "Succeeded")), None))).is_empty());
+        assert!(
+            t.handle(Event::Delete(pr("b", Some(("True", "Succeeded")), None)))
+                .is_empty()
+        );
         // Unknown objects are ignored.
         let mut foreign = pr("z", Some(("True", "Succeeded")), None);
         foreign.metadata.labels = None;
@@ -545,7 +654,9 @@ mod tests {
         t.handle(Event::Apply(pr("a", None, None)));
         let obs = t.handle(Event::Delete(pr("a", None, None)));
         match tasks(&obs)[..] {
-            [("a", AttemptOutcome::Failed { message })] => assert!(message.contains("deleted before it finished"), "{message}"),
+            [("a", AttemptOutcome::Failed { message })] => {
+                assert!(message.contains("deleted before it finished"), "{message}")
+            }
             ref other => panic!("{other:?}"),
         }
     }
@@ -557,26 +668,62 @@ mod tests {
         t.handle(Event::Apply(pr("b", None, None)));
         // The watch broke; meanwhile `a` finished and `b` was deleted.
         t.handle(Event::Init);
-        let during = t.handle(Event::InitApply(pr("a", Some(("False", "PipelineRunTimeout")), None)));
-        assert!(matches!(tasks(&during)[..], [("a", AttemptOutcome::TimedOut { .. })]));
+        let during = t.handle(Event::InitApply(pr(
+            "a",
+            Some(("False", "PipelineRunTimeout")),
+            None,
+        )));
+        assert!(matches!(
+            tasks(&during)[..],
+            [("a", AttemptOutcome::TimedOut { .. })]
+        ));
         let after = t.handle(Event::InitDone);
-        assert!(matches!(tasks(&after)[..], [("b", AttemptOutcome::Failed { .. })]), "{after:?}");
+        assert!(
+            matches!(tasks(&after)[..], [("b", AttemptOutcome::Failed { .. })]),
+            "{after:?}"
+        );
     }
 
     #[test]
     fn housekeeping_keeps_newest_per_repo_and_young_ones() {
         let day = 86_400_000u64;
         let mut items = vec![
-            pr("a", Some(("True", "Succeeded")), Some("2024-01-01T00:00:00Z")),
+            pr(
+                "a",
+                Some(("True", "Succeeded")),
+                Some("2024-01-01T00:00:00Z"),
+            ),
             pr("b", Some(("False", "Failed")), Some("2024-01-02T00:00:00Z")),
-            pr("c", Some(("True", "Succeeded")), Some("2024-01-03T00:00:00Z")),
+            pr(
+                "c",
+                Some(("True", "Succeeded")),
+                Some("2024-01-03T00:00:00Z"),
+            ),
             pr("d", Some(("Unknown", "Running")), None),
         ];
-        let mut other = pr("e", Some(("True", "Succeeded")), Some("2024-01-01T00:00:00Z"));
-        other.metadata.labels.as_mut().unwrap().insert("stagetime/repo".into(), "other".into());
+        let mut other = pr(
+            "e",
+            Some(("True", "Succeeded")),
+            Some("2024-01-01T00:00:00Z"),
+        );
+        other
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("stagetime/repo".into(), "other".into());
         items.push(other);
-        let jan3 = "2024-01-03T00:00:00Z".parse::<Timestamp>().unwrap().as_millisecond() as u64;
-        let name = |t: &str| TektonBackend::name_of(&LaunchKey { run: RunId::new("run-1").unwrap(), task: t.into(), attempt: 1 });
+        let jan3 = "2024-01-03T00:00:00Z"
+            .parse::<Timestamp>()
+            .unwrap()
+            .as_millisecond() as u64;
+        let name = |t: &str| {
+            TektonBackend::name_of(&LaunchKey {
+                run: RunId::new("run-1").unwrap(),
+                task: t.into(),
+                attempt: 1,
+            })
+        };
         let policy = |ttl_days: u64, keep_last: usize| Housekeeping {
             ttl: Duration::from_millis(ttl_days * day),
             keep_last,
@@ -586,8 +733,15 @@ mod tests {
         got.sort();
         let mut want = vec![name("a"), name("b")];
         want.sort();
-        assert_eq!(got, want, "keep the newest of demo (c) and of other (e); never the running d");
-        assert_eq!(housekeeping_plan(&items, &policy(3, 1), "stagetime/repo"), [name("a")], "b is younger than the TTL");
+        assert_eq!(
+            got, want,
+            "keep the newest of demo (c) and of other (e); never the running d"
+        );
+        assert_eq!(
+            housekeeping_plan(&items, &policy(3, 1), "stagetime/repo"),
+            [name("a")],
+            "b is younger than the TTL"
+        );
         assert!(housekeeping_plan(&items, &policy(0, 3), "stagetime/repo").is_empty());
         assert_eq!(finished_ms(&items[2]), Some(jan3));
     }

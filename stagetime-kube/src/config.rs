@@ -40,7 +40,10 @@ pub struct RateLimit {
 impl Default for RateLimit {
     /// 20 calls per second, bursts of 40 (client-go's QPS 5 / burst 10, four times over).
     fn default() -> Self {
-        RateLimit { per_second: 20.0, burst: 40 }
+        RateLimit {
+            per_second: 20.0,
+            burst: 40,
+        }
     }
 }
 
@@ -127,7 +130,11 @@ impl TektonConfig {
 
     /// The label selector of every PipelineRun stagetime manages.
     pub fn managed_selector(&self) -> String {
-        format!("{}={}", self.key(crate::render::LABEL_MANAGED_BY), crate::render::MANAGED_BY_VALUE)
+        format!(
+            "{}={}",
+            self.key(crate::render::LABEL_MANAGED_BY),
+            crate::render::MANAGED_BY_VALUE
+        )
     }
 
     /// The label selector of the PipelineRuns of one run.
@@ -153,8 +160,14 @@ mod tests {
         assert_eq!(c.default_timeout, Some(Duration::from_secs(1800)));
         assert_eq!(c.key("run"), "stagetime/run");
         assert_eq!(c.managed_selector(), "stagetime/managed-by=stagetime");
-        assert_eq!(c.run_selector("r-1"), "stagetime/managed-by=stagetime,stagetime/run=r-1");
-        assert_eq!(CancelMode::CancelledRunFinally.as_str(), "CancelledRunFinally");
+        assert_eq!(
+            c.run_selector("r-1"),
+            "stagetime/managed-by=stagetime,stagetime/run=r-1"
+        );
+        assert_eq!(
+            CancelMode::CancelledRunFinally.as_str(),
+            "CancelledRunFinally"
+        );
     }
 
     #[test]

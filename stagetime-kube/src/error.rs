@@ -67,12 +67,21 @@ pub fn classify(err: kube::Error, call: Call<'_>) -> Error {
             },
             400 | 415 | 422 => {
                 let mut e = FieldErrors::default();
-                e.push(call.what(), format!("the API server refused to {}: {}", call.verb, s.message));
+                e.push(
+                    call.what(),
+                    format!("the API server refused to {}: {}", call.verb, s.message),
+                );
                 Error::Invalid(e)
             }
-            _ => Error::unavailable("kubernetes", format!("{} {}: {} ({})", call.verb, call.what(), s.message, s.code)),
+            _ => Error::unavailable(
+                "kubernetes",
+                format!("{} {}: {} ({})", call.verb, call.what(), s.message, s.code),
+            ),
         },
-        _ => Error::unavailable("kubernetes", format!("{} {}: {err}", call.verb, call.what())),
+        _ => Error::unavailable(
+            "kubernetes",
+            format!("{} {}: {err}", call.verb, call.what()),
+        ),
     }
 }
 
@@ -97,13 +106,28 @@ mod tests {
 
     #[test]
     fn codes_map_to_kinds() {
-        assert_eq!(classify(api(404, "NotFound"), CALL).kind(), ErrorKind::NotFound);
-        assert_eq!(classify(api(409, "AlreadyExists"), CALL).kind(), ErrorKind::AlreadyExists);
-        assert_eq!(classify(api(409, "Conflict"), CALL).kind(), ErrorKind::Conflict);
-        assert_eq!(classify(api(422, "Invalid"), CALL).kind(), ErrorKind::Invalid);
+        assert_eq!(
+            classify(api(404, "NotFound"), CALL).kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            classify(api(409, "AlreadyExists"), CALL).kind(),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            classify(api(409, "Conflict"), CALL).kind(),
+            ErrorKind::Conflict
+        );
+        assert_eq!(
+            classify(api(422, "Invalid"), CALL).kind(),
+            ErrorKind::Invalid
+        );
         for code in [429, 500, 503, 504] {
             assert!(is_retryable(&api(code, "x")));
-            assert_eq!(classify(api(code, "x"), CALL).kind(), ErrorKind::Unavailable);
+            assert_eq!(
+                classify(api(code, "x"), CALL).kind(),
+                ErrorKind::Unavailable
+            );
         }
         assert!(!is_retryable(&api(404, "NotFound")));
         assert!(!is_retryable(&api(403, "Forbidden")));

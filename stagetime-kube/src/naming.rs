@@ -38,7 +38,12 @@ pub fn short_hash(parts: &[&str], n: usize) -> String {
         h.update((p.len() as u64).to_be_bytes());
         h.update(p.as_bytes());
     }
-    h.finalize().iter().flat_map(|b| [b >> 4, b & 0xf]).take(n).map(|d| char::from_digit(u32::from(d), 16).unwrap_or('0')).collect()
+    h.finalize()
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .take(n)
+        .map(|d| char::from_digit(u32::from(d), 16).unwrap_or('0'))
+        .collect()
 }
 
 /// Lowercases `text` and replaces everything outside `a-z0-9` by `-`,
@@ -60,7 +65,10 @@ pub fn dns1123_fragment(text: &str) -> String {
 /// characters, unique per (run, task, attempt) through its hash, stable
 /// across processes.
 pub fn pipelinerun_name(run: &str, task: &str, attempt: u32) -> String {
-    let tail = format!("-a{attempt}-{}", short_hash(&[run, task, &attempt.to_string()], HASH_HEX));
+    let tail = format!(
+        "-a{attempt}-{}",
+        short_hash(&[run, task, &attempt.to_string()], HASH_HEX)
+    );
     let room = MAX_NAME.saturating_sub("st-".len() + tail.len());
     let task = dns1123_fragment(task);
     let task: String = task.chars().take(room).collect();
@@ -78,7 +86,8 @@ pub fn is_label_value(value: &str) -> bool {
     let b = value.as_bytes();
     b.is_empty()
         || (b.len() <= MAX_NAME
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric())
 }
@@ -103,7 +112,13 @@ pub fn sanitize_label_value(value: &str) -> String {
     }
     let mapped: String = value
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let trimmed = mapped.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     if trimmed.len() <= MAX_NAME {
@@ -142,8 +157,14 @@ mod tests {
         let n = pipelinerun_name("run", long_task, 1);
         assert!(n.starts_with("st-a-very-long-task-name"), "{n}");
         assert!(n.contains("-a1-"), "{n}");
-        assert!(n.len() >= 62, "long names use the budget (a trailing dash of the cut is dropped): {n}");
-        assert!(pipelinerun_name("r", "Odd Name/with:chars", 2).starts_with("st-odd-name-with-chars-a2-"));
+        assert!(
+            n.len() >= 62,
+            "long names use the budget (a trailing dash of the cut is dropped): {n}"
+        );
+        assert!(
+            pipelinerun_name("r", "Odd Name/with:chars", 2)
+                .starts_with("st-odd-name-with-chars-a2-")
+        );
         assert!(pipelinerun_name("r", "---", 1).starts_with("st-a1-"));
     }
 
@@ -176,10 +197,21 @@ mod tests {
         assert_eq!(s.len(), 63);
         assert!(is_label_value(&s));
         let long2 = format!("{}b", "a".repeat(69));
-        assert_ne!(s, sanitize_label_value(&long2), "long values sharing a prefix stay distinct");
+        assert_ne!(
+            s,
+            sanitize_label_value(&long2),
+            "long values sharing a prefix stay distinct"
+        );
         let commit = "4f1c2e9a77b3c0ffee4f1c2e9a77b3c0ffee4f1c2e9a77b3c0ffee4f1c2e9a77";
         assert!(is_label_value(&sanitize_label_value(commit)));
-        for odd in ["a b c", "-lead", "trail.", "x".repeat(200).as_str(), "a/b:c=d", "日本語"] {
+        for odd in [
+            "a b c",
+            "-lead",
+            "trail.",
+            "x".repeat(200).as_str(),
+            "a/b:c=d",
+            "日本語",
+        ] {
             assert!(is_label_value(&sanitize_label_value(odd)), "{odd:?}");
         }
     }

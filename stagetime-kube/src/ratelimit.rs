@@ -20,7 +20,11 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A full bucket for `limit` (a rate ≤ 0 is taken as 1 per second; a burst of 0 as 1).
     pub fn new(limit: RateLimit) -> Self {
-        let per_second = if limit.per_second > 0.0 { limit.per_second } else { 1.0 };
+        let per_second = if limit.per_second > 0.0 {
+            limit.per_second
+        } else {
+            1.0
+        };
         let burst = f64::from(limit.burst.max(1));
         RateLimiter {
             per_second,
@@ -60,7 +64,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bursts_then_paces() {
-        let l = RateLimiter::new(RateLimit { per_second: 10.0, burst: 3 });
+        let l = RateLimiter::new(RateLimit {
+            per_second: 10.0,
+            burst: 3,
+        });
         let start = Instant::now();
         for _ in 0..3 {
             l.acquire().await;
@@ -70,12 +77,19 @@ mod tests {
             l.acquire().await;
         }
         let took = start.elapsed();
-        assert!(took >= Duration::from_millis(999) && took <= Duration::from_millis(1001), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(999) && took <= Duration::from_millis(1001),
+            "{took:?}"
+        );
         tokio::time::sleep(Duration::from_secs(60)).await;
         let again = Instant::now();
         for _ in 0..3 {
             l.acquire().await;
         }
-        assert_eq!(again.elapsed(), Duration::ZERO, "the bucket refills up to the burst");
+        assert_eq!(
+            again.elapsed(),
+            Duration::ZERO,
+            "the bucket refills up to the burst"
+        );
     }
 }

@@ -19,9 +19,9 @@ use stagetime_core::{Error, RunId};
 use crate::config::TektonConfig;
 use crate::naming::{pipelinerun_name, sanitize_label_value};
 use crate::types::{
-    ClaimSource, ConfigMapSource, Param, ParamValue, PipelineRef, PipelineRun, PipelineRunSpec, PodSecurityContext,
-    PodTemplate, SecretSource, TaskRunTemplate, Timeouts, VolumeClaimSpec, VolumeClaimTemplate, VolumeResources,
-    WorkspaceBinding,
+    ClaimSource, ConfigMapSource, Param, ParamValue, PipelineRef, PipelineRun, PipelineRunSpec,
+    PodSecurityContext, PodTemplate, SecretSource, TaskRunTemplate, Timeouts, VolumeClaimSpec,
+    VolumeClaimTemplate, VolumeResources, WorkspaceBinding,
 };
 
 /// Label: the run id.
@@ -84,7 +84,11 @@ pub fn labels(req: &LaunchRequest, cfg: &TektonConfig) -> BTreeMap<String, Strin
     if let Some(a) = &req.run.author {
         put(LABEL_AUTHOR, a);
     }
-    put(LABEL_STAGE, &req.stage.map_or_else(|| "finally".to_string(), |s| s.to_string()));
+    put(
+        LABEL_STAGE,
+        &req.stage
+            .map_or_else(|| "finally".to_string(), |s| s.to_string()),
+    );
     put(LABEL_TASK, &req.key.task);
     put(LABEL_ATTEMPT, &req.key.attempt.to_string());
     l
@@ -93,18 +97,35 @@ pub fn labels(req: &LaunchRequest, cfg: &TektonConfig) -> BTreeMap<String, Strin
 fn workspace(ws: &WorkspaceSpec) -> WorkspaceBinding {
     WorkspaceBinding {
         name: ws.name.clone(),
-        secret: ws.secret.as_ref().map(|s| SecretSource { secret_name: s.clone() }),
-        persistent_volume_claim: ws.persistent_volume_claim.as_ref().map(|c| ClaimSource { claim_name: c.clone() }),
-        config_map: ws.config_map.as_ref().map(|c| ConfigMapSource { name: c.clone() }),
-        volume_claim_template: ws.volume_claim_template.as_ref().map(|v| VolumeClaimTemplate {
-            spec: VolumeClaimSpec {
-                storage_class_name: v.storage_class.clone(),
-                access_modes: vec![v.access_mode.clone().unwrap_or_else(|| "ReadWriteOnce".to_string())],
-                resources: VolumeResources {
-                    requests: BTreeMap::from([("storage".to_string(), v.storage.trim().to_string())]),
-                },
-            },
+        secret: ws.secret.as_ref().map(|s| SecretSource {
+            secret_name: s.clone(),
         }),
+        persistent_volume_claim: ws.persistent_volume_claim.as_ref().map(|c| ClaimSource {
+            claim_name: c.clone(),
+        }),
+        config_map: ws
+            .config_map
+            .as_ref()
+            .map(|c| ConfigMapSource { name: c.clone() }),
+        volume_claim_template: ws
+            .volume_claim_template
+            .as_ref()
+            .map(|v| VolumeClaimTemplate {
+                spec: VolumeClaimSpec {
+                    storage_class_name: v.storage_class.clone(),
+                    access_modes: vec![
+                        v.access_mode
+                            .clone()
+                            .unwrap_or_else(|| "ReadWriteOnce".to_string()),
+                    ],
+                    resources: VolumeResources {
+                        requests: BTreeMap::from([(
+                            "storage".to_string(),
+                            v.storage.trim().to_string(),
+                        )]),
+                    },
+                },
+            }),
     }
 }
 
@@ -137,12 +158,18 @@ fn pipeline_ref(p: &PipelineSpec) -> PipelineRef {
 pub fn render_pipelinerun(req: &LaunchRequest, cfg: &TektonConfig) -> Result<PipelineRun, Error> {
     let Some(p) = &req.task.pipeline else {
         return Err(Error::Unsupported {
-            message: format!("task {:?} has no `pipeline`, which the tekton backend needs", req.key.task),
+            message: format!(
+                "task {:?} has no `pipeline`, which the tekton backend needs",
+                req.key.task
+            ),
         });
     };
     let name = pipelinerun_name(req.key.run.as_str(), &req.key.task, req.key.attempt);
     let mut annotations = BTreeMap::from([
-        (ANNOTATION_CANFAIL.to_string(), req.task.can_fail.to_string()),
+        (
+            ANNOTATION_CANFAIL.to_string(),
+            req.task.can_fail.to_string(),
+        ),
         (cfg.key(ANNOTATION_KEY), req.key.to_string()),
     ]);
     if let Some(u) = &req.run.repo_url {
@@ -164,12 +191,13 @@ pub fn render_pipelinerun(req: &LaunchRequest, cfg: &TektonConfig) -> Result<Pip
         value: ParamValue::Array(v.clone()),
     }));
     let timeout = req.timeout.or(cfg.default_timeout);
-    let task_run_template = (cfg.fs_group.is_some() || cfg.service_account.is_some()).then(|| TaskRunTemplate {
-        service_account_name: cfg.service_account.clone(),
-        pod_template: cfg.fs_group.map(|g| PodTemplate {
-            security_context: Some(PodSecurityContext { fs_group: Some(g) }),
-        }),
-    });
+    let task_run_template =
+        (cfg.fs_group.is_some() || cfg.service_account.is_some()).then(|| TaskRunTemplate {
+            service_account_name: cfg.service_account.clone(),
+            pod_template: cfg.fs_group.map(|g| PodTemplate {
+                security_context: Some(PodSecurityContext { fs_group: Some(g) }),
+            }),
+        });
     let spec = PipelineRunSpec {
         pipeline_ref: Some(pipeline_ref(p)),
         params,

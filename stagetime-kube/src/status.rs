@@ -15,7 +15,12 @@ use stagetime_core::AttemptOutcome;
 use crate::types::{Condition, PipelineRun};
 
 /// Reasons of a `False` condition that mean the run was cancelled.
-pub const CANCEL_REASONS: &[&str] = &["Cancelled", "StoppedRunFinally", "CancelledRunFinally", "PipelineRunCancelled"];
+pub const CANCEL_REASONS: &[&str] = &[
+    "Cancelled",
+    "StoppedRunFinally",
+    "CancelledRunFinally",
+    "PipelineRunCancelled",
+];
 
 /// The reason of a `False` condition that means the run timed out.
 pub const TIMEOUT_REASON: &str = "PipelineRunTimeout";
@@ -35,8 +40,12 @@ pub fn condition_outcome(condition: &Condition) -> Option<AttemptOutcome> {
     };
     match condition.status.as_str() {
         "True" => Some(AttemptOutcome::Succeeded),
-        "False" if reason == TIMEOUT_REASON => Some(AttemptOutcome::TimedOut { message: message() }),
-        "False" if CANCEL_REASONS.contains(&reason) => Some(AttemptOutcome::Cancelled { message: message() }),
+        "False" if reason == TIMEOUT_REASON => {
+            Some(AttemptOutcome::TimedOut { message: message() })
+        }
+        "False" if CANCEL_REASONS.contains(&reason) => {
+            Some(AttemptOutcome::Cancelled { message: message() })
+        }
         "False" => Some(AttemptOutcome::Failed { message: message() }),
         _ => None,
     }
@@ -44,7 +53,11 @@ pub fn condition_outcome(condition: &Condition) -> Option<AttemptOutcome> {
 
 /// The `Succeeded` condition of a PipelineRun, if it has one.
 pub fn succeeded_condition(pr: &PipelineRun) -> Option<&Condition> {
-    pr.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Succeeded")
+    pr.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
 }
 
 /// The outcome of a finished PipelineRun; `None` while it runs.
@@ -74,39 +87,87 @@ mod tests {
 
     #[test]
     fn true_is_success_whatever_the_reason() {
-        assert_eq!(condition_outcome(&cond("True", Some("Succeeded"), Some("Tasks Completed: 3"))), Some(AttemptOutcome::Succeeded));
-        assert_eq!(condition_outcome(&cond("True", Some("Completed"), None)), Some(AttemptOutcome::Succeeded));
+        assert_eq!(
+            condition_outcome(&cond("True", Some("Succeeded"), Some("Tasks Completed: 3"))),
+            Some(AttemptOutcome::Succeeded)
+        );
+        assert_eq!(
+            condition_outcome(&cond("True", Some("Completed"), None)),
+            Some(AttemptOutcome::Succeeded)
+        );
     }
 
     #[test]
     fn false_maps_by_reason_and_carries_the_message() {
         assert_eq!(
-            condition_outcome(&cond("False", Some("PipelineRunTimeout"), Some("PipelineRun \"x\" failed to finish within \"30m0s\""))),
-            Some(AttemptOutcome::TimedOut { message: "PipelineRunTimeout: PipelineRun \"x\" failed to finish within \"30m0s\"".into() })
+            condition_outcome(&cond(
+                "False",
+                Some("PipelineRunTimeout"),
+                Some("PipelineRun \"x\" failed to finish within \"30m0s\"")
+            )),
+            Some(AttemptOutcome::TimedOut {
+                message: "PipelineRunTimeout: PipelineRun \"x\" failed to finish within \"30m0s\""
+                    .into()
+            })
         );
-        for r in ["Cancelled", "StoppedRunFinally", "CancelledRunFinally", "PipelineRunCancelled"] {
+        for r in [
+            "Cancelled",
+            "StoppedRunFinally",
+            "CancelledRunFinally",
+            "PipelineRunCancelled",
+        ] {
             assert_eq!(
                 condition_outcome(&cond("False", Some(r), Some("by user"))),
-                Some(AttemptOutcome::Cancelled { message: format!("{r}: by user") }),
+                Some(AttemptOutcome::Cancelled {
+                    message: format!("{r}: by user")
+                }),
                 "{r}"
             );
         }
         assert_eq!(
-            condition_outcome(&cond("False", Some("Failed"), Some("Tasks Completed: 2 (Failed: 1)"))),
-            Some(AttemptOutcome::Failed { message: "Failed: Tasks Completed: 2 (Failed: 1)".into() })
+            condition_outcome(&cond(
+                "False",
+                Some("Failed"),
+                Some("Tasks Completed: 2 (Failed: 1)")
+            )),
+            Some(AttemptOutcome::Failed {
+                message: "Failed: Tasks Completed: 2 (Failed: 1)".into()
+            })
         );
         assert_eq!(
             condition_outcome(&cond("False", Some("CouldntGetPipeline"), None)),
-            Some(AttemptOutcome::Failed { message: "CouldntGetPipeline".into() })
+            Some(AttemptOutcome::Failed {
+                message: "CouldntGetPipeline".into()
+            })
         );
-        assert_eq!(condition_outcome(&cond("False", None, None)), Some(AttemptOutcome::Failed { message: "PipelineRun failed".into() }));
-        assert_eq!(condition_outcome(&cond("False", None, Some("boom"))), Some(AttemptOutcome::Failed { message: "boom".into() }));
+        assert_eq!(
+            condition_outcome(&cond("False", None, None)),
+            Some(AttemptOutcome::Failed {
+                message: "PipelineRun failed".into()
+            })
+        );
+        assert_eq!(
+            condition_outcome(&cond("False", None, Some("boom"))),
+            Some(AttemptOutcome::Failed {
+                message: "boom".into()
+            })
+        );
     }
 
     #[test]
     fn unknown_is_running() {
-        assert_eq!(condition_outcome(&cond("Unknown", Some("Running"), Some("Tasks Completed: 1"))), None);
-        assert_eq!(condition_outcome(&cond("Unknown", Some("PipelineRunPending"), None)), None);
+        assert_eq!(
+            condition_outcome(&cond(
+                "Unknown",
+                Some("Running"),
+                Some("Tasks Completed: 1")
+            )),
+            None
+        );
+        assert_eq!(
+            condition_outcome(&cond("Unknown", Some("PipelineRunPending"), None)),
+            None
+        );
         assert_eq!(condition_outcome(&cond("", None, None)), None);
     }
 
@@ -115,11 +176,16 @@ mod tests {
         let mut pr = PipelineRun::new("x", PipelineRunSpec::default());
         assert_eq!(outcome(&pr), None, "no status yet");
         pr.status = Some(PipelineRunStatus {
-            conditions: vec![Condition { type_: "Ready".into(), ..cond("False", Some("Failed"), None) }],
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                ..cond("False", Some("Failed"), None)
+            }],
             ..Default::default()
         });
         assert!(!is_finished(&pr));
-        pr.status.as_mut().map(|s| s.conditions.push(cond("True", None, None)));
+        if let Some(s) = pr.status.as_mut() {
+            s.conditions.push(cond("True", None, None));
+        }
         assert!(is_finished(&pr));
         assert_eq!(outcome(&pr), Some(AttemptOutcome::Succeeded));
     }

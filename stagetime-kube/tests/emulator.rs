@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use stagetime_core::backend::{Backend, Housekeeping, LaunchKey, LaunchRequest, Observation, RunMeta};
+use stagetime_core::backend::{
+    Backend, Housekeeping, LaunchKey, LaunchRequest, Observation, RunMeta,
+};
 use stagetime_core::spec::{PipelineSpec, TaskSpec};
 use stagetime_core::testkit::{BackendHarness, TaskBehaviour, unique};
 use stagetime_core::{AttemptOutcome, ErrorKind, RunId};
@@ -29,7 +31,10 @@ struct KubeHarness {
 #[async_trait]
 impl BackendHarness for KubeHarness {
     async fn backend(&self) -> Arc<dyn Backend> {
-        Arc::new(TektonBackend::new(self.emu.client(&self.ns), config(&self.ns)))
+        Arc::new(TektonBackend::new(
+            self.emu.client(&self.ns),
+            config(&self.ns),
+        ))
     }
 
     fn task(&self, name: &str, behaviour: TaskBehaviour) -> TaskSpec {
@@ -59,7 +64,9 @@ fn pipeline_task(name: &str, outcome: &str) -> TaskSpec {
 }
 
 async fn shared_emulator() -> Option<&'static Emulator> {
-    tokio::task::spawn_blocking(emulator).await.expect("emulator start")
+    tokio::task::spawn_blocking(emulator)
+        .await
+        .expect("emulator start")
 }
 
 async fn harness() -> Option<Arc<dyn BackendHarness>> {
@@ -144,15 +151,24 @@ async fn restart_and_reconcile() {
         assert!(w.backend.launch(r.clone()).await.unwrap().created);
     }
     assert_eq!(next_for(&mut obs, &ok.key).await, AttemptOutcome::Succeeded);
-    assert!(matches!(next_for(&mut obs, &bad.key).await, AttemptOutcome::TimedOut { .. }));
+    assert!(matches!(
+        next_for(&mut obs, &bad.key).await,
+        AttemptOutcome::TimedOut { .. }
+    ));
 
     // A new process: a new client, a new backend, nothing in memory.
     let restarted = TektonBackend::new(w.emu.client(&w.ns), config(&w.ns));
     let mut found = restarted.reconcile(&run).await.unwrap();
     found.sort_by(|a, b| a.key.cmp(&b.key));
     let tasks: Vec<&str> = found.iter().map(|o| o.key.task.as_str()).collect();
-    assert_eq!(tasks, ["bad", "ok"], "finished ones only, the hanging one is still running");
-    assert!(matches!(&found[0].outcome, AttemptOutcome::TimedOut { message } if message.contains("PipelineRunTimeout")));
+    assert_eq!(
+        tasks,
+        ["bad", "ok"],
+        "finished ones only, the hanging one is still running"
+    );
+    assert!(
+        matches!(&found[0].outcome, AttemptOutcome::TimedOut { message } if message.contains("PipelineRunTimeout"))
+    );
     // Relaunching after the restart adopts instead of creating a second PipelineRun.
     assert!(!restarted.launch(long.clone()).await.unwrap().created);
     let all = w.api().list(&ListParams::default()).await.unwrap();
@@ -160,10 +176,22 @@ async fn restart_and_reconcile() {
     // The restarted backend's watch reports what ends from now on, and the
     // initial list reports what already ended.
     let mut obs2 = restarted.observe();
-    assert_eq!(next_for(&mut obs2, &ok.key).await, AttemptOutcome::Succeeded);
+    assert_eq!(
+        next_for(&mut obs2, &ok.key).await,
+        AttemptOutcome::Succeeded
+    );
     restarted.cancel(&long.key).await.unwrap();
-    assert!(matches!(next_for(&mut obs2, &long.key).await, AttemptOutcome::Cancelled { .. }));
-    assert!(matches!(next_for(&mut obs, &long.key).await, AttemptOutcome::Cancelled { .. }), "the first backend sees it too");
+    assert!(matches!(
+        next_for(&mut obs2, &long.key).await,
+        AttemptOutcome::Cancelled { .. }
+    ));
+    assert!(
+        matches!(
+            next_for(&mut obs, &long.key).await,
+            AttemptOutcome::Cancelled { .. }
+        ),
+        "the first backend sees it too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,9 +203,14 @@ async fn deleted_before_finishing_is_a_failure() {
     let launched = w.backend.launch(req.clone()).await.unwrap();
     // Wait until the watch has seen it running, then delete it behind our back.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    w.api().delete(&launched.handle, &DeleteParams::default()).await.unwrap();
+    w.api()
+        .delete(&launched.handle, &DeleteParams::default())
+        .await
+        .unwrap();
     match next_for(&mut obs, &req.key).await {
-        AttemptOutcome::Failed { message } => assert!(message.contains("deleted before it finished"), "{message}"),
+        AttemptOutcome::Failed { message } => {
+            assert!(message.contains("deleted before it finished"), "{message}")
+        }
         other => panic!("expected a failure, got {other:?}"),
     }
 }
@@ -196,10 +229,16 @@ async fn watch_expiry_relists_without_losing_outcomes() {
     // old resourceVersion gets 410 Expired, and the watcher must re-list.
     w.emu.expire().await;
     w.backend.cancel(&a.key).await.unwrap();
-    assert!(matches!(next_for(&mut obs, &a.key).await, AttemptOutcome::Cancelled { .. }));
+    assert!(matches!(
+        next_for(&mut obs, &a.key).await,
+        AttemptOutcome::Cancelled { .. }
+    ));
     w.emu.expire().await;
     w.backend.cancel(&b.key).await.unwrap();
-    assert!(matches!(next_for(&mut obs, &b.key).await, AttemptOutcome::Cancelled { .. }));
+    assert!(matches!(
+        next_for(&mut obs, &b.key).await,
+        AttemptOutcome::Cancelled { .. }
+    ));
     let log = w.emu.requests().await;
     let relists = log
         .iter()
@@ -210,7 +249,10 @@ async fn watch_expiry_relists_without_losing_outcomes() {
                 && r["query"]["labelSelector"] == "stagetime/managed-by=stagetime"
         })
         .count();
-    assert!(relists >= 2, "the watcher re-listed after expiry ({relists} lists)");
+    assert!(
+        relists >= 2,
+        "the watcher re-listed after expiry ({relists} lists)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,10 +265,17 @@ async fn foreign_objects_are_not_adopted() {
     w.api().create(&PostParams::default(), &pr).await.unwrap();
     let err = w.backend.launch(req.clone()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
-    assert!(err.to_string().contains(&TektonBackend::name_of(&req.key)), "{err}");
+    assert!(
+        err.to_string().contains(&TektonBackend::name_of(&req.key)),
+        "{err}"
+    );
     // Cancel leaves a foreign object alone.
     w.backend.cancel(&req.key).await.unwrap();
-    let still = w.api().get(&TektonBackend::name_of(&req.key)).await.unwrap();
+    let still = w
+        .api()
+        .get(&TektonBackend::name_of(&req.key))
+        .await
+        .unwrap();
     assert_eq!(still.spec.status, None);
 }
 
@@ -254,8 +303,17 @@ async fn housekeeping_deletes_old_finished_runs_in_the_background() {
     let report = w.backend.housekeeping(&policy).await.unwrap();
     assert_eq!(report.deleted.len(), 2, "{report:?}");
     let left = w.api().list(&ListParams::default()).await.unwrap();
-    assert_eq!(left.items.len(), 2, "the newest finished one and the running one stay");
-    assert!(left.items.iter().any(|p| p.metadata.name.as_deref() == Some(TektonBackend::name_of(&running.key).as_str())));
+    assert_eq!(
+        left.items.len(),
+        2,
+        "the newest finished one and the running one stay"
+    );
+    assert!(
+        left.items
+            .iter()
+            .any(|p| p.metadata.name.as_deref()
+                == Some(TektonBackend::name_of(&running.key).as_str()))
+    );
     let deletes: Vec<_> = w
         .emu
         .requests()
@@ -269,8 +327,18 @@ async fn housekeeping_deletes_old_finished_runs_in_the_background() {
         assert_eq!(body["propagationPolicy"], "Background", "{d}");
     }
     // Idempotent: nothing more to do.
-    assert!(w.backend.housekeeping(&policy).await.unwrap().deleted.is_empty());
+    assert!(
+        w.backend
+            .housekeeping(&policy)
+            .await
+            .unwrap()
+            .deleted
+            .is_empty()
+    );
     // Deleting finished runs is not reported as a failure of anything.
     let quiet = tokio::time::timeout(Duration::from_millis(300), obs.next()).await;
-    assert!(quiet.is_err(), "no observation from housekeeping: {quiet:?}");
+    assert!(
+        quiet.is_err(),
+        "no observation from housekeeping: {quiet:?}"
+    );
 }

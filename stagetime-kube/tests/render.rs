@@ -139,10 +139,19 @@ fn pipeline_ref_by_name_default_timeout_and_finally_stage() {
     let (run, plan) = plan_of(NATIVE);
     let cfg = TektonConfig::new("ci");
     let deploy = rendered(&run, &plan, "deploy", 1, &cfg);
-    assert_eq!(deploy["spec"]["pipelineRef"], json!({"name": "deploy-pipeline"}));
-    assert_eq!(deploy["spec"]["timeouts"]["pipeline"], "30m0s", "the earlier system's default");
+    assert_eq!(
+        deploy["spec"]["pipelineRef"],
+        json!({"name": "deploy-pipeline"})
+    );
+    assert_eq!(
+        deploy["spec"]["timeouts"]["pipeline"], "30m0s",
+        "the earlier system's default"
+    );
     assert_eq!(deploy["metadata"]["annotations"]["canfail"], "false");
-    assert!(deploy["spec"].get("params").is_none(), "no empty lists: {deploy:#}");
+    assert!(
+        deploy["spec"].get("params").is_none(),
+        "no empty lists: {deploy:#}"
+    );
     assert!(deploy["spec"].get("workspaces").is_none());
     let notify = rendered(&run, &plan, "notify", 1, &cfg);
     assert_eq!(notify["metadata"]["labels"]["stagetime/stage"], "finally");
@@ -162,15 +171,41 @@ fn config_controls_fs_group_service_account_timeout_prefix_namespace() {
     };
     let deploy = rendered(&run, &plan, "deploy", 1, &cfg);
     assert_eq!(deploy["metadata"]["namespace"], "builds");
-    assert_eq!(deploy["spec"]["taskRunTemplate"], json!({"serviceAccountName": "pipeline-runner"}));
-    assert!(deploy["spec"].get("timeouts").is_none(), "no default timeout configured");
-    assert_eq!(deploy["metadata"]["labels"]["ci.example.com/task"], "deploy");
-    assert_eq!(deploy["metadata"]["labels"]["ci.example.com/managed-by"], "stagetime");
-    let none = TektonConfig { fs_group: None, ..TektonConfig::new("x") };
-    assert!(rendered(&run, &plan, "deploy", 1, &none)["spec"].get("taskRunTemplate").is_none());
-    let custom = TektonConfig { fs_group: Some(1000), default_timeout: Some(Duration::from_secs(90)), ..TektonConfig::new("x") };
+    assert_eq!(
+        deploy["spec"]["taskRunTemplate"],
+        json!({"serviceAccountName": "pipeline-runner"})
+    );
+    assert!(
+        deploy["spec"].get("timeouts").is_none(),
+        "no default timeout configured"
+    );
+    assert_eq!(
+        deploy["metadata"]["labels"]["ci.example.com/task"],
+        "deploy"
+    );
+    assert_eq!(
+        deploy["metadata"]["labels"]["ci.example.com/managed-by"],
+        "stagetime"
+    );
+    let none = TektonConfig {
+        fs_group: None,
+        ..TektonConfig::new("x")
+    };
+    assert!(
+        rendered(&run, &plan, "deploy", 1, &none)["spec"]
+            .get("taskRunTemplate")
+            .is_none()
+    );
+    let custom = TektonConfig {
+        fs_group: Some(1000),
+        default_timeout: Some(Duration::from_secs(90)),
+        ..TektonConfig::new("x")
+    };
     let d = rendered(&run, &plan, "deploy", 1, &custom);
-    assert_eq!(d["spec"]["taskRunTemplate"]["podTemplate"]["securityContext"]["fsGroup"], 1000);
+    assert_eq!(
+        d["spec"]["taskRunTemplate"]["podTemplate"]["securityContext"]["fsGroup"],
+        1000
+    );
     assert_eq!(d["spec"]["timeouts"]["pipeline"], "1m30s");
 }
 
@@ -207,8 +242,14 @@ fn legacy_entries_render_like_the_earlier_system() {
         ])
     );
     assert_eq!(got["spec"]["timeouts"]["pipeline"], "30m0s");
-    assert_eq!(got["spec"]["taskRunTemplate"]["podTemplate"]["securityContext"]["fsGroup"], 65532);
-    assert_eq!(got["metadata"]["labels"]["stagetime/commit"], "4f1", "short commit ids work");
+    assert_eq!(
+        got["spec"]["taskRunTemplate"]["podTemplate"]["securityContext"]["fsGroup"],
+        65532
+    );
+    assert_eq!(
+        got["metadata"]["labels"]["stagetime/commit"], "4f1",
+        "short commit ids work"
+    );
     assert_eq!(got["metadata"]["labels"]["stagetime/author"], "someone");
     assert_eq!(got["metadata"]["labels"]["stagetime/stage"], "0");
     assert_eq!(got["metadata"]["annotations"]["canfail"], "false");
@@ -221,11 +262,9 @@ fn legacy_entries_render_like_the_earlier_system() {
 
 #[test]
 fn labels_are_valid_for_odd_inputs() {
-    let text = format!(
-        r#"{{"repo": "Org/Some Repo With A Very Long Name That Goes Beyond Sixty Three Characters!!", "commit": "ab",
-        "author": "Ünïcødé <x@y>", "tasks": [{{"name": "t", "pipeline": {{"ref": "p"}}}}]}}"#
-    );
-    let (run, plan) = plan_of(&text);
+    let text = r#"{"repo": "Org/Some Repo With A Very Long Name That Goes Beyond Sixty Three Characters!!", "commit": "ab",
+        "author": "Ünïcødé <x@y>", "tasks": [{"name": "t", "pipeline": {"ref": "p"}}]}"#;
+    let (run, plan) = plan_of(text);
     let got = rendered(&run, &plan, "t", 7, &TektonConfig::default());
     let labels = got["metadata"]["labels"].as_object().expect("labels");
     for (k, v) in labels {
@@ -234,20 +273,35 @@ fn labels_are_valid_for_odd_inputs() {
     }
     assert_eq!(labels["stagetime/commit"], "ab");
     assert_eq!(labels["stagetime/attempt"], "7");
-    assert!(labels["stagetime/repo"].as_str().unwrap().starts_with("Org-Some-Repo"));
+    assert!(
+        labels["stagetime/repo"]
+            .as_str()
+            .unwrap()
+            .starts_with("Org-Some-Repo")
+    );
 }
 
 #[test]
 fn command_only_tasks_are_unsupported_and_left_out_of_plans() {
     let (run, plan) = plan_of(NATIVE);
     let lint = plan.index_of("lint").unwrap();
-    let err = render_pipelinerun(&LaunchRequest::for_task(&run, &plan, lint, 1), &TektonConfig::default()).unwrap_err();
+    let err = render_pipelinerun(
+        &LaunchRequest::for_task(&run, &plan, lint, 1),
+        &TektonConfig::default(),
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid);
     assert!(err.to_string().contains("lint"), "{err}");
     let all = render_plan(&run, &plan, &TektonConfig::default());
-    let names: Vec<String> = all.iter().map(|p| p.metadata.labels.as_ref().unwrap()["stagetime/task"].clone()).collect();
+    let names: Vec<String> = all
+        .iter()
+        .map(|p| p.metadata.labels.as_ref().unwrap()["stagetime/task"].clone())
+        .collect();
     assert_eq!(names, ["image", "deploy", "notify"]);
-    assert!(all.iter().all(|p| p.metadata.labels.as_ref().unwrap()["stagetime/attempt"] == "1"));
+    assert!(
+        all.iter()
+            .all(|p| p.metadata.labels.as_ref().unwrap()["stagetime/attempt"] == "1")
+    );
 }
 
 #[test]
@@ -255,7 +309,10 @@ fn plan_yaml_is_a_multi_document_stream() {
     let (run, plan) = plan_of(NATIVE);
     let yaml = render_plan_yaml(&run, &plan, &TektonConfig::new("ci")).unwrap();
     assert_eq!(yaml.matches("---\n").count(), 3);
-    let docs: Vec<&str> = yaml.split("---\n").filter(|d| !d.trim().is_empty()).collect();
+    let docs: Vec<&str> = yaml
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .collect();
     assert_eq!(docs.len(), 3);
     for d in docs {
         let v: Value = yaml_serde::from_str(d).expect("each document parses");
@@ -263,5 +320,8 @@ fn plan_yaml_is_a_multi_document_stream() {
         assert_eq!(v["kind"], "PipelineRun");
         assert_eq!(v["metadata"]["namespace"], "ci");
     }
-    assert!(yaml.contains("value:\n    - amd64\n    - arm64") || yaml.contains("- amd64"), "{yaml}");
+    assert!(
+        yaml.contains("value:\n    - amd64\n    - arm64") || yaml.contains("- amd64"),
+        "{yaml}"
+    );
 }

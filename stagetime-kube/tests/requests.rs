@@ -97,7 +97,11 @@ async fn next(h: &mut Handle) -> (http::request::Parts, Value, Reply) {
         .expect("a request");
     let (parts, body) = req.into_parts();
     let bytes = body.collect_bytes().await.unwrap();
-    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
     (parts, value, send)
 }
 
@@ -165,7 +169,10 @@ async fn already_exists_with_foreign_labels_is_an_error() {
     let err = task.await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
     let msg = err.to_string();
-    assert!(msg.contains("another-run") && msg.contains("run-1/build#1"), "{msg}");
+    assert!(
+        msg.contains("another-run") && msg.contains("run-1/build#1"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -181,7 +188,10 @@ async fn unavailable_is_retried_then_reported() {
     respond(send, 429, status(429, "TooManyRequests"));
     let (_, body, send) = next(&mut h).await;
     respond(send, 201, body);
-    assert!(task.await.unwrap().unwrap().created, "the third try succeeds");
+    assert!(
+        task.await.unwrap().unwrap().created,
+        "the third try succeeds"
+    );
 
     // Three failures in a row: Unavailable (retryable by the engine).
     let task = tokio::spawn(async move { b.launch(req).await });
@@ -203,7 +213,12 @@ async fn forbidden_names_verb_and_resource() {
     let err = task.await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Forbidden);
     let msg = err.to_string();
-    assert!(msg.contains("\"create\"") && msg.contains("pipelineruns.tekton.dev") && msg.contains("\"ci\""), "{msg}");
+    assert!(
+        msg.contains("\"create\"")
+            && msg.contains("pipelineruns.tekton.dev")
+            && msg.contains("\"ci\""),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -215,12 +230,18 @@ async fn cancel_merge_patches_spec_status() {
     let key = req.key.clone();
     let task = tokio::spawn(async move { b.cancel(&key).await });
     let (parts, _, send) = next(&mut h).await;
-    assert_eq!((parts.method.clone(), parts.uri.path().to_string()), (Method::GET, format!("{BASE}/{name}")));
+    assert_eq!(
+        (parts.method.clone(), parts.uri.path().to_string()),
+        (Method::GET, format!("{BASE}/{name}"))
+    );
     respond(send, 200, running.clone());
     let (parts, body, send) = next(&mut h).await;
     assert_eq!(parts.method, Method::PATCH);
     assert_eq!(parts.uri.path(), format!("{BASE}/{name}"));
-    assert_eq!(parts.headers["content-type"], "application/merge-patch+json");
+    assert_eq!(
+        parts.headers["content-type"],
+        "application/merge-patch+json"
+    );
     assert_eq!(body, json!({"spec": {"status": "Cancelled"}}));
     respond(send, 200, running);
     task.await.unwrap().unwrap();
@@ -244,7 +265,10 @@ async fn cancel_of_unknown_or_finished_attempts_writes_nothing() {
     respond(send, 200, with_condition(object(&req), "True", "Succeeded"));
     task.await.unwrap().expect("finished: ok");
     assert!(
-        !matches!(tokio::time::timeout(Duration::from_millis(100), h.next_request()).await, Ok(Some(_))),
+        !matches!(
+            tokio::time::timeout(Duration::from_millis(100), h.next_request()).await,
+            Ok(Some(_))
+        ),
         "no patch for a finished PipelineRun"
     );
 }
@@ -274,7 +298,12 @@ async fn reconcile_lists_by_run_label() {
     assert_eq!(found.len(), 2, "the running one is not reported: {found:?}");
     assert_eq!(found[0].key.task, "a");
     assert_eq!(found[0].outcome, AttemptOutcome::Succeeded);
-    assert_eq!(found[1].outcome, AttemptOutcome::Failed { message: "Failed: m".into() });
+    assert_eq!(
+        found[1].outcome,
+        AttemptOutcome::Failed {
+            message: "Failed: m".into()
+        }
+    );
 }
 
 #[tokio::test]
@@ -293,15 +322,26 @@ async fn housekeeping_deletes_with_background_propagation() {
     };
     let task = tokio::spawn(async move { b.housekeeping(&policy).await });
     let (parts, _, send) = next(&mut h).await;
-    assert_eq!(query(&parts, "labelSelector").as_deref(), Some("stagetime/managed-by=stagetime"));
-    respond(send, 200, json!({"metadata": {"resourceVersion": "3"}, "items": [old.clone(), new, running]}));
+    assert_eq!(
+        query(&parts, "labelSelector").as_deref(),
+        Some("stagetime/managed-by=stagetime")
+    );
+    respond(
+        send,
+        200,
+        json!({"metadata": {"resourceVersion": "3"}, "items": [old.clone(), new, running]}),
+    );
     let (parts, body, send) = next(&mut h).await;
     assert_eq!(parts.method, Method::DELETE);
     assert_eq!(parts.uri.path(), format!("{BASE}/{old_name}"));
     assert_eq!(body["propagationPolicy"], "Background");
     respond(send, 200, old);
     let report = task.await.unwrap().unwrap();
-    assert_eq!(report.deleted, [old_name], "the newest per repo and running ones stay");
+    assert_eq!(
+        report.deleted,
+        [old_name],
+        "the newest per repo and running ones stay"
+    );
 }
 
 #[tokio::test]
@@ -311,13 +351,35 @@ async fn observe_watches_with_the_managed_selector() {
     let done = with_condition(object(&request("a", 1)), "False", "PipelineRunTimeout");
     let (parts, _, send) = next(&mut h).await;
     assert_eq!(parts.method, Method::GET);
-    assert_eq!(query(&parts, "labelSelector").as_deref(), Some("stagetime/managed-by=stagetime"));
-    respond(send, 200, json!({"metadata": {"resourceVersion": "5"}, "items": [done]}));
+    assert_eq!(
+        query(&parts, "labelSelector").as_deref(),
+        Some("stagetime/managed-by=stagetime")
+    );
+    respond(
+        send,
+        200,
+        json!({"metadata": {"resourceVersion": "5"}, "items": [done]}),
+    );
     let (parts, _, _send) = next(&mut h).await;
     assert_eq!(query(&parts, "watch").as_deref(), Some("true"));
-    assert_eq!(query(&parts, "resourceVersion").as_deref(), Some("5"), "the watch continues from the list");
-    assert_eq!(query(&parts, "labelSelector").as_deref(), Some("stagetime/managed-by=stagetime"));
-    let o = tokio::time::timeout(Duration::from_secs(5), obs.next()).await.unwrap().unwrap();
+    assert_eq!(
+        query(&parts, "resourceVersion").as_deref(),
+        Some("5"),
+        "the watch continues from the list"
+    );
+    assert_eq!(
+        query(&parts, "labelSelector").as_deref(),
+        Some("stagetime/managed-by=stagetime")
+    );
+    let o = tokio::time::timeout(Duration::from_secs(5), obs.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(o.key.task, "a");
-    assert_eq!(o.outcome, AttemptOutcome::TimedOut { message: "PipelineRunTimeout: m".into() });
+    assert_eq!(
+        o.outcome,
+        AttemptOutcome::TimedOut {
+            message: "PipelineRunTimeout: m".into()
+        }
+    );
 }

@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use stagetime_core::testkit::{servers_required, skip_or_fail, unique};
@@ -49,11 +49,16 @@ fn workspace() -> PathBuf {
 }
 
 fn venv() -> PathBuf {
-    std::env::var_os("STAGETIME_KMOCK_VENV").map_or_else(|| workspace().join("target").join("kmock-venv"), PathBuf::from)
+    std::env::var_os("STAGETIME_KMOCK_VENV").map_or_else(
+        || workspace().join("target").join("kmock-venv"),
+        PathBuf::from,
+    )
 }
 
 fn emulator_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("emulator")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("emulator")
 }
 
 fn setup_venv() -> Result<PathBuf, String> {
@@ -113,9 +118,19 @@ pub fn emulator() -> Option<&'static Emulator> {
         Ok(e) => Some(e),
         Err(why) => {
             if servers_required() {
-                panic!("the Kubernetes-API emulator is required (STAGETIME_REQUIRE_SERVERS=1) but did not start: {why}");
+                panic!(
+                    "the Kubernetes-API emulator is required (STAGETIME_REQUIRE_SERVERS=1) but did not start: {why}"
+                );
             }
-            skip_or_fail(&format!("the Kubernetes-API emulator (kmock venv; run stagetime-kube/tests/emulator/setup.sh) — {why}"));
+            let what = format!(
+                "the Kubernetes-API emulator (kmock venv; run stagetime-kube/tests/emulator/setup.sh) — {why}"
+            );
+            skip_or_fail(&what);
+            // Also straight to the process's stderr: libtest captures eprintln! of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED (stagetime-kube): {what} ***\n"
+            );
             None
         }
     }
@@ -147,14 +162,20 @@ impl Emulator {
             .uri(format!("/_emulator/{what}"))
             .body(Vec::new())
             .expect("request");
-        client.request::<T>(req).await.expect("emulator control call")
+        client
+            .request::<T>(req)
+            .await
+            .expect("emulator control call")
     }
 }
 
 /// A backend configuration for tests: namespace `ns`, fast retries.
 pub fn config(ns: &str) -> TektonConfig {
     TektonConfig {
-        rate_limit: Some(RateLimit { per_second: 200.0, burst: 100 }),
+        rate_limit: Some(RateLimit {
+            per_second: 200.0,
+            burst: 100,
+        }),
         retry: RetryPolicy {
             attempts: 4,
             base_delay: Duration::from_millis(20),
@@ -201,10 +222,14 @@ impl Controller {
 }
 
 fn param(pr: &PipelineRun, name: &str) -> Option<String> {
-    pr.spec.params.iter().find(|p| p.name == name).and_then(|p| match &p.value {
-        ParamValue::String(s) => Some(s.clone()),
-        _ => None,
-    })
+    pr.spec
+        .params
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| match &p.value {
+            ParamValue::String(s) => Some(s.clone()),
+            _ => None,
+        })
 }
 
 fn condition(status: &str, reason: &str, message: &str) -> serde_json::Value {
@@ -220,14 +245,19 @@ async fn set_status(api: &Api<PipelineRun>, name: &str, status: serde_json::Valu
     {
         return;
     }
-    if let Err(e) = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await {
+    if let Err(e) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+    {
         tracing::debug!(%name, error = %e, "simulated controller: status patch failed");
     }
 }
 
 async fn control_loop(api: Api<PipelineRun>) {
     let started: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let mut events = watcher::watcher(api.clone(), watcher::Config::default()).default_backoff().boxed();
+    let mut events = watcher::watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .boxed();
     loop {
         let ev = match events.try_next().await {
             Ok(Some(ev)) => ev,
@@ -245,10 +275,20 @@ async fn control_loop(api: Api<PipelineRun>) {
             continue;
         }
         let name = pr.name_any();
-        if let Some(reason) = pr.spec.status.clone().filter(|s| s.contains("Cancelled") || s.contains("Stopped")) {
+        if let Some(reason) = pr
+            .spec
+            .status
+            .clone()
+            .filter(|s| s.contains("Cancelled") || s.contains("Stopped"))
+        {
             let api = api.clone();
             tokio::spawn(async move {
-                set_status(&api, &name, condition("False", &reason, "PipelineRun was cancelled")).await;
+                set_status(
+                    &api,
+                    &name,
+                    condition("False", &reason, "PipelineRun was cancelled"),
+                )
+                .await;
             });
             continue;
         }
@@ -256,17 +296,44 @@ async fn control_loop(api: Api<PipelineRun>) {
             continue;
         }
         let outcome = param(&pr, "outcome").unwrap_or_else(|| "succeed".into());
-        let delay = param(&pr, "delay_ms").and_then(|d| d.parse().ok()).unwrap_or(50u64);
-        let attempt: u32 = pr.labels().get("stagetime/attempt").and_then(|a| a.parse().ok()).unwrap_or(1);
+        let delay = param(&pr, "delay_ms")
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(50u64);
+        let attempt: u32 = pr
+            .labels()
+            .get("stagetime/attempt")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
         let api = api.clone();
         tokio::spawn(async move {
-            set_status(&api, &name, condition("Unknown", "Running", "Tasks Completed: 0 (Failed: 0, Cancelled 0), Incomplete: 1")).await;
+            set_status(
+                &api,
+                &name,
+                condition(
+                    "Unknown",
+                    "Running",
+                    "Tasks Completed: 0 (Failed: 0, Cancelled 0), Incomplete: 1",
+                ),
+            )
+            .await;
             tokio::time::sleep(Duration::from_millis(delay)).await;
             let end = match (outcome.as_str(), attempt) {
                 ("hang", _) => return,
-                ("fail", _) | ("flaky", 1) => condition("False", "Failed", "Tasks Completed: 1 (Failed: 1, Cancelled 0), Skipped: 0"),
-                ("timeout", _) => condition("False", "PipelineRunTimeout", &format!("PipelineRun \"{name}\" failed to finish within \"30m0s\"")),
-                _ => condition("True", "Succeeded", "Tasks Completed: 1 (Failed: 0, Cancelled 0), Skipped: 0"),
+                ("fail", _) | ("flaky", 1) => condition(
+                    "False",
+                    "Failed",
+                    "Tasks Completed: 1 (Failed: 1, Cancelled 0), Skipped: 0",
+                ),
+                ("timeout", _) => condition(
+                    "False",
+                    "PipelineRunTimeout",
+                    &format!("PipelineRun \"{name}\" failed to finish within \"30m0s\""),
+                ),
+                _ => condition(
+                    "True",
+                    "Succeeded",
+                    "Tasks Completed: 1 (Failed: 0, Cancelled 0), Skipped: 0",
+                ),
             };
             set_status(&api, &name, end).await;
         });
