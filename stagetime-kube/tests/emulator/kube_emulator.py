@@ -22,7 +22,9 @@ short of what a Kubernetes client relies on, so this subclass replaces it:
   with ``subresources: {status: {}}``; PUT replaces with an optimistic
   ``resourceVersion`` check;
 * DELETE records the ``propagationPolicy`` (query or body) and honours
-  finalizers.
+  finalizers;
+* discovery lists short names on the resource only, not on its ``/status``
+  subresource (so ``kubectl get pr`` is unambiguous).
 
 Test controls under ``/_emulator/`` (not part of the Kubernetes API):
 ``GET /_emulator/requests`` (every API request seen: method, path, query,
@@ -273,6 +275,17 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
             return None
 
     # -- verbs ------------------------------------------------------------
+
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        # kmock repeats short names and categories on subresources (`pipelineruns/status`),
+        # which makes `kubectl get pr` ambiguous; an API server lists them on the resource only.
+        listing = await super()._serve_version(request)
+        for res in listing.get('resources', []):
+            if '/' in res.get('name', ''):
+                res['shortNames'] = []
+                res['categories'] = []
+                res['verbs'] = ['get', 'patch', 'update']
+        return listing
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         try:
