@@ -342,3 +342,42 @@ async fn housekeeping_deletes_old_finished_runs_in_the_background() {
         "no observation from housekeeping: {quiet:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_launches_of_one_attempt_create_one_pipelinerun() {
+    let Some(w) = World::new().await else { return };
+    let run = RunId::new(unique("race")).unwrap();
+    let req = request(&run, "racy", "hang", 1);
+    let other = TektonBackend::new(w.emu.client(&w.ns), config(&w.ns));
+    let mut launches = Vec::new();
+    for i in 0..6 {
+        let b = if i % 2 == 0 {
+            w.backend.clone()
+        } else {
+            other.clone()
+        };
+        let r = req.clone();
+        launches.push(tokio::spawn(async move { b.launch(r).await }));
+    }
+    let mut created = 0;
+    let mut handles = std::collections::BTreeSet::new();
+    for l in launches {
+        let launched = l
+            .await
+            .unwrap()
+            .expect("every launch succeeds (create or adopt)");
+        created += usize::from(launched.created);
+        handles.insert(launched.handle);
+    }
+    assert_eq!(created, 1, "exactly one launch created it");
+    assert_eq!(handles.len(), 1);
+    assert_eq!(
+        w.api()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}

@@ -383,3 +383,28 @@ async fn observe_watches_with_the_managed_selector() {
         }
     );
 }
+
+#[tokio::test]
+async fn cancel_mode_run_finally_is_configurable() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let cfg = TektonConfig {
+        rate_limit: None,
+        cancel_mode: stagetime_kube::CancelMode::CancelledRunFinally,
+        ..TektonConfig::new("ci")
+    };
+    let b = TektonBackend::new(Client::new(svc, "ci"), cfg);
+    let req = request("build", 1);
+    let key = req.key.clone();
+    let task = tokio::spawn(async move { b.cancel(&key).await });
+    let (_, _, send) = next(&mut h).await;
+    respond(
+        send,
+        200,
+        with_condition(object(&req), "Unknown", "Running"),
+    );
+    let (parts, body, send) = next(&mut h).await;
+    assert_eq!(parts.method, Method::PATCH);
+    assert_eq!(body, json!({"spec": {"status": "CancelledRunFinally"}}));
+    respond(send, 200, object(&req));
+    task.await.unwrap().unwrap();
+}
