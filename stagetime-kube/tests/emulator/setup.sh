@@ -14,6 +14,13 @@ python="${PYTHON:-python3}"
 req="$here/requirements.txt"
 stamp="$venv/.stagetime-requirements"
 
+mkdir -p "$(dirname "$venv")"
+# Test binaries may run this at the same time: one builds, the others wait.
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$venv.lock"
+    flock 9
+fi
+
 if [[ -x "$venv/bin/python" && -f "$stamp" ]] && cmp -s "$req" "$stamp"; then
     echo "kmock venv up to date: $venv"
     exit 0
@@ -24,7 +31,6 @@ if ! command -v "$python" >/dev/null 2>&1; then
     exit 1
 fi
 
-mkdir -p "$(dirname "$venv")"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
 "$venv/bin/python" -c 'import kmock, aiohttp, jsonpatch; print("kmock", kmock.__version__)'
