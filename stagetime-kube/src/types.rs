@@ -2,7 +2,8 @@
 //!
 //! Only the fields stagetime sets or inspects are typed; fields a Tekton
 //! controller adds are ignored when read (and never written back: changes go
-//! out as merge patches).
+//! out as merge patches). Reading is lenient — missing fields take defaults —
+//! so that one odd object cannot break the watch.
 
 use std::collections::BTreeMap;
 
@@ -103,6 +104,7 @@ pub struct WorkspaceBinding {
 #[serde(rename_all = "camelCase")]
 pub struct SecretSource {
     /// The Secret's name.
+    #[serde(default)]
     pub secret_name: String,
 }
 
@@ -111,6 +113,7 @@ pub struct SecretSource {
 #[serde(rename_all = "camelCase")]
 pub struct ClaimSource {
     /// The claim's name.
+    #[serde(default)]
     pub claim_name: String,
 }
 
@@ -118,6 +121,7 @@ pub struct ClaimSource {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConfigMapSource {
     /// The ConfigMap's name.
+    #[serde(default)]
     pub name: String,
 }
 
@@ -125,6 +129,7 @@ pub struct ConfigMapSource {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VolumeClaimTemplate {
     /// The claim's spec.
+    #[serde(default)]
     pub spec: VolumeClaimSpec,
 }
 
@@ -139,6 +144,7 @@ pub struct VolumeClaimSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_modes: Vec<String>,
     /// `requests.storage`.
+    #[serde(default)]
     pub resources: VolumeResources,
 }
 
@@ -146,6 +152,7 @@ pub struct VolumeClaimSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VolumeResources {
     /// E.g. `{storage: 1Gi}`.
+    #[serde(default)]
     pub requests: BTreeMap<String, String>,
 }
 
@@ -220,4 +227,41 @@ pub struct Condition {
     /// When the condition last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_a_tekton_controller_writes() {
+        let pr: PipelineRun = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+            "metadata": {"name": "x", "namespace": "ci"},
+            "spec": {
+                "pipelineRef": {"resolver": "bundles", "params": [{"name": "kind", "value": "pipeline"}]},
+                "params": [{"name": "s", "value": "v"}, {"name": "a", "value": ["1", "2"]}, {"name": "o", "value": {"k": "v"}}],
+                "workspaces": [{"name": "e", "emptyDir": {}}, {"name": "v", "volumeClaimTemplate": {"metadata": {}, "spec": {}}}],
+                "timeouts": {"pipeline": "1h0m0s", "tasks": "50m0s"},
+                "taskRunTemplate": {"serviceAccountName": "default", "podTemplate": {"nodeSelector": {"a": "b"}}}
+            },
+            "status": {"conditions": [{"type": "Succeeded", "status": "Unknown", "reason": "Running"}],
+                       "startTime": "2024-01-13T13:40:36Z", "childReferences": []}
+        }))
+        .expect("lenient read");
+        assert_eq!(
+            pr.spec.params[1].value,
+            ParamValue::Array(vec!["1".into(), "2".into()])
+        );
+        assert!(matches!(pr.spec.params[2].value, ParamValue::Object(_)));
+        assert_eq!(pr.spec.workspaces.len(), 2);
+        assert_eq!(
+            pr.spec.timeouts.and_then(|t| t.pipeline).as_deref(),
+            Some("1h0m0s")
+        );
+        assert_eq!(
+            pr.status.unwrap().conditions[0].reason.as_deref(),
+            Some("Running")
+        );
+    }
 }
