@@ -244,7 +244,7 @@ async fn run(args: Args) -> Result<()> {
         })
         .filter(|(_, n)| *n > 0)
         .collect();
-    delta.sort_by(|a, b| b.1.cmp(&a.1));
+    delta.sort_by_key(|d| std::cmp::Reverse(d.1));
     let commands: u64 = delta.iter().map(|(_, n)| n).sum();
     let failed = finished
         .values()

@@ -24,7 +24,7 @@ pub const DEFAULT_STREAM_MAX_LEN: u64 = 10_000_000;
 ///     .with_retention(Duration::from_secs(3 * 24 * 3600));
 /// assert_eq!(c.prefix, "ci:");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// Connection URL: `redis://[user][:password@]host[:port][/db]`, or
     /// `rediss://` for TLS (append `#insecure` to skip certificate checks,
@@ -53,6 +53,9 @@ pub struct RedisConfig {
     pub response_timeout: Duration,
     /// How long connecting may take.
     pub connect_timeout: Duration,
+    /// For `rediss://`: trust this CA certificate (PEM) instead of the
+    /// system's roots (a private CA, or a test server).
+    pub tls_root_cert: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -68,6 +71,7 @@ impl RedisConfig {
             page_size: 100,
             response_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            tls_root_cert: None,
         }
     }
 
@@ -113,6 +117,12 @@ impl RedisConfig {
         self
     }
 
+    /// Trusts this CA certificate (PEM) for `rediss://` instead of the system's roots.
+    pub fn with_tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert = Some(pem.into());
+        self
+    }
+
     /// Sets the connect timeout.
     pub fn with_connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
@@ -125,4 +135,66 @@ pub(crate) fn normalise_prefix(mut p: String) -> String {
         p.push(':');
     }
     p
+}
+
+impl std::fmt::Debug for RedisConfig {
+    /// Leaves the password out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("group", &self.group)
+            .field("reclaim_after", &self.reclaim_after)
+            .field("retention", &self.retention)
+            .field("stream_max_len", &self.stream_max_len)
+            .field("page_size", &self.page_size)
+            .field("response_timeout", &self.response_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field(
+                "tls_root_cert",
+                &self.tls_root_cert.as_ref().map(|c| c.len()),
+            )
+            .finish()
+    }
+}
+
+/// The URL with its password replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://:pw@h:1/2"), "redis://:***@h:1/2");
+        assert_eq!(redact("rediss://u:pw@h/0"), "rediss://u:***@h/0");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        let c = RedisConfig::new("redis://:topsecret@h/0");
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn prefixes_end_with_a_colon() {
+        assert_eq!(
+            RedisConfig::new("redis://h").with_prefix("ci").prefix,
+            "ci:"
+        );
+        assert_eq!(
+            RedisConfig::new("redis://h").with_prefix("ci:").prefix,
+            "ci:"
+        );
+        assert_eq!(RedisConfig::new("redis://h").prefix, DEFAULT_PREFIX);
+    }
 }

@@ -15,6 +15,7 @@ use stagetime_core::{Error, FieldErrors};
 /// - a malformed URL or client setting → [`Error::Invalid`].
 pub fn classify(e: RedisError, what: &str) -> Error {
     let code = e.code().unwrap_or("");
+    let text = e.to_string();
     match e.kind() {
         RK::InvalidClientConfig => {
             let mut errors = FieldErrors::default();
@@ -27,12 +28,19 @@ pub fn classify(e: RedisError, what: &str) -> Error {
         RK::Parse | RK::UnexpectedReturnType => {
             Error::corrupt(what, format!("unreadable reply from redis: {e}"))
         }
-        _ if code == "WRONGTYPE" || e.to_string().contains("WRONGTYPE") => {
+        _ if code == "WRONGTYPE" || text.contains("WRONGTYPE") => {
             Error::corrupt(what, format!("a key holds data of the wrong type: {e}"))
         }
-        _ if code == "NOAUTH" || code == "WRONGPASS" => Error::Forbidden {
-            message: format!("redis refused access ({what}): {e}"),
-        },
+        _ if code == "NOAUTH"
+            || code == "WRONGPASS"
+            || ["NOAUTH", "WRONGPASS", "Authentication required"]
+                .iter()
+                .any(|m| text.contains(m)) =>
+        {
+            Error::Forbidden {
+                message: format!("redis refused access ({what}): {e}"),
+            }
+        }
         _ => Error::unavailable("redis", format!("{what}: {e}")),
     }
 }

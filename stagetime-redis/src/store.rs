@@ -102,7 +102,21 @@ impl RedisStore {
     /// [`Error::Invalid`] for a malformed URL.
     pub fn new(mut config: RedisConfig) -> Result<Self> {
         config.prefix = normalise_prefix(std::mem::take(&mut config.prefix));
-        let client = Client::open(config.url.as_str()).map_err(|e| classify(e, "redis url"))?;
+        if config.url.starts_with("rediss") {
+            // One process-wide provider; a provider installed before is kept.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = match &config.tls_root_cert {
+            Some(ca) => Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => Client::open(config.url.as_str()),
+        }
+        .map_err(|e| classify(e, "redis url"))?;
         let manager = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.response_timeout))
             .set_connection_timeout(Some(config.connect_timeout))

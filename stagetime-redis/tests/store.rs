@@ -802,3 +802,66 @@ async fn an_unreachable_server_is_unavailable_and_a_restart_is_survived() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn blocking_waits_outlast_the_response_timeout() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    // Normal commands time out after 200 ms; a claim may still wait 1.2 s for work.
+    let store = RedisStore::connect(
+        server
+            .config("block")
+            .with_response_timeout(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let got = store
+        .claim("w", 10, 1, Duration::from_millis(1_200))
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1_150),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn password_and_database_come_from_the_url() {
+    let Some(server) = support::dedicated_with(&["--requirepass", "s3cret"]) else {
+        return;
+    };
+    let url = format!("redis://:s3cret@127.0.0.1:{}/3", server.port());
+    let store = RedisStore::connect(RedisConfig::new(&url).with_prefix("auth"))
+        .await
+        .unwrap();
+    store
+        .create_run(record("in-db-3", "demo", "c1", 1), vec![])
+        .await
+        .unwrap();
+    let key = store.keys().run(&id("in-db-3"));
+    for (db, expected) in [(3, 1), (0, 0)] {
+        let client =
+            redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/{db}", server.port()))
+                .unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let n: u64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(n, expected, "db {db}");
+    }
+    for bad in [
+        format!("redis://:wrong@127.0.0.1:{}/3", server.port()),
+        format!("redis://127.0.0.1:{}/3", server.port()),
+    ] {
+        let e = RedisStore::connect(RedisConfig::new(&bad))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Forbidden, "{bad}: {e}");
+    }
+}

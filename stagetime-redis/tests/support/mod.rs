@@ -224,8 +224,9 @@ fn wait_ready(port: u16, timeout: Duration) -> bool {
             let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
             if s.write_all(b"PING\r\n").is_ok() {
                 let mut buf = [0u8; 64];
+                // PONG, or NOAUTH from a server with a password: either way it serves.
                 if let Ok(n) = s.read(&mut buf)
-                    && buf[..n].starts_with(b"+PONG")
+                    && (buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
                 {
                     return true;
                 }
