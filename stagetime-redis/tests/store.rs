@@ -865,3 +865,63 @@ async fn password_and_database_come_from_the_url() {
         assert_eq!(e.kind(), ErrorKind::Forbidden, "{bad}: {e}");
     }
 }
+
+#[tokio::test]
+async fn large_transitions_are_applied_in_chunks() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = RedisStore::connect(server.config("large").with_stream_max_len(0))
+        .await
+        .unwrap();
+    let r = record("big", "demo", "c1", 1_000);
+    // 3,000 now items and 5,000 delayed ones in one create: past Lua's unpack limit, in chunks.
+    let mut start: Vec<WorkItem> = (0..3_000)
+        .map(|_| WorkItem::now(id("big"), Work::Flush))
+        .collect();
+    start.extend((0..5_000u64).map(|i| WorkItem {
+        run: id("big"),
+        work: Work::Flush,
+        due_ms: Some(1_000_000 + i),
+    }));
+    store.create_run(r.clone(), start).await.unwrap();
+    let stats = store.stream_stats().await.unwrap();
+    assert_eq!((stats.length, stats.timers), (3_000, 5_000));
+
+    // Claim 1,000 (the most one claim hands out) and ack them all in one commit.
+    let claimed = store.claim("w", 5_000, 1, Duration::ZERO).await.unwrap();
+    assert_eq!(claimed.len(), 1_000);
+    let acks: Vec<ClaimToken> = claimed.iter().map(|c| c.token.clone()).collect();
+    store
+        .commit(Commit {
+            record: next(r),
+            expected_version: 0,
+            enqueue: vec![],
+            ack: acks,
+        })
+        .await
+        .unwrap();
+    let stats = store.stream_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.timers), (0, 5_000), "{stats:?}");
+}
+
+#[tokio::test]
+async fn the_stream_cap_bounds_an_unconsumed_stream() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = RedisStore::connect(server.config("cap").with_stream_max_len(100))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let items: Vec<WorkItem> = (0..300)
+            .map(|_| WorkItem::now(id("cap"), Work::Flush))
+            .collect();
+        store.enqueue(items).await.unwrap();
+    }
+    let stats = store.stream_stats().await.unwrap();
+    assert!(
+        stats.length < 300,
+        "XADD MAXLEN ~ 100 keeps 3,000 entries down: {stats:?}"
+    );
+}

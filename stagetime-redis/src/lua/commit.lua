@@ -13,6 +13,20 @@
 --       14 number of delayed items, 15 number of acks, then now items as
 --       (run, json) pairs, delayed items as (due ms, member) pairs, and
 --       stream entry ids to acknowledge.
+
+-- Calls `cmd key [arg] items...` in chunks (Lua's unpack has a stack limit).
+local function chunked(cmd, key, arg, items)
+  local step = 1000
+  for i = 1, #items, step do
+    local j = math.min(i + step - 1, #items)
+    if arg then
+      redis.call(cmd, key, arg, unpack(items, i, j))
+    else
+      redis.call(cmd, key, unpack(items, i, j))
+    end
+  end
+end
+
 local STATE_KEY = {queued = 7, running = 8, succeeded = 9, failed = 10, cancelled = 11}
 
 local cur = redis.call('HMGET', KEYS[1], 'v', 's', 'f')
@@ -71,9 +85,9 @@ if nd > 0 then
     end
     i = i + 2
   end
-  redis.call('ZADD', KEYS[4], unpack(z))
+  chunked('ZADD', KEYS[4], nil, z)
   if #s > 0 then
-    redis.call('SADD', KEYS[2], unpack(s))
+    chunked('SADD', KEYS[2], nil, s)
   end
 end
 local na = tonumber(ARGV[15])
@@ -84,7 +98,7 @@ if na > 0 then
     members[#members + 1] = 'c' .. ARGV[i]
     i = i + 1
   end
-  redis.call('XACK', KEYS[3], ARGV[11], unpack(ids))
-  redis.call('ZREM', KEYS[4], unpack(members))
+  chunked('XACK', KEYS[3], ARGV[11], ids)
+  chunked('ZREM', KEYS[4], nil, members)
 end
 return {'ok'}

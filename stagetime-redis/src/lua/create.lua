@@ -9,6 +9,20 @@
 --       9 gc json, 10 stream max length (0: no cap), 11 number of now items,
 --       12 number of delayed items, then now items as (run, json) pairs and
 --       delayed items as (due ms, member) pairs.
+
+-- Calls `cmd key [arg] items...` in chunks (Lua's unpack has a stack limit).
+local function chunked(cmd, key, arg, items)
+  local step = 1000
+  for i = 1, #items, step do
+    local j = math.min(i + step - 1, #items)
+    if arg then
+      redis.call(cmd, key, arg, unpack(items, i, j))
+    else
+      redis.call(cmd, key, unpack(items, i, j))
+    end
+  end
+end
+
 local existing = redis.call('HGET', KEYS[1], 'rec')
 if existing then
   return {'exists', existing}
@@ -46,9 +60,9 @@ if nd > 0 then
     end
     i = i + 2
   end
-  redis.call('ZADD', KEYS[4], unpack(z))
+  chunked('ZADD', KEYS[4], nil, z)
   if #s > 0 then
-    redis.call('SADD', KEYS[2], unpack(s))
+    chunked('SADD', KEYS[2], nil, s)
   end
 end
 return {'created'}

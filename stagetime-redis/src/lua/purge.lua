@@ -5,6 +5,20 @@
 -- ARGV: 1 now ms, 2 at most this many runs, 3 key prefix of run hashes
 --       ("<prefix>run:{"; the run id and "}" follow)
 -- Returns how many runs went.
+
+-- Calls `cmd key [arg] items...` in chunks (Lua's unpack has a stack limit).
+local function chunked(cmd, key, arg, items)
+  local step = 1000
+  for i = 1, #items, step do
+    local j = math.min(i + step - 1, #items)
+    if arg then
+      redis.call(cmd, key, arg, unpack(items, i, j))
+    else
+      redis.call(cmd, key, unpack(items, i, j))
+    end
+  end
+end
+
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(ids) do
   local gc = redis.call('HGET', KEYS[2], id)
@@ -20,7 +34,7 @@ for _, id in ipairs(ids) do
   local delayed = run .. ':delayed'
   local members = redis.call('SMEMBERS', delayed)
   if #members > 0 then
-    redis.call('ZREM', KEYS[3], unpack(members))
+    chunked('ZREM', KEYS[3], nil, members)
   end
   redis.call('DEL', run, delayed)
   redis.call('HDEL', KEYS[2], id)
