@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import copy
 import datetime
 import json
@@ -337,14 +338,18 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
                     410, 'Expired', f'too old resource version: {since} ({self._oldest_rv})')}
                 return
         while True:
-            if generation != self._watch_generation:
-                if since + 1 < self._oldest_rv:
-                    yield {'type': 'ERROR', 'object': _status_body(
-                        410, 'Expired', f'too old resource version: {since} ({self._oldest_rv})')}
+            # Take the wake-up event before reading the history: anything
+            # recorded while events are being sent (each yield may suspend)
+            # sets it, so nothing recorded meanwhile waits for a later change.
+            changed = self._changed
+            if since + 1 < self._oldest_rv:
+                yield {'type': 'ERROR', 'object': _status_body(
+                    410, 'Expired', f'too old resource version: {since} ({self._oldest_rv})')}
                 return
-            for rv, resource, kind, obj in list(self._history):
-                if rv <= since:
-                    continue
+            if generation != self._watch_generation:
+                return
+            start = bisect.bisect_right(self._history, since, key=lambda entry: entry[0])
+            for rv, resource, kind, obj in self._history[start:]:
                 since = rv
                 meta = obj.get('metadata', {})
                 key = (resource, meta.get('namespace'), meta.get('name'))
@@ -353,7 +358,8 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            changed = self._changed
+            if changed.is_set():
+                continue
             try:
                 await asyncio.wait_for(changed.wait(), timeout=min(remaining, 30))
             except asyncio.TimeoutError:
