@@ -139,6 +139,26 @@ async fn next_for(obs: &mut BoxStream<'static, Observation>, key: &LaunchKey) ->
     .unwrap_or_else(|_| panic!("no outcome for {key} within 20 s"))
 }
 
+/// Waits until a watch request with the managed selector reached the emulator for `ns`.
+async fn wait_for_watch(emu: &Emulator, ns: &str) {
+    let path = format!("/apis/tekton.dev/v1/namespaces/{ns}/pipelineruns");
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let seen = emu.requests().await.iter().any(|r| {
+                r["path"] == path.as_str()
+                    && r["query"]["watch"] == "true"
+                    && r["query"]["labelSelector"] == "stagetime/managed-by=stagetime"
+            });
+            if seen {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the backend's watch starts within 20 s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_and_reconcile() {
     let Some(w) = World::new().await else { return };
@@ -201,8 +221,9 @@ async fn deleted_before_finishing_is_a_failure() {
     let mut obs = w.backend.observe();
     let req = request(&run, "doomed", "hang", 1);
     let launched = w.backend.launch(req.clone()).await.unwrap();
-    // Wait until the watch has seen it running, then delete it behind our back.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the backend's watch is open, the object is in its list or in the
+    // history after it; then delete it behind the backend's back.
+    wait_for_watch(w.emu, &w.ns).await;
     w.api()
         .delete(&launched.handle, &DeleteParams::default())
         .await
