@@ -152,6 +152,32 @@ async fn command_calls(
         .collect())
 }
 
+/// Redis's CPU seconds (user + sys) from `INFO cpu`.
+async fn redis_cpu(con: &mut redis::aio::MultiplexedConnection) -> Result<f64> {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(con)
+        .await
+        .map_err(|e| stagetime_redis::classify(e, "INFO cpu"))?;
+    Ok(info
+        .lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum())
+}
+
+/// This process's CPU seconds (user + sys) from /proc (0 where there is none).
+fn own_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 async fn run(args: Args) -> Result<()> {
     let (_server, url) = match args.url.clone() {
         Some(url) => (None, url),
@@ -191,6 +217,8 @@ async fn run(args: Args) -> Result<()> {
     );
     let mut updates = engine.subscribe();
     let before = command_calls(&mut info_con).await?;
+    let redis_cpu_before = redis_cpu(&mut info_con).await?;
+    let own_cpu_before = own_cpu();
     // Phase 1: submit every run (create_run: record + start item, one script each).
     let started = Instant::now();
     for i in 0..args.runs {
@@ -229,17 +257,19 @@ async fn run(args: Args) -> Result<()> {
     }
     let wall = driving.elapsed();
     let total = started.elapsed();
+    let own_cpu_used = own_cpu() - own_cpu_before;
     let after = command_calls(&mut info_con).await?;
+    let redis_cpu_used = redis_cpu(&mut info_con).await? - redis_cpu_before;
     let _ = stop.send(true);
     let _ = worker.await;
 
-    // The first INFO is counted in `after`: leave it out.
+    // Our own INFO calls (commandstats before, cpu before) are counted in `after`: leave them out.
     let mut delta: Vec<(String, u64)> = after
         .iter()
         .map(|(k, v)| {
             (
                 k.clone(),
-                v - before.get(k).copied().unwrap_or(0) - u64::from(k == "info"),
+                v - before.get(k).copied().unwrap_or(0) - 2 * u64::from(k == "info"),
             )
         })
         .filter(|(_, n)| *n > 0)
@@ -274,6 +304,9 @@ async fn run(args: Args) -> Result<()> {
         .map(|(k, n)| format!("{k} {:.2}", *n as f64 / tasks as f64))
         .collect();
     println!("per task by command: {}", breakdown.join(", "));
+    println!(
+        "cpu               worker process {own_cpu_used:.2} s, redis-server {redis_cpu_used:.2} s (submit + drive)"
+    );
     if created != tasks as u64 || failed > 0 {
         return Err(Error::unavailable(
             "loadgen",

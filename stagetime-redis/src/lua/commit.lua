@@ -45,22 +45,6 @@ if old_state ~= new_state then
   redis.call('ZADD', KEYS[STATE_KEY[new_state]], 0, ARGV[6])
 end
 
-local was_finished = cur[3] and cur[3] ~= ''
-local finished = ARGV[8] ~= ''
-if finished and not was_finished then
-  redis.call('PEXPIRE', KEYS[1], ARGV[9])
-  redis.call('PEXPIRE', KEYS[2], ARGV[9])
-  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[7])
-  redis.call('HSET', KEYS[6], ARGV[7], ARGV[10])
-elseif was_finished and not finished then
-  redis.call('PERSIST', KEYS[1])
-  redis.call('PERSIST', KEYS[2])
-  redis.call('ZREM', KEYS[5], ARGV[7])
-  redis.call('HDEL', KEYS[6], ARGV[7])
-elseif finished and cur[3] ~= ARGV[8] then
-  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[7])
-end
-
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'rec', ARGV[3], 'sum', ARGV[4], 's', new_state, 'f', ARGV[8])
 
 local i = 16
@@ -101,4 +85,22 @@ if na > 0 then
   chunked('XACK', KEYS[3], ARGV[11], ids)
   chunked('ZREM', KEYS[4], nil, members)
 end
+
+-- retention: runs the clock after the writes above, so every key of the run gets it
+local was_finished = cur[3] and cur[3] ~= ''
+local finished = ARGV[8] ~= ''
+if finished and not was_finished then
+  redis.call('PEXPIRE', KEYS[1], ARGV[9])
+  redis.call('PEXPIRE', KEYS[2], ARGV[9])
+  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[7])
+  redis.call('HSET', KEYS[6], ARGV[7], ARGV[10])
+elseif was_finished and not finished then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+  redis.call('ZREM', KEYS[5], ARGV[7])
+  redis.call('HDEL', KEYS[6], ARGV[7])
+elseif finished and cur[3] ~= ARGV[8] then
+  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[7])
+end
+
 return {'ok'}
