@@ -184,6 +184,7 @@ impl TektonBackend {
 }
 
 async fn watch_loop(api: Api<PipelineRun>, selector: String, prefix: String, subs: Subscribers) {
+    let namespace = api.namespace().unwrap_or_default().to_string();
     let config = watcher::Config::default().labels(&selector);
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
     let mut tracker = Tracker::new(prefix);
@@ -195,9 +196,29 @@ async fn watch_loop(api: Api<PipelineRun>, selector: String, prefix: String, sub
                 }
             }
             Ok(None) => return,
+            Err(watcher::Error::InitialListFailed(e)) => log_watch_error(e, "list", &namespace),
+            Err(watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e)) => {
+                log_watch_error(e, "watch", &namespace)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "PipelineRun watch failed; the watcher backs off and re-lists")
             }
+        }
+    }
+}
+
+fn log_watch_error(err: kube::Error, verb: &str, namespace: &str) {
+    let call = Call {
+        verb,
+        namespace,
+        name: None,
+    };
+    match classify(err, call) {
+        e @ Error::Forbidden { .. } => {
+            tracing::error!(error = %e, "PipelineRun watch refused; no outcomes are observed until RBAC allows it")
+        }
+        e => {
+            tracing::warn!(error = %e, "PipelineRun watch failed; the watcher backs off and re-lists")
         }
     }
 }
