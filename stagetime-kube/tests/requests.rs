@@ -408,3 +408,42 @@ async fn cancel_mode_run_finally_is_configurable() {
     respond(send, 200, object(&req));
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn client_side_rate_limit_paces_api_calls() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let cfg = TektonConfig {
+        rate_limit: Some(stagetime_kube::RateLimit {
+            per_second: 2.0,
+            burst: 1,
+        }),
+        ..TektonConfig::new("ci")
+    };
+    let b = TektonBackend::new(Client::new(svc, "ci"), cfg);
+    let task = tokio::spawn(async move {
+        for _ in 0..3 {
+            b.reconcile(&RunId::new("run-1").unwrap()).await.unwrap();
+        }
+    });
+    let start = tokio::time::Instant::now();
+    let mut at = Vec::new();
+    for _ in 0..3 {
+        let (_, _, send) = next(&mut h).await;
+        at.push(start.elapsed());
+        respond(
+            send,
+            200,
+            json!({"metadata": {"resourceVersion": "1"}, "items": []}),
+        );
+    }
+    task.await.unwrap();
+    assert_eq!(
+        at[0],
+        Duration::ZERO,
+        "the burst allows the first call at once"
+    );
+    assert!(
+        at[1] >= Duration::from_millis(500) && at[2] >= Duration::from_millis(1000),
+        "{at:?}"
+    );
+}
