@@ -1,6 +1,8 @@
 //! End to end through stagetime-core's engine with `TektonBackend` on the
 //! Kubernetes-API emulator: a three-stage revision run with a retry, an
-//! allowed failure and finally; and a cancelled run whose finally task still runs.
+//! allowed failure and finally that succeeds; and a four-stage one with a
+//! retry and an allowed failure that is cancelled in stage 2 (its finally task
+//! still runs).
 
 mod support;
 
@@ -185,24 +187,33 @@ async fn three_stages_with_retry_allowed_failure_and_finally() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_run_cancels_the_pipelinerun_and_runs_finally() {
+async fn three_stages_with_retry_allowed_failure_then_cancel() {
     let Some(rt) = Running::start().await else {
         return;
     };
+    let mut flaky = task("unit", Some(0), "flaky");
+    flaky.retries = 2;
+    flaky.retry_delay = Some("100ms".into());
+    let mut optional = task("optional", Some(1), "fail");
+    optional.can_fail = true;
     let spec = RevisionRunSpec {
         id: Some(unique("cancel")),
         repo: "demo".into(),
         commit: "4f1".into(),
         tasks: vec![
-            task("long", Some(0), "hang"),
-            task("after", Some(1), "succeed"),
+            task("lint", Some(0), "succeed"),
+            flaky,
+            optional,
+            task("image", Some(1), "succeed"),
+            task("long", Some(2), "hang"),
+            task("after", Some(3), "succeed"),
         ],
         finally: vec![task("cleanup", None, "succeed")],
         ..RevisionRunSpec::default()
     };
     let id = rt.engine.submit(spec).await.expect("submit").id;
-    // Wait until the long task's PipelineRun is running.
-    tokio::time::timeout(Duration::from_secs(20), async {
+    // Wait until stage 2's long task is running on "Tekton".
+    tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let prs = rt.pipelineruns().await;
             if prs.iter().any(|p| {
@@ -218,7 +229,18 @@ async fn cancelled_run_cancels_the_pipelinerun_and_runs_finally() {
     .expect("the long task starts");
     rt.engine.cancel(&id).await.expect("cancel");
     let record = rt.finish(&id).await;
-    assert_eq!(record.state, RunState::Cancelled);
+    assert_eq!(record.state, RunState::Cancelled, "{:#?}", record.scheduler);
+    assert_eq!(
+        status_of(&record, "unit"),
+        (TaskStatus::Succeeded, 2),
+        "failed once, retried"
+    );
+    assert_eq!(
+        status_of(&record, "optional").0,
+        TaskStatus::Failed,
+        "allowed to fail: stage 2 still started"
+    );
+    assert_eq!(status_of(&record, "image").0, TaskStatus::Succeeded);
     assert_eq!(status_of(&record, "long").0, TaskStatus::Cancelled);
     assert_eq!(status_of(&record, "after").0, TaskStatus::Skipped);
     assert_eq!(
@@ -236,9 +258,20 @@ async fn cancelled_run_cancels_the_pipelinerun_and_runs_finally() {
         Some("Cancelled"),
         "cancelled by patching spec.status"
     );
+    assert_eq!(
+        long.status.as_ref().unwrap().conditions[0]
+            .reason
+            .as_deref(),
+        Some("Cancelled")
+    );
     assert!(
         prs.iter().all(|p| label(p, "task") != "after"),
         "a skipped task never gets a PipelineRun"
+    );
+    assert_eq!(
+        prs.iter().filter(|p| label(p, "task") == "unit").count(),
+        2,
+        "one PipelineRun per attempt"
     );
     rt.stop().await;
 }
