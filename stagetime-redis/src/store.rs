@@ -76,6 +76,9 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// Connects, loads the scripts and creates the consumer group.
     ///
+    /// # Panics
+    /// Outside a Tokio runtime (the connection manager spawns a task).
+    ///
     /// # Errors
     /// [`Error::Invalid`] for a malformed URL; [`Error::Unavailable`] when
     /// Redis cannot be reached; [`Error::Forbidden`] when it refuses the
@@ -97,6 +100,9 @@ impl RedisStore {
     /// A store that connects on first use (no IO here): scripts are loaded
     /// and the consumer group is created when first needed. Useful when
     /// Redis may be down while a worker starts.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime (the connection manager spawns a task).
     ///
     /// # Errors
     /// [`Error::Invalid`] for a malformed URL.
