@@ -379,6 +379,59 @@ impl RedisStore {
     }
 }
 
+/// Walks one listing index newest first, a chunk at a time.
+struct IndexWalker {
+    key: String,
+    /// Exclusive upper bound for the next fetch (`+` at first).
+    upper: String,
+    buf: std::collections::VecDeque<String>,
+    done: bool,
+}
+
+impl IndexWalker {
+    fn new(key: String, upper: String) -> Self {
+        IndexWalker {
+            key,
+            upper,
+            buf: std::collections::VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Fetches the next chunk when the buffer is empty.
+    async fn fill(&mut self, con: &mut ConnectionManager) -> Result<()> {
+        if !self.buf.is_empty() || self.done {
+            return Ok(());
+        }
+        let members: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+            .arg(&self.key)
+            .arg(&self.upper)
+            .arg("-")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(LIST_CHUNK)
+            .query_async(con)
+            .await
+            .map_err(|e| classify(e, "listing runs"))?;
+        if members.len() < LIST_CHUNK {
+            self.done = true;
+        }
+        if let Some(last) = members.last() {
+            self.upper = format!("({last}");
+        }
+        self.buf.extend(members);
+        Ok(())
+    }
+
+    fn head(&self) -> Option<&String> {
+        self.buf.front()
+    }
+
+    fn pop(&mut self) -> Option<String> {
+        self.buf.pop_front()
+    }
+}
+
 /// Now items `(run, json)` and delayed items `(due ms, timers member)`.
 type Encoded = (Vec<(String, String)>, Vec<(u64, String)>);
 
@@ -785,35 +838,52 @@ impl Store for RedisStore {
             filter.limit
         }
         .min(MAX_PAGE);
-        let index = if let Some(c) = &filter.commit {
-            self.keys.idx_commit(c)
+        // The most selective index; for states alone, a merge of their indexes.
+        let indexes: Vec<String> = if let Some(c) = &filter.commit {
+            vec![self.keys.idx_commit(c)]
         } else if let Some(g) = &filter.concurrency_group {
-            self.keys.idx_group(g)
+            vec![self.keys.idx_group(g)]
         } else if let Some(r) = &filter.repo {
-            self.keys.idx_repo(r)
-        } else if filter.states.len() == 1 {
-            self.keys.idx_state(filter.states[0])
+            vec![self.keys.idx_repo(r)]
+        } else if !filter.states.is_empty() {
+            let mut states = filter.states.clone();
+            states.sort_by_key(|s| s.as_str());
+            states.dedup();
+            states.into_iter().map(|s| self.keys.idx_state(s)).collect()
         } else {
-            self.keys.idx_all()
+            vec![self.keys.idx_all()]
         };
-        let mut upper = match &filter.after {
+        let upper = match &filter.after {
             Some(c) => format!("({}", cursor_member(c)?),
             None => "+".to_string(),
         };
         let mut con = self.con.clone();
+        let mut walkers: Vec<IndexWalker> = indexes
+            .into_iter()
+            .map(|key| IndexWalker::new(key, upper.clone()))
+            .collect();
         let mut runs: Vec<RunSummary> = Vec::new();
         let mut more = false;
         'scan: loop {
-            let members: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
-                .arg(&index)
-                .arg(&upper)
-                .arg("-")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(LIST_CHUNK)
-                .query_async(&mut con)
-                .await
-                .map_err(|e| classify(e, "listing runs"))?;
+            // Up to one chunk of members, newest first across the indexes.
+            let mut members: Vec<String> = Vec::with_capacity(LIST_CHUNK);
+            while members.len() < LIST_CHUNK {
+                for w in walkers.iter_mut() {
+                    w.fill(&mut con).await?;
+                }
+                let best = walkers
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, w)| w.head().map(|h| (i, h)))
+                    .max_by(|a, b| a.1.cmp(b.1))
+                    .map(|(i, _)| i);
+                let Some(i) = best else { break };
+                if let Some(m) = walkers[i].pop()
+                    && members.last() != Some(&m)
+                {
+                    members.push(m);
+                }
+            }
             if members.is_empty() {
                 break;
             }
@@ -824,7 +894,7 @@ impl Store for RedisStore {
                 let id = match RunId::new(id) {
                     Ok(id) => id,
                     Err(_) => {
-                        warn!(index = %index, member = %m, "skipping a malformed index entry");
+                        warn!(member = %m, "skipping a malformed index entry");
                         continue;
                     }
                 };
@@ -868,10 +938,6 @@ impl Store for RedisStore {
                 }
                 runs.push(summary);
             }
-            if members.len() < LIST_CHUNK {
-                break;
-            }
-            upper = format!("({}", members[members.len() - 1]);
         }
         let next = if more {
             runs.last().map(|s| format!("{}:{}", s.created_ms, s.id))

@@ -925,3 +925,58 @@ async fn the_stream_cap_bounds_an_unconsumed_stream() {
         "XADD MAXLEN ~ 100 keeps 3,000 entries down: {stats:?}"
     );
 }
+
+#[tokio::test]
+async fn multi_state_listing_merges_state_indexes_across_chunks() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = server.store("merge").await;
+    let states = [RunState::Queued, RunState::Running, RunState::Failed];
+    let mut expected = Vec::new();
+    for i in 0..450u64 {
+        let rid = format!("m{i:03}");
+        // Some runs share a creation time: ties are ordered by id.
+        let r = record(&rid, "demo", "c1", 1_000 + i / 3);
+        store.create_run(r.clone(), vec![]).await.unwrap();
+        let state = states[(i % 3) as usize];
+        if state != RunState::Queued {
+            let mut n = next(r);
+            n.state = state;
+            store
+                .commit(Commit {
+                    record: n,
+                    expected_version: 0,
+                    enqueue: vec![],
+                    ack: vec![],
+                })
+                .await
+                .unwrap();
+            expected.push((1_000 + i / 3, rid));
+        }
+    }
+    expected.sort();
+    expected.reverse();
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    let mut filter = RunFilter {
+        states: vec![RunState::Failed, RunState::Running, RunState::Failed],
+        limit: 70,
+        ..RunFilter::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = store.list_runs(&filter).await.unwrap();
+        assert!(page.runs.len() <= 70);
+        assert!(page.runs.iter().all(|s| s.state != RunState::Queued));
+        seen.extend(page.runs.iter().map(|s| s.id.to_string()));
+        match page.next {
+            Some(n) => filter.after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 300);
+    assert_eq!(
+        seen, expected,
+        "newest first, (created, id) order, each once"
+    );
+}
