@@ -120,6 +120,17 @@ async fn several_engines_complete_every_run_once_and_launch_every_attempt_once()
         seen.push(record_commits(&engine, Arc::clone(&lagged)));
         engines.push(engine);
     }
+    let (stop, stopped) = watch::channel(false);
+    let mut handles = Vec::new();
+    for e in &engines {
+        let mut rx = stopped.clone();
+        handles.push(tokio::spawn(Arc::clone(e).run(async move {
+            let _ = rx.changed().await;
+        })));
+    }
+    // Engines subscribe to backend observations in a task of their own:
+    // let them do so before the first launch (see Engine::run).
+    tokio::time::sleep(Duration::from_millis(200)).await;
     const RUNS: usize = 60;
     let (stages, per_stage) = (3u32, 4u32);
     let mut ids = Vec::new();
@@ -140,14 +151,6 @@ async fn several_engines_complete_every_run_once_and_launch_every_attempt_once()
             .created
     );
 
-    let (stop, stopped) = watch::channel(false);
-    let mut handles = Vec::new();
-    for e in &engines {
-        let mut rx = stopped.clone();
-        handles.push(tokio::spawn(Arc::clone(e).run(async move {
-            let _ = rx.changed().await;
-        })));
-    }
     let store = RedisStore::connect(config.clone()).await.unwrap();
     wait_finished(&store, RUNS, Duration::from_secs(60)).await;
     stop.send(true).unwrap();
@@ -363,6 +366,17 @@ async fn engines_recover_when_redis_restarts_mid_run() {
                 .with_config(engine_config(&format!("engine-{i}"))),
         ));
     }
+    let (stop, stopped) = watch::channel(false);
+    let mut handles = Vec::new();
+    for e in &engines {
+        let mut rx = stopped.clone();
+        handles.push(tokio::spawn(Arc::clone(e).run(async move {
+            let _ = rx.changed().await;
+        })));
+    }
+    // Engines subscribe to backend observations in a task of their own:
+    // let them do so before the first launch (see Engine::run).
+    tokio::time::sleep(Duration::from_millis(200)).await;
     const RUNS: usize = 60;
     let (stages, per_stage) = (4u32, 5u32);
     let total = RUNS * (stages * per_stage) as usize;
@@ -375,14 +389,6 @@ async fn engines_recover_when_redis_restarts_mid_run() {
                 .unwrap()
                 .id,
         );
-    }
-    let (stop, stopped) = watch::channel(false);
-    let mut handles = Vec::new();
-    for e in &engines {
-        let mut rx = stopped.clone();
-        handles.push(tokio::spawn(Arc::clone(e).run(async move {
-            let _ = rx.changed().await;
-        })));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while backend.total_created() < (total / 10) as u64 {
@@ -433,22 +439,24 @@ async fn malformed_data_fails_that_run_only_and_the_engine_serves_the_others() {
         )
         .with_config(engine_config("engine")),
     );
-    let mut ids = Vec::new();
-    for i in 0..10 {
-        ids.push(engine.submit(spec(i, 2, 3)).await.unwrap().id);
+    // Runs 3 and 7 are stored and then damaged before the engine starts.
+    let mut ids: Vec<Option<RunId>> = vec![None; 10];
+    for i in [3, 7] {
+        ids[i] = Some(engine.submit(spec(i, 2, 3)).await.unwrap().id);
     }
+    let bad: Vec<RunId> = ids.iter().flatten().cloned().collect();
     let mut con = server.raw().await;
     let _: () = redis::cmd("HSET")
-        .arg(store.keys().run(&ids[3]))
+        .arg(store.keys().run(&bad[0]))
         .arg("rec")
         .arg("\u{0}garbage")
         .query_async(&mut con)
         .await
         .unwrap();
-    let mut foreign = serde_json::to_value(store.load_run(&ids[7]).await.unwrap()).unwrap();
+    let mut foreign = serde_json::to_value(store.load_run(&bad[1]).await.unwrap()).unwrap();
     foreign["format"] = serde_json::json!(99);
     let _: () = redis::cmd("HSET")
-        .arg(store.keys().run(&ids[7]))
+        .arg(store.keys().run(&bad[1]))
         .arg("rec")
         .arg(foreign.to_string())
         .query_async(&mut con)
@@ -459,6 +467,15 @@ async fn malformed_data_fails_that_run_only_and_the_engine_serves_the_others() {
     let handle = tokio::spawn(Arc::clone(&engine).run(async move {
         let _ = stopped.changed().await;
     }));
+    // The engine subscribes to backend observations in a task of its own:
+    // let it do so before the first launch (see Engine::run).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (i, slot) in ids.iter_mut().enumerate() {
+        if slot.is_none() {
+            *slot = Some(engine.submit(spec(i, 2, 3)).await.unwrap().id);
+        }
+    }
+    let ids: Vec<RunId> = ids.into_iter().flatten().collect();
     wait_finished(&*store, 8, Duration::from_secs(30)).await;
     for (i, id) in ids.iter().enumerate() {
         match i {
