@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use stagetime_core::backend::Backend;
 use stagetime_core::engine::{Engine, EngineConfig};
-use stagetime_core::store::{RunFilter, RunState, Store};
+use stagetime_core::store::{
+    ClaimToken, Claimed, Commit, Created, RunFilter, RunId, RunPage, RunRecord, RunState, Store,
+    WorkItem,
+};
 use stagetime_core::testkit::{InstantBackend, command_task};
 use stagetime_core::{Error, Result, RevisionRunSpec};
 use stagetime_redis::{RedisConfig, RedisStore};
@@ -152,6 +155,51 @@ async fn command_calls(
         .collect())
 }
 
+/// The Redis store, with claims held back until the gate opens (so the
+/// worker can be started before the runs are submitted, and timed after).
+struct Gated {
+    inner: Arc<RedisStore>,
+    open: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl Store for Gated {
+    async fn create_run(&self, record: RunRecord, start: Vec<WorkItem>) -> Result<Created> {
+        self.inner.create_run(record, start).await
+    }
+    async fn load_run(&self, id: &RunId) -> Result<RunRecord> {
+        self.inner.load_run(id).await
+    }
+    async fn commit(&self, commit: Commit) -> Result<()> {
+        self.inner.commit(commit).await
+    }
+    async fn enqueue(&self, items: Vec<WorkItem>) -> Result<()> {
+        self.inner.enqueue(items).await
+    }
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        now_ms: u64,
+        wait: Duration,
+    ) -> Result<Vec<Claimed>> {
+        if !*self.open.borrow() {
+            let mut open = self.open.clone();
+            let _ = open.wait_for(|o| *o).await;
+        }
+        self.inner.claim(consumer, max, now_ms, wait).await
+    }
+    async fn ack(&self, tokens: &[ClaimToken]) -> Result<()> {
+        self.inner.ack(tokens).await
+    }
+    async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
+        self.inner.list_runs(filter).await
+    }
+    async fn purge_expired(&self, now_ms: u64) -> Result<u64> {
+        self.inner.purge_expired(now_ms).await
+    }
+}
+
 /// Redis's CPU seconds (user + sys) from `INFO cpu`.
 async fn redis_cpu(con: &mut redis::aio::MultiplexedConnection) -> Result<f64> {
     let info: String = redis::cmd("INFO")
@@ -190,9 +238,14 @@ async fn run(args: Args) -> Result<()> {
     let config = RedisConfig::new(&url).with_prefix(format!("loadgen-{tag}"));
     let store = Arc::new(RedisStore::connect(config).await?);
     let backend = Arc::new(InstantBackend::new());
+    let (gate, gate_rx) = tokio::sync::watch::channel(false);
+    let gated = Arc::new(Gated {
+        inner: Arc::clone(&store),
+        open: gate_rx,
+    });
     let engine = Arc::new(
         Engine::new(
-            Arc::clone(&store) as Arc<dyn Store>,
+            gated as Arc<dyn Store>,
             Arc::clone(&backend) as Arc<dyn Backend>,
         )
         .with_config(EngineConfig {
@@ -216,6 +269,13 @@ async fn run(args: Args) -> Result<()> {
         args.runs, args.batch
     );
     let mut updates = engine.subscribe();
+    // The worker starts first (it subscribes to the backend's observations in
+    // a task of its own) but claims nothing until the gate opens.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(Arc::clone(&engine).run(async move {
+        let _ = stopped.changed().await;
+    }));
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let before = command_calls(&mut info_con).await?;
     let redis_cpu_before = redis_cpu(&mut info_con).await?;
     let own_cpu_before = own_cpu();
@@ -225,12 +285,9 @@ async fn run(args: Args) -> Result<()> {
         engine.submit(spec(i, &tag)).await?;
     }
     let submitted = started.elapsed();
-    // Phase 2: one worker drives them all.
+    // Phase 2: the worker drives them all.
     let driving = Instant::now();
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(Arc::clone(&engine).run(async move {
-        let _ = stopped.changed().await;
-    }));
+    let _ = gate.send(true);
     let mut finished = std::collections::HashMap::new();
     while finished.len() < args.runs {
         match tokio::time::timeout(Duration::from_secs(120), updates.recv()).await {
