@@ -19,7 +19,12 @@
 //! - waiting for work uses a blocking `XREAD` on a connection of its own with
 //!   no response timeout;
 //! - finished runs expire after the retention period; listing reads sorted-set
-//!   indexes, never the keyspace.
+//!   indexes, never the keyspace;
+//! - errors are classified where they are born ([`classify`]): unreachable or
+//!   busy Redis → `Unavailable`, stale version → `Conflict`, unreadable or
+//!   foreign records → `Corrupt` for that run only;
+//! - `redis://` and `rediss://` (TLS, optionally with a private CA:
+//!   [`RedisConfig::tls_root_cert`]), password and database from the URL.
 //!
 //! See `docs/redis.md` for the key layout and operations.
 //!
