@@ -801,6 +801,23 @@ async fn an_unreachable_server_is_unavailable_and_a_restart_is_survived() {
         })
         .await
         .unwrap();
+    // Data lost entirely (a server without persistence): the consumer group
+    // is created again by the next claim, scripts reloaded on NOSCRIPT.
+    let mut con = server.raw().await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    store.enqueue(vec![start("rs")]).await.unwrap();
+    let got = store.claim("w", 10, 1_000, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 1);
+    store.ack(&[got[0].token.clone()]).await.unwrap();
+    assert_eq!(
+        store.load_run(&id("rs")).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
 }
 
 #[tokio::test]
