@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{Backend, Housekeeping, LaunchKey, LaunchRequest};
+use crate::control::{RunControl, Submitted};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::Plan;
 use crate::scheduler::{
@@ -25,8 +26,8 @@ use crate::scheduler::{
 };
 use crate::spec::RevisionRunSpec;
 use crate::store::{
-    ClaimToken, Claimed, Commit, RECORD_FORMAT, RunFilter, RunId, RunRecord, RunState, Store,
-    TaskTiming, Work, WorkItem,
+    ClaimToken, Claimed, Commit, RunFilter, RunId, RunRecord, RunState, Store, TaskTiming, Work,
+    WorkItem,
 };
 
 /// A source of wall-clock time (ms since the epoch). The scheduler reads no
@@ -109,15 +110,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// The result of [`Engine::submit`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Submitted {
-    /// The run's id.
-    pub id: RunId,
-    /// False when the same run had been submitted before (nothing new was created).
-    pub created: bool,
-}
-
 /// Bounded retries of a commit that lost a compare-and-set race.
 const MAX_CONFLICTS: usize = 64;
 /// Bounded passes of launch → commit → launch within one claim.
@@ -185,115 +177,37 @@ impl Engine {
         self.updates.subscribe()
     }
 
-    /// Validates and stores a run, and queues its start.
-    ///
-    /// Idempotent: the id is `spec.id` or derived from repo, commit and
-    /// content, and submitting an existing run returns it with
-    /// `created: false`. When the spec names a concurrency group with
-    /// `cancel_in_progress`, older unfinished runs of the group are cancelled.
+    /// Validates and stores a run, and queues its start; see [`RunControl::submit`].
+    /// Tasks this engine's backend cannot run are rejected too.
     ///
     /// # Errors
-    /// [`Error::Invalid`] with every problem of the spec (nothing is stored),
-    /// including tasks this engine's backend cannot run; store errors.
+    /// As [`RunControl::submit`].
     pub async fn submit(&self, spec: RevisionRunSpec) -> Result<Submitted> {
-        let id = match &spec.id {
-            Some(id) => RunId::new(id.clone())?,
-            None => RunId::derive(&spec),
-        };
-        let plan = Arc::new(Plan::build(spec)?);
-        self.backend
-            .capabilities()
-            .check(&plan, self.backend.name())?;
-        let seed = seed_of(&id);
-        let scheduler = StageScheduler::new(Arc::clone(&plan), seed).into_state();
-        let now = self.clock.now_ms();
-        let record = RunRecord {
-            format: RECORD_FORMAT,
-            id: id.clone(),
-            version: 1,
-            spec: plan.spec.clone(),
-            state: RunState::of(&scheduler),
-            scheduler,
-            created_ms: now,
-            updated_ms: now,
-            finished_ms: None,
-            timings: vec![TaskTiming::default(); plan.len()],
-            outbox: Vec::new(),
-        };
-        let created = self
-            .store
-            .create_run(record, vec![WorkItem::event(id.clone(), Event::Start)])
-            .await?;
-        if created.created {
-            info!(run = %id, tasks = plan.len(), "run submitted");
-            self.remember_plan(&id, plan.clone());
-            if let Some(group) = plan.spec.options.concurrency_group.clone()
-                && plan.spec.options.cancel_in_progress
-            {
-                self.cancel_older_in_group(&id, &group, now).await?;
-            }
-        }
-        Ok(Submitted {
-            id,
-            created: created.created,
-        })
+        let caps = self.backend.capabilities();
+        self.control()
+            .submit(spec, Some((caps, self.backend.name())))
+            .await
     }
 
-    async fn cancel_older_in_group(&self, id: &RunId, group: &str, now: u64) -> Result<()> {
-        let filter = RunFilter {
-            concurrency_group: Some(group.to_string()),
-            states: vec![RunState::Queued, RunState::Running],
-            limit: 1000,
-            ..RunFilter::default()
-        };
-        let page = self.store.list_runs(&filter).await?;
-        let older: Vec<WorkItem> = page
-            .runs
-            .iter()
-            .filter(|r| r.id != *id && r.created_ms <= now)
-            .map(|r| {
-                info!(run = %r.id, newer = %id, group, "cancelling older run of the concurrency group");
-                WorkItem::event(r.id.clone(), Event::CancelRequested)
-            })
-            .collect();
-        if !older.is_empty() {
-            self.store.enqueue(older).await?;
-        }
-        Ok(())
-    }
-
-    /// Asks for a run to be cancelled. Idempotent; a finished run stays as it is.
+    /// Asks for a run to be cancelled; see [`RunControl::cancel`].
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown run; store errors.
+    /// As [`RunControl::cancel`].
     pub async fn cancel(&self, id: &RunId) -> Result<()> {
-        self.store.load_run(id).await?;
-        self.store
-            .enqueue(vec![WorkItem::event(id.clone(), Event::CancelRequested)])
-            .await
+        self.control().cancel(id).await
     }
 
-    /// Asks for a finished run to be run again, keeping its succeeded tasks.
+    /// Asks for a finished run to be rerun; see [`RunControl::rerun`].
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown run; [`Error::Invalid`] naming `id`
-    /// when the run has not finished; store errors.
+    /// As [`RunControl::rerun`].
     pub async fn rerun(&self, id: &RunId) -> Result<()> {
-        let record = self.store.load_run(id).await?;
-        if !record.state.is_finished() {
-            let mut e = crate::FieldErrors::default();
-            e.push(
-                "id",
-                format!(
-                    "run {id} is {}; only a finished run can be rerun",
-                    record.state.as_str()
-                ),
-            );
-            return Err(Error::Invalid(e));
-        }
-        self.store
-            .enqueue(vec![WorkItem::event(id.clone(), Event::RerunRequested)])
-            .await
+        self.control().rerun(id).await
+    }
+
+    /// Submission and control of runs through this engine's store and clock.
+    pub fn control(&self) -> RunControl {
+        RunControl::new(Arc::clone(&self.store)).with_clock(Arc::clone(&self.clock))
     }
 
     /// Runs the engine until `shutdown` resolves: claims and applies work,
@@ -307,7 +221,9 @@ impl Engine {
     /// # Errors
     /// None today; the `Result` leaves room for fatal setup errors.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let observer = tokio::spawn(Arc::clone(&self).forward_observations());
+        // Subscribe before any work is claimed, so no launch can finish unseen.
+        let observations = self.backend.observe();
+        let observer = tokio::spawn(Arc::clone(&self).forward_observations(observations));
         let chores = tokio::spawn(Arc::clone(&self).chores());
         let work = Arc::clone(&self).work_loop();
         tokio::select! {
@@ -654,8 +570,11 @@ impl Engine {
     }
 
     /// Feeds the backend's observations into the store's queue.
-    async fn forward_observations(self: Arc<Self>) {
-        let mut stream = self.backend.observe().ready_chunks(256);
+    async fn forward_observations(
+        self: Arc<Self>,
+        observations: futures::stream::BoxStream<'static, crate::backend::Observation>,
+    ) {
+        let mut stream = observations.ready_chunks(256);
         while let Some(chunk) = stream.next().await {
             let items: Vec<WorkItem> = chunk
                 .into_iter()
@@ -814,13 +733,6 @@ fn refresh_timings(timings: &mut [TaskTiming], state: &SchedulerState, now: u64)
             t.launch_ms = None;
         }
     }
-}
-
-/// The scheduler's jitter seed for a run, stable across engines.
-fn seed_of(id: &RunId) -> u64 {
-    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Calls `f` up to [`BACKEND_TRIES`] times while it fails with a retryable error.

@@ -3,6 +3,7 @@
 //! defaults (`MemoryStore`, `LocalBackend`).
 
 pub mod backend;
+pub mod control;
 pub mod engine;
 pub mod error;
 pub mod legacy;

@@ -276,7 +276,6 @@ const LEGACY_KEYS: &[&str] = &[
     "commit_id",
     "commitId",
     "pipelineruns",
-    "repo_url",
     "repoUrl",
     "pushedAt",
 ];

@@ -5,7 +5,7 @@
 //!
 //! Run a suite against your implementation with one macro call in a test file:
 //!
-//! ```ignore
+//! ```text
 //! stagetime_core::store_conformance_tests!(async {
 //!     Some(stagetime_core::testkit::StoreUnderTest::new(std::sync::Arc::new(MyStore::new())))
 //! });
