@@ -128,7 +128,28 @@ impl Backend for LocalBackend {
         let (cancel_tx, cancel_rx) = oneshot::channel();
         {
             let mut s = self.lock();
-            if s.attempts.contains_key(&key) || workdir.exists() {
+            if s.attempts.contains_key(&key) {
+                return Ok(Launched {
+                    handle,
+                    created: false,
+                });
+            }
+            if workdir.exists() {
+                // Launched by an earlier process: report what it left, so the
+                // engine is never left waiting for an attempt nobody watches.
+                let outcome = std::fs::read(self.outcome_path(&key))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<AttemptOutcome>(&b).ok())
+                    .unwrap_or_else(|| AttemptOutcome::Failed {
+                        message: format!("lost: started by an earlier process that ended before it finished; log: {handle}"),
+                    });
+                s.attempts.insert(key.clone(), None);
+                let observation = Observation {
+                    key: key.clone(),
+                    outcome,
+                };
+                s.observers
+                    .retain(|tx| tx.send(observation.clone()).is_ok());
                 return Ok(Launched {
                     handle,
                     created: false,

@@ -211,10 +211,11 @@ impl Plan {
                             t.name
                         ),
                     );
-                } else if by_name
-                    .insert(t.name.clone(), tasks.len() as TaskIndex)
-                    .is_some()
+                } else if let std::collections::hash_map::Entry::Vacant(slot) =
+                    by_name.entry(t.name.clone())
                 {
+                    slot.insert(tasks.len() as TaskIndex);
+                } else {
                     errors.push(
                         format!("{path}.name"),
                         format!("duplicate task name {:?}", t.name),

@@ -680,8 +680,10 @@ impl StageScheduler {
         for i in 0..self.plan.main_count {
             let st = &mut self.state.tasks[i as usize];
             let next = match st.status {
-                TaskStatus::Waiting | TaskStatus::Ready => TaskStatus::Skipped,
-                TaskStatus::Backoff => TaskStatus::Failed,
+                // A task with a failed attempt behind it (waiting for its
+                // backoff or a slot) ends failed, not skipped.
+                TaskStatus::Waiting | TaskStatus::Ready if st.attempt == 0 => TaskStatus::Skipped,
+                TaskStatus::Waiting | TaskStatus::Ready | TaskStatus::Backoff => TaskStatus::Failed,
                 TaskStatus::Running if cancel_running => {
                     out.push(Command::Cancel {
                         task: i,
