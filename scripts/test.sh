@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, docs, and every test
+# with its servers (a real redis-server, the Kubernetes-API emulator) — tests
+# that would otherwise skip fail here (STAGETIME_REQUIRE_SERVERS=1).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# redis-server for stagetime-redis and the end-to-end tests.
+if ! command -v redis-server >/dev/null 2>&1 && [ -z "${REDIS_SERVER:-}" ]; then
+    echo "== installing redis-server"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+fi
+
+# The Kubernetes-API emulator (kmock, pinned) in a venv.
+echo "== preparing the Kubernetes-API emulator"
+bash stagetime-kube/tests/emulator/setup.sh
+
+export STAGETIME_REQUIRE_SERVERS=1
+export RUST_BACKTRACE=1
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+echo "== cargo test"
+cargo test --workspace --all-features
+echo "== all checks passed"
