@@ -1,0 +1,270 @@
+//! End-to-end tests of the `stagetime` CLI: real runs through the binary,
+//! ordering observed from the processes, exit codes, bad-input messages,
+//! and Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Builds the example once and returns its path.
+fn cli() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "stagetime"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building the CLI failed");
+        // target/<profile>/deps/cli-hash -> target/<profile>/examples/stagetime
+        let exe = std::env::current_exe().unwrap();
+        exe.parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples")
+            .join("stagetime")
+    })
+}
+
+fn run_cli(dir: &Path, args: &[&str]) -> Output {
+    Command::new(cli())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run the CLI")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    std::fs::write(dir.join(name), body).unwrap();
+    name.to_string()
+}
+
+#[test]
+fn stages_run_in_order_and_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    let log = events.display();
+    // Each task logs its start and end; stage 0's two tasks overlap.
+    let spec = format!(
+        r#"repo: r
+commit: abc
+tasks:
+  - {{name: a, stage: 0, command: "echo start a >> {log}; sleep 0.5; echo end a >> {log}"}}
+  - {{name: b, stage: 0, command: "echo start b >> {log}; sleep 0.5; echo end b >> {log}"}}
+  - {{name: c, stage: 5, command: "echo start c >> {log}; echo end c >> {log}"}}
+finally:
+  - {{name: f, command: "echo start f >> {log}"}}
+"#
+    );
+    let file = write(dir.path(), "p.yaml", &spec);
+    let out = run_cli(dir.path(), &["run", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let lines: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let pos = |l: &str| {
+        lines
+            .iter()
+            .position(|x| x == l)
+            .unwrap_or_else(|| panic!("{l} missing: {lines:?}"))
+    };
+    assert!(
+        pos("start b") < pos("end a") && pos("start a") < pos("end b"),
+        "stage 0 runs in parallel: {lines:?}"
+    );
+    assert!(
+        pos("start c") > pos("end a") && pos("start c") > pos("end b"),
+        "stage 5 waits for stage 0: {lines:?}"
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        "start f",
+        "finally runs last: {lines:?}"
+    );
+    let t = text(&out);
+    assert!(t.contains("succeeded"), "{t}");
+}
+
+#[test]
+fn the_demo_succeeds_with_a_retry_and_an_allowed_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipelines/demo.yaml");
+    let out = run_cli(dir.path(), &["run", demo.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("flaky-integration        succeeded") && t.contains("attempts 2"),
+        "{t}"
+    );
+    assert!(
+        t.contains("experimental             failed") && t.contains("(can fail)"),
+        "{t}"
+    );
+    assert!(t.contains("logs of failed tasks"), "{t}");
+}
+
+#[test]
+fn a_failure_skips_dependents_runs_finally_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "p.yaml",
+        "repo: r\ncommit: abc\ntasks:\n  - {name: build, command: 'echo boom >&2; exit 2'}\n  - {name: deploy, stage: 1, command: 'touch deployed'}\nfinally:\n  - {name: cleanup, command: 'touch ../../../../cleaned'}\n",
+    );
+    let out = run_cli(dir.path(), &["run", &file, "--workdir", "w"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("deploy") && t.contains("skipped"), "{t}");
+    // The log path of the failed task is printed and holds its output.
+    let log_line = t
+        .lines()
+        .skip_while(|l| !l.contains("logs of failed tasks"))
+        .nth(1)
+        .expect("a log line");
+    let log = log_line.split_once(": ").unwrap().1.trim();
+    let content = std::fs::read_to_string(dir.path().join(log)).unwrap();
+    assert!(content.contains("boom"), "{content}");
+    assert!(
+        dir.path().join("w/cleaned").exists() || dir.path().join("cleaned").exists(),
+        "finally ran"
+    );
+}
+
+#[test]
+fn bad_input_exits_2_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = write(
+        dir.path(),
+        "typo.yaml",
+        "repo: r\ncommit: c\ntasks:\n  - {name: a, can_fial: true, command: x}\n",
+    );
+    let out = run_cli(dir.path(), &["validate", &typo]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("can_fial"), "{}", text(&out));
+
+    let many = write(
+        dir.path(),
+        "many.yaml",
+        "repo: r\ncommit: c\ntasks:\n  - {name: a, needs: [b], command: x}\n  - {name: b, needs: [a], command: x}\n  - {name: c, stage: -1, command: x, timeout: soon}\n",
+    );
+    let out = run_cli(dir.path(), &["run", &many]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    for needle in [
+        "dependency cycle: a -> b -> a",
+        "tasks[2].stage",
+        "tasks[2].timeout",
+    ] {
+        assert!(t.contains(needle), "missing {needle:?} in {t}");
+    }
+    assert!(!dir.path().join(".stagetime").exists(), "nothing ran");
+
+    let out = run_cli(dir.path(), &["run", "does-not-exist.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run_cli(dir.path(), &["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn legacy_files_validate_plan_and_are_refused_by_the_local_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipelines/legacy.json");
+    let legacy = legacy.to_str().unwrap();
+    let out = run_cli(dir.path(), &["validate", legacy]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run_cli(dir.path(), &["plan", legacy, "--output", "yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<&str> = yaml.split("\n---").filter(|d| d.contains("kind")).collect();
+    assert_eq!(docs.len(), 2, "one PipelineRun per entry: {yaml}");
+    assert!(
+        yaml.contains("kind: PipelineRun") && yaml.contains("resolver: git"),
+        "{yaml}"
+    );
+    let out = run_cli(dir.path(), &["run", legacy]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("has no `command`"), "{}", text(&out));
+}
+
+#[test]
+fn graph_prints_dot_and_mermaid() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipelines/demo.yaml");
+    let out = run_cli(dir.path(), &["graph", demo.to_str().unwrap()]);
+    let dot = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dot.starts_with("digraph") && dot.contains("\"lint\" -> \"flaky-integration\""),
+        "{dot}"
+    );
+    let out = run_cli(
+        dir.path(),
+        &["graph", demo.to_str().unwrap(), "--format", "mermaid"],
+    );
+    let m = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        m.starts_with("flowchart")
+            && m.contains("flaky_integration[\"flaky-integration\"] --> package"),
+        "{m}"
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_kills_the_process_group_and_runs_finally() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let spec = format!(
+        "repo: r\ncommit: abc\ntasks:\n  - {{name: long, command: 'sleep 300 & echo $! > {}; wait'}}\n  - {{name: after, stage: 1, command: 'true'}}\nfinally:\n  - {{name: fin, command: 'touch {}'}}\n",
+        pidfile.display(),
+        dir.path().join("fin-ran").display()
+    );
+    let file = write(dir.path(), "p.yaml", &spec);
+    let child = Command::new(cli())
+        .args(["run", &file])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
+        assert!(Instant::now() < deadline, "the task never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sleeper: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("cancelled"), "{t}");
+    assert!(t.contains("after") && t.contains("skipped"), "{t}");
+    assert!(
+        dir.path().join("fin-ran").exists(),
+        "finally ran after the cancel: {t}"
+    );
+    // The task's background process (same process group) is gone.
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(sleeper), None).is_err()
+    });
+    assert!(gone, "the task's process group was not killed");
+}
