@@ -45,7 +45,10 @@ fn drive(plan: Arc<Plan>) -> RunOutcome {
     }
 }
 
-fn config(c: &mut Criterion, n: usize) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+fn config(
+    c: &mut Criterion,
+    n: usize,
+) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
     let mut g = c.benchmark_group(format!("scheduler/{n}"));
     g.throughput(Throughput::Elements(n as u64));
     if n >= 100_000 {
