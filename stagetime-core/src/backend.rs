@@ -230,3 +230,25 @@ pub type SharedBackend = std::sync::Arc<dyn Backend>;
 
 #[allow(dead_code)]
 fn _assert_object_safe(_: &dyn Backend) {}
+
+/// The fan-out behind [`Backend::observe`]: every subscriber gets every
+/// observation; subscribers that went away are dropped. Keep it inside the
+/// backend's own lock.
+#[derive(Debug, Default)]
+pub struct Observers(Vec<tokio::sync::mpsc::UnboundedSender<Observation>>);
+
+impl Observers {
+    /// A new stream of observations published from now on.
+    pub fn subscribe(&mut self) -> BoxStream<'static, Observation> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.0.push(tx);
+        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|o| (o, rx))
+        }))
+    }
+
+    /// Sends `observation` to every live subscriber.
+    pub fn publish(&mut self, observation: Observation) {
+        self.0.retain(|tx| tx.send(observation.clone()).is_ok());
+    }
+}

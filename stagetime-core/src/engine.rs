@@ -17,7 +17,7 @@ use futures::StreamExt;
 use tokio::sync::broadcast;
 use tracing::{debug, error, info, warn};
 
-use crate::backend::{Backend, Housekeeping, LaunchKey, LaunchRequest};
+use crate::backend::{Backend, Housekeeping, LaunchKey, LaunchRequest, Observation};
 use crate::control::{RunControl, Submitted};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::Plan;
@@ -572,23 +572,11 @@ impl Engine {
     /// Feeds the backend's observations into the store's queue.
     async fn forward_observations(
         self: Arc<Self>,
-        observations: futures::stream::BoxStream<'static, crate::backend::Observation>,
+        observations: futures::stream::BoxStream<'static, Observation>,
     ) {
         let mut stream = observations.ready_chunks(256);
         while let Some(chunk) = stream.next().await {
-            let items: Vec<WorkItem> = chunk
-                .into_iter()
-                .map(|o| {
-                    WorkItem::now(
-                        o.key.run,
-                        Work::Observed {
-                            task: o.key.task,
-                            attempt: o.key.attempt,
-                            outcome: o.outcome,
-                        },
-                    )
-                })
-                .collect();
+            let items: Vec<WorkItem> = chunk.into_iter().map(observed).collect();
             let mut backoff = Backoff::default();
             while let Err(e) = self.store.enqueue(items.clone()).await {
                 warn!(error = %e, "cannot record observations; retrying");
@@ -615,19 +603,7 @@ impl Engine {
             for run in &page.runs {
                 match self.backend.reconcile(&run.id).await {
                     Ok(found) if !found.is_empty() => {
-                        let items = found
-                            .into_iter()
-                            .map(|o| {
-                                WorkItem::now(
-                                    o.key.run,
-                                    Work::Observed {
-                                        task: o.key.task,
-                                        attempt: o.key.attempt,
-                                        outcome: o.outcome,
-                                    },
-                                )
-                            })
-                            .collect();
+                        let items = found.into_iter().map(observed).collect();
                         if let Err(e) = self.store.enqueue(items).await {
                             warn!(run = %run.id, error = %e, "cannot record reconciled outcomes");
                         }
@@ -714,6 +690,18 @@ impl Engine {
             }
         }
     }
+}
+
+/// The work item that records an observation.
+fn observed(o: Observation) -> WorkItem {
+    WorkItem::now(
+        o.key.run,
+        Work::Observed {
+            task: o.key.task,
+            attempt: o.key.attempt,
+            outcome: o.outcome,
+        },
+    )
 }
 
 struct Executed {

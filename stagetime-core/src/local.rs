@@ -15,12 +15,12 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::backend::{
     Backend, Capabilities, Housekeeping, HousekeepingReport, LaunchKey, LaunchRequest, Launched,
-    Observation,
+    Observation, Observers,
 };
 use crate::error::{Error, Result};
 use crate::scheduler::AttemptOutcome;
@@ -30,7 +30,7 @@ use crate::store::RunId;
 struct Shared {
     /// Attempts launched by this instance; a present key is never launched again.
     attempts: HashMap<LaunchKey, Option<oneshot::Sender<()>>>,
-    observers: Vec<mpsc::UnboundedSender<Observation>>,
+    observers: Observers,
 }
 
 /// Runs task commands as local child processes.
@@ -82,8 +82,7 @@ impl LocalBackend {
 
     fn publish(shared: &Mutex<Shared>, observation: Observation) {
         let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-        s.observers
-            .retain(|tx| tx.send(observation.clone()).is_ok());
+        s.observers.publish(observation);
     }
 }
 
@@ -148,8 +147,7 @@ impl Backend for LocalBackend {
                     key: key.clone(),
                     outcome,
                 };
-                s.observers
-                    .retain(|tx| tx.send(observation.clone()).is_ok());
+                s.observers.publish(observation);
                 return Ok(Launched {
                     handle,
                     created: false,
@@ -279,11 +277,7 @@ impl Backend for LocalBackend {
     }
 
     fn observe(&self) -> BoxStream<'static, Observation> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().observers.push(tx);
-        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|o| (o, rx))
-        }))
+        self.lock().observers.subscribe()
     }
 
     async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>> {

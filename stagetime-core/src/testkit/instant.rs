@@ -3,11 +3,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use tokio::sync::mpsc;
 
 use crate::backend::{
     Backend, Capabilities, Housekeeping, HousekeepingReport, LaunchKey, LaunchRequest, Launched,
-    Observation,
+    Observation, Observers,
 };
 use crate::error::Result;
 use crate::scheduler::AttemptOutcome;
@@ -21,7 +20,7 @@ struct State {
     calls: HashMap<LaunchKey, u32>,
     finished: HashMap<LaunchKey, AttemptOutcome>,
     hanging: Vec<LaunchKey>,
-    observers: Vec<mpsc::UnboundedSender<Observation>>,
+    observers: Observers,
 }
 
 /// A backend whose attempts end the moment they are launched, as decided by
@@ -92,7 +91,7 @@ impl InstantBackend {
     }
 
     fn publish(state: &mut State, o: Observation) {
-        state.observers.retain(|tx| tx.send(o.clone()).is_ok());
+        state.observers.publish(o);
     }
 }
 
@@ -160,11 +159,7 @@ impl Backend for InstantBackend {
     }
 
     fn observe(&self) -> BoxStream<'static, Observation> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().observers.push(tx);
-        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|o| (o, rx))
-        }))
+        self.lock().observers.subscribe()
     }
 
     async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>> {
