@@ -2,8 +2,8 @@
 //!
 //! Commit-driven, staged *revision runs*: for one commit of a repository,
 //! pipeline runs grouped into ordered stages, run by a pure stage scheduler
-//! on a pluggable [`Backend`](core::backend::Backend) and
-//! [`Store`](core::store::Store).
+//! on a pluggable [`Backend`] and
+//! [`Store`].
 //!
 //! This facade re-exports the focused crates:
 //! - [`core`]: model, validation, scheduler, traits, engine, embedded defaults;
