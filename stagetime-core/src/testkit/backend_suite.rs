@@ -69,31 +69,51 @@ fn new_run() -> RunId {
     RunId::new(super::unique("bc")).expect("valid id")
 }
 
-async fn next_for(
-    stream: &mut BoxStream<'static, Observation>,
-    key: &LaunchKey,
-    patience: Duration,
-) -> AttemptOutcome {
-    let found = tokio::time::timeout(patience, async {
-        while let Some(o) = stream.next().await {
-            if o.key == *key {
-                return Some(o.outcome);
-            }
+/// An observation stream that remembers what it saw, so waiting for one
+/// attempt never loses another's outcome.
+struct Watch {
+    stream: BoxStream<'static, Observation>,
+    seen: Vec<Observation>,
+}
+
+impl Watch {
+    fn new(stream: BoxStream<'static, Observation>) -> Self {
+        Watch {
+            stream,
+            seen: Vec::new(),
         }
-        None
-    })
-    .await;
-    match found {
-        Ok(Some(o)) => o,
-        Ok(None) => panic!("observation stream ended before {key} finished"),
-        Err(_) => panic!("no outcome for {key} within {patience:?}"),
     }
+
+    async fn outcome(&mut self, key: &LaunchKey, patience: Duration) -> AttemptOutcome {
+        if let Some(pos) = self.seen.iter().position(|o| o.key == *key) {
+            return self.seen.remove(pos).outcome;
+        }
+        let found = tokio::time::timeout(patience, async {
+            while let Some(o) = self.stream.next().await {
+                if o.key == *key {
+                    return Some(o.outcome);
+                }
+                self.seen.push(o);
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(o)) => o,
+            Ok(None) => panic!("observation stream ended before {key} finished"),
+            Err(_) => panic!("no outcome for {key} within {patience:?}"),
+        }
+    }
+}
+
+async fn next_for(watch: &mut Watch, key: &LaunchKey, patience: Duration) -> AttemptOutcome {
+    watch.outcome(key, patience).await
 }
 
 /// A succeeding task is observed as succeeded.
 pub async fn success_is_observed(h: Arc<dyn BackendHarness>) {
     let b = h.backend().await;
-    let mut obs = b.observe();
+    let mut obs = Watch::new(b.observe());
     let req = request(&*h, &new_run(), "ok", TaskBehaviour::Succeed);
     let launched = b.launch(req.clone()).await.expect("launch");
     assert!(launched.created);
@@ -107,7 +127,7 @@ pub async fn success_is_observed(h: Arc<dyn BackendHarness>) {
 /// A failing task is observed as failed, with a message.
 pub async fn failure_is_observed(h: Arc<dyn BackendHarness>) {
     let b = h.backend().await;
-    let mut obs = b.observe();
+    let mut obs = Watch::new(b.observe());
     let req = request(&*h, &new_run(), "bad", TaskBehaviour::Fail);
     b.launch(req.clone()).await.expect("launch");
     match next_for(&mut obs, &req.key, h.patience()).await {
@@ -119,7 +139,7 @@ pub async fn failure_is_observed(h: Arc<dyn BackendHarness>) {
 /// Launching the same key twice starts one attempt.
 pub async fn launch_is_idempotent(h: Arc<dyn BackendHarness>) {
     let b = h.backend().await;
-    let mut obs = b.observe();
+    let mut obs = Watch::new(b.observe());
     let req = request(&*h, &new_run(), "once", TaskBehaviour::Hang);
     let first = b.launch(req.clone()).await.expect("launch");
     let second = b.launch(req.clone()).await.expect("launch again");
@@ -143,7 +163,7 @@ pub async fn launch_is_idempotent(h: Arc<dyn BackendHarness>) {
 /// Cancelling a running attempt ends it as cancelled.
 pub async fn cancel_running_is_observed(h: Arc<dyn BackendHarness>) {
     let b = h.backend().await;
-    let mut obs = b.observe();
+    let mut obs = Watch::new(b.observe());
     let req = request(&*h, &new_run(), "long", TaskBehaviour::Hang);
     b.launch(req.clone()).await.expect("launch");
     b.cancel(&req.key).await.expect("cancel");
@@ -170,8 +190,8 @@ pub async fn cancel_unknown_is_ok(h: Arc<dyn BackendHarness>) {
 /// Every observer sees every outcome.
 pub async fn observers_all_see_outcomes(h: Arc<dyn BackendHarness>) {
     let b = h.backend().await;
-    let mut one = b.observe();
-    let mut two = b.observe();
+    let mut one = Watch::new(b.observe());
+    let mut two = Watch::new(b.observe());
     let req = request(&*h, &new_run(), "fan", TaskBehaviour::Succeed);
     b.launch(req.clone()).await.expect("launch");
     assert_eq!(
@@ -187,7 +207,7 @@ pub async fn observers_all_see_outcomes(h: Arc<dyn BackendHarness>) {
 /// After a restart, reconcile reports attempts that already finished.
 pub async fn reconcile_reports_finished_attempts(h: Arc<dyn BackendHarness>) {
     let b = h.backend().await;
-    let mut obs = b.observe();
+    let mut obs = Watch::new(b.observe());
     let run = new_run();
     let ok = request(&*h, &run, "done", TaskBehaviour::Succeed);
     let bad = request(&*h, &run, "broke", TaskBehaviour::Fail);
