@@ -579,13 +579,10 @@ fn rerun_keeps_succeeded_tasks_and_relaunches_the_rest_with_higher_attempts() {
     assert!(busy.ev(Event::RerunRequested).is_empty());
 }
 
-/// KNOWN CORE BUG, kept ignored so the suite stays green until the fix:
-/// a task whose retry is queued (no `retry_delay`) behind `max_parallel`
-/// is `Ready`, and `StageScheduler::stop` turns `Ready` into `Skipped`
-/// ("never ran") although attempt 1 ran and failed. The same task in
-/// `Backoff` (with a `retry_delay`) becomes `Failed`.
+/// A task whose retry is queued (no `retry_delay`) behind `max_parallel`
+/// is `Ready`; when the run stops it ends `Failed` (attempt 1 ran and
+/// failed), like the same task in `Backoff`, not `Skipped` ("never ran").
 #[test]
-#[ignore = "core bug: stop() marks a task queued for its retry Skipped (see report)"]
 fn retry_waiting_for_a_slot_is_not_skipped_when_the_run_stops() {
     let mut r = Run::new(
         "{repo: r, commit: c, options: {max_parallel: 1},
