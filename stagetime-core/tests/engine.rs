@@ -1,0 +1,481 @@
+#![cfg(feature = "test-util")]
+//! Engine tests: `MemoryStore` + `InstantBackend` with tokio's paused time
+//! for timers, and `mockall` mocks of `Backend` and `Store` that inject faults.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::executor::block_on;
+use futures::stream::BoxStream;
+use mockall::mock;
+use stagetime_core::backend::{
+    Backend, Capabilities, Housekeeping, HousekeepingReport, LaunchKey, LaunchRequest, Launched,
+    Observation,
+};
+use stagetime_core::engine::{Engine, EngineConfig, TokioClock};
+use stagetime_core::memory::MemoryStore;
+use stagetime_core::scheduler::{AttemptOutcome, StopReason, TaskStatus};
+use stagetime_core::spec::RevisionRunSpec;
+use stagetime_core::store::{
+    ClaimToken, Claimed, Commit, Created, RunFilter, RunId, RunPage, RunRecord, RunState, Store,
+    WorkItem,
+};
+use stagetime_core::testkit::InstantBackend;
+use stagetime_core::{Error, Result};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        consumer: "engine-test".into(),
+        batch: 64,
+        claim_wait: Duration::from_millis(200),
+        purge_every: None,
+        housekeeping: None,
+        reconcile_on_start: false,
+    }
+}
+
+/// An engine running in the background until `shutdown`.
+struct Running {
+    engine: Arc<Engine>,
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<Result<()>>,
+}
+
+fn start(store: Arc<dyn Store>, backend: Arc<dyn Backend>) -> Running {
+    let engine = Arc::new(
+        Engine::new(store, backend)
+            .with_config(config())
+            .with_clock(Arc::new(TokioClock::new())),
+    );
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(Arc::clone(&engine).run(async {
+        let _ = rx.await;
+    }));
+    Running {
+        engine,
+        stop,
+        handle,
+    }
+}
+
+impl Running {
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        self.handle.await.unwrap().unwrap();
+    }
+
+    /// Waits until run `id` is in `state` (e.g. after a rerun).
+    async fn wait_state(&self, id: &RunId, state: RunState) -> RunRecord {
+        let mut updates = self.engine.subscribe();
+        loop {
+            let record = self.engine.store().load_run(id).await.unwrap();
+            if record.state == state {
+                return record;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), updates.recv()).await;
+        }
+    }
+}
+
+fn yaml(text: &str) -> RevisionRunSpec {
+    yaml_serde::from_str(text).unwrap()
+}
+
+fn key(id: &RunId, task: &str, attempt: u32) -> LaunchKey {
+    LaunchKey {
+        run: id.clone(),
+        task: task.into(),
+        attempt,
+    }
+}
+
+fn status(record: &RunRecord, i: usize) -> TaskStatus {
+    record.scheduler.tasks()[i].status
+}
+
+/// Asserts that exactly `keys` were started, each once.
+fn assert_created_once(backend: &InstantBackend, id: &RunId, keys: &[(&str, u32)]) {
+    let expected: HashMap<LaunchKey, u32> = keys.iter().map(|(t, a)| (key(id, t, *a), 1)).collect();
+    assert_eq!(backend.created(), expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_goes_through_its_stages_and_launches_each_attempt_once() {
+    let backend = InstantBackend::new();
+    let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
+    let id = running
+        .engine
+        .submit(yaml(
+            "{repo: r, commit: c, tasks: [{name: a, command: 'true'}, {name: b, command: 'true'},
+              {name: c, stage: 1, command: 'true'}], finally: [{name: f, command: 'true'}]}",
+        ))
+        .await
+        .unwrap()
+        .id;
+    let record = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Succeeded);
+    assert_created_once(&backend, &id, &[("a", 1), ("b", 1), ("c", 1), ("f", 1)]);
+    // Stage 1 was launched after stage 0 had finished.
+    let t = &record.timings;
+    assert!(t[2].launch_ms.unwrap() >= t[0].finished_ms.unwrap());
+    assert!(t.iter().all(|t| t.handle.is_some()));
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_delay_is_waited_for_between_attempts() {
+    let launches: Arc<Mutex<Vec<(u32, tokio::time::Instant)>>> = Arc::default();
+    let seen = Arc::clone(&launches);
+    let backend = InstantBackend::with(move |r| {
+        seen.lock()
+            .unwrap()
+            .push((r.key.attempt, tokio::time::Instant::now()));
+        Some(if r.key.attempt < 3 {
+            AttemptOutcome::Failed {
+                message: "exit 1".into(),
+            }
+        } else {
+            AttemptOutcome::Succeeded
+        })
+    });
+    let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
+    let id = running
+        .engine
+        .submit(yaml(
+            "{repo: r, commit: c, tasks: [{name: t, retries: 2, retry_delay: 10s, command: x}]}",
+        ))
+        .await
+        .unwrap()
+        .id;
+    let record = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Succeeded);
+    assert_created_once(&backend, &id, &[("t", 1), ("t", 2), ("t", 3)]);
+    let l = launches.lock().unwrap().clone();
+    assert_eq!(l.iter().map(|x| x.0).collect::<Vec<_>>(), [1, 2, 3]);
+    // Virtual time: the doubling, jittered backoff was honoured.
+    for (gap, nominal) in [(l[1].1 - l[0].1, 10), (l[2].1 - l[1].1, 20)] {
+        let d = Duration::from_secs(nominal);
+        assert!(
+            gap >= d.mul_f64(0.9) && gap <= d + Duration::from_secs(1),
+            "gap {gap:?} for a nominal {d:?}"
+        );
+    }
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn hanging_task_times_out_is_cancelled_and_retried() {
+    let backend = InstantBackend::new();
+    let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
+    let began = tokio::time::Instant::now();
+    let id = running
+        .engine
+        .submit(yaml(
+            "{repo: r, commit: c, tasks: [{name: t, retries: 1, timeout: 30s, command: sleep 100}]}",
+        ))
+        .await
+        .unwrap()
+        .id;
+    let record = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Failed);
+    assert_eq!(status(&record, 0), TaskStatus::TimedOut);
+    let message = record.scheduler.tasks()[0].message.clone().unwrap();
+    assert!(message.contains("timed out"), "{message}");
+    assert_created_once(&backend, &id, &[("t", 1), ("t", 2)]);
+    // Two attempts of 30 s each (virtual time).
+    assert!(began.elapsed() >= Duration::from_secs(60));
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_timeout_cancels_running_skips_pending_and_runs_finally() {
+    let backend = InstantBackend::new();
+    let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
+    let id = running
+        .engine
+        .submit(yaml(
+            "{repo: r, commit: c, options: {timeout: 1m},
+              tasks: [{name: a, command: sleep 100}, {name: b, stage: 1, command: 'true'}],
+              finally: [{name: f, command: 'true'}]}",
+        ))
+        .await
+        .unwrap()
+        .id;
+    let record = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Failed);
+    assert_eq!(record.scheduler.stop_reason(), Some(StopReason::Timeout));
+    assert_eq!(status(&record, 0), TaskStatus::Cancelled);
+    assert_eq!(status(&record, 1), TaskStatus::Skipped);
+    assert_eq!(status(&record, 2), TaskStatus::Succeeded);
+    assert_created_once(&backend, &id, &[("a", 1), ("f", 1)]);
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_through_the_engine_ends_the_run_cancelled() {
+    let backend = InstantBackend::new();
+    let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
+    let id = running
+        .engine
+        .submit(yaml(
+            "{repo: r, commit: c, tasks: [{name: a, command: sleep 100}],
+              finally: [{name: f, command: 'true'}]}",
+        ))
+        .await
+        .unwrap()
+        .id;
+    running.wait_state(&id, RunState::Running).await;
+    while backend.total_created() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.engine.cancel(&id).await.unwrap();
+    let record = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Cancelled);
+    assert_eq!(status(&record, 0), TaskStatus::Cancelled);
+    assert_eq!(status(&record, 1), TaskStatus::Succeeded);
+    assert_created_once(&backend, &id, &[("a", 1), ("f", 1)]);
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn rerun_through_the_engine_keeps_succeeded_tasks() {
+    let backend = InstantBackend::with(|r| {
+        Some(if r.key.task == "b" && r.key.attempt == 1 {
+            AttemptOutcome::Failed {
+                message: "flaky".into(),
+            }
+        } else {
+            AttemptOutcome::Succeeded
+        })
+    });
+    let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
+    let id = running
+        .engine
+        .submit(yaml(
+            "{repo: r, commit: c, tasks: [{name: a, command: x}, {name: b, command: x},
+              {name: c, stage: 1, command: x}]}",
+        ))
+        .await
+        .unwrap()
+        .id;
+    let first = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(first.state, RunState::Failed);
+    running.engine.rerun(&id).await.unwrap();
+    let second = running.wait_state(&id, RunState::Succeeded).await;
+    assert_eq!(status(&second, 2), TaskStatus::Succeeded);
+    assert_created_once(&backend, &id, &[("a", 1), ("b", 1), ("b", 2), ("c", 1)]);
+    running.shutdown().await;
+}
+
+// ---------------------------------------------------------------- mocks
+
+mock! {
+    FaultyBackend {}
+    #[async_trait]
+    impl Backend for FaultyBackend {
+        fn name(&self) -> &str;
+        fn capabilities(&self) -> Capabilities;
+        async fn launch(&self, request: LaunchRequest) -> Result<Launched>;
+        async fn cancel(&self, key: &LaunchKey) -> Result<()>;
+        fn observe(&self) -> BoxStream<'static, Observation>;
+        async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>>;
+        async fn housekeeping(&self, policy: &Housekeeping) -> Result<HousekeepingReport>;
+    }
+}
+
+/// A mock backend that answers `launch` with `fault(call number)` or, when
+/// that is `None`, by delegating to `inner`; everything else delegates.
+fn faulty_backend(
+    inner: InstantBackend,
+    calls: Arc<AtomicU32>,
+    fault: impl Fn(u32) -> Option<Error> + Send + Sync + 'static,
+) -> MockFaultyBackend {
+    let mut mock = MockFaultyBackend::new();
+    mock.expect_name().return_const("faulty".to_string());
+    mock.expect_capabilities().return_const(Capabilities {
+        commands: true,
+        pipelines: true,
+    });
+    let i = inner.clone();
+    mock.expect_observe().returning(move || i.observe());
+    let i = inner.clone();
+    mock.expect_launch().returning(move |request| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        match fault(n) {
+            Some(e) => Err(e),
+            // InstantBackend::launch never waits.
+            None => block_on(i.launch(request)),
+        }
+    });
+    let i = inner.clone();
+    mock.expect_cancel()
+        .returning(move |key| block_on(i.cancel(key)));
+    let i = inner.clone();
+    mock.expect_reconcile()
+        .returning(move |run| block_on(i.reconcile(run)));
+    mock.expect_housekeeping()
+        .returning(|_| Ok(HousekeepingReport::default()));
+    mock
+}
+
+#[tokio::test(start_paused = true)]
+async fn launch_unavailable_then_available_runs_the_task_once() {
+    let inner = InstantBackend::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    // More failures than one round of the engine's backend retries, so the
+    // launch also goes back to the queue once.
+    let backend = faulty_backend(inner.clone(), Arc::clone(&calls), |n| {
+        (n <= 5).then(|| Error::unavailable("cluster", "connection refused"))
+    });
+    let running = start(Arc::new(MemoryStore::new()), Arc::new(backend));
+    let id = running
+        .engine
+        .submit(yaml(
+            "{repo: r, commit: c, tasks: [{name: a, command: 'true'}]}",
+        ))
+        .await
+        .unwrap()
+        .id;
+    let record = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Succeeded);
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
+    assert_created_once(&inner, &id, &[("a", 1)]);
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn launch_refused_for_good_fails_the_task_without_retrying_the_call() {
+    let inner = InstantBackend::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let backend = faulty_backend(inner.clone(), Arc::clone(&calls), |_| {
+        Some(Error::Unsupported {
+            message: "no such pipeline".into(),
+        })
+    });
+    let running = start(Arc::new(MemoryStore::new()), Arc::new(backend));
+    let id = running
+        .engine
+        .submit(yaml(
+            "{repo: r, commit: c, tasks: [{name: a, command: x}, {name: b, stage: 1, command: x}]}",
+        ))
+        .await
+        .unwrap()
+        .id;
+    let record = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Failed);
+    assert_eq!(status(&record, 0), TaskStatus::Failed);
+    let message = record.scheduler.tasks()[0].message.clone().unwrap();
+    assert!(message.contains("launch failed"), "{message}");
+    assert!(message.contains("no such pipeline"), "{message}");
+    assert_eq!(status(&record, 1), TaskStatus::Skipped);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "a permanent error is not retried"
+    );
+    assert!(inner.created().is_empty());
+    running.shutdown().await;
+}
+
+mock! {
+    FaultyStore {}
+    #[async_trait]
+    impl Store for FaultyStore {
+        async fn create_run(&self, record: RunRecord, start: Vec<WorkItem>) -> Result<Created>;
+        async fn load_run(&self, id: &RunId) -> Result<RunRecord>;
+        async fn commit(&self, commit: Commit) -> Result<()>;
+        async fn enqueue(&self, items: Vec<WorkItem>) -> Result<()>;
+        async fn claim(
+            &self,
+            consumer: &str,
+            max: usize,
+            now_ms: u64,
+            wait: Duration,
+        ) -> Result<Vec<Claimed>>;
+        async fn ack(&self, tokens: &[ClaimToken]) -> Result<()>;
+        async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage>;
+        async fn purge_expired(&self, now_ms: u64) -> Result<u64>;
+    }
+}
+
+/// The real store, with faults decided by a mock: every call first asks the
+/// mock, and goes on to `inner` only when the mock answers `Ok`. (The mock
+/// cannot delegate itself: its answers are synchronous, and
+/// `MemoryStore::claim` waits asynchronously for work.)
+struct GatedStore {
+    faults: MockFaultyStore,
+    inner: MemoryStore,
+}
+
+#[async_trait]
+impl Store for GatedStore {
+    async fn create_run(&self, record: RunRecord, start: Vec<WorkItem>) -> Result<Created> {
+        self.inner.create_run(record, start).await
+    }
+    async fn load_run(&self, id: &RunId) -> Result<RunRecord> {
+        self.inner.load_run(id).await
+    }
+    async fn commit(&self, commit: Commit) -> Result<()> {
+        self.inner.commit(commit).await
+    }
+    async fn enqueue(&self, items: Vec<WorkItem>) -> Result<()> {
+        self.inner.enqueue(items).await
+    }
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        now_ms: u64,
+        wait: Duration,
+    ) -> Result<Vec<Claimed>> {
+        self.faults.claim(consumer, max, now_ms, wait).await?;
+        self.inner.claim(consumer, max, now_ms, wait).await
+    }
+    async fn ack(&self, tokens: &[ClaimToken]) -> Result<()> {
+        self.inner.ack(tokens).await
+    }
+    async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
+        self.inner.list_runs(filter).await
+    }
+    async fn purge_expired(&self, now_ms: u64) -> Result<u64> {
+        self.inner.purge_expired(now_ms).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn claim_failures_do_not_stop_the_engine() {
+    let claims = Arc::new(AtomicU32::new(0));
+    let mut faults = MockFaultyStore::new();
+    let counter = Arc::clone(&claims);
+    faults.expect_claim().returning(move |_, _, _, _| {
+        if counter.fetch_add(1, Ordering::SeqCst) < 3 {
+            Err(Error::unavailable("store", "connection reset"))
+        } else {
+            Ok(Vec::new())
+        }
+    });
+    let store = GatedStore {
+        faults,
+        inner: MemoryStore::new(),
+    };
+    let backend = InstantBackend::new();
+    let running = start(Arc::new(store), Arc::new(backend.clone()));
+    let id = running
+        .engine
+        .submit(yaml(
+            "{repo: r, commit: c, tasks: [{name: a, command: x}, {name: b, stage: 1, command: x}]}",
+        ))
+        .await
+        .unwrap()
+        .id;
+    let record = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Succeeded);
+    assert!(claims.load(Ordering::SeqCst) > 3);
+    assert_created_once(&backend, &id, &[("a", 1), ("b", 1)]);
+    running.shutdown().await;
+}
