@@ -92,7 +92,7 @@ impl RunControl {
             format: RECORD_FORMAT,
             id: id.clone(),
             version: 1,
-            spec: plan.spec.clone(),
+            spec: plan.to_spec(),
             state: RunState::of(&scheduler),
             scheduler,
             created_ms: now,

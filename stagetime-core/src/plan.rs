@@ -160,7 +160,7 @@ impl Plan {
     /// missing or malformed required fields, duplicate or invalid names,
     /// unknown `needs`, cycles (printed as a path), bad durations, negative or
     /// fractional stages, an empty run.
-    pub fn build(spec: RevisionRunSpec) -> Result<Plan, Error> {
+    pub fn build(mut spec: RevisionRunSpec) -> Result<Plan, Error> {
         let mut errors = FieldErrors::default();
         if spec.repo.trim().is_empty() {
             errors.push("repo", "required");
@@ -190,16 +190,18 @@ impl Plan {
             errors.push("options.max_parallel", "must be at least 1");
         }
 
-        let main_count = spec.tasks.len();
-        let total = main_count + spec.finally.len();
+        let main_specs = std::mem::take(&mut spec.tasks);
+        let finally_specs = std::mem::take(&mut spec.finally);
+        let main_count = main_specs.len();
+        let total = main_count + finally_specs.len();
         let mut by_name: HashMap<String, TaskIndex> = HashMap::with_capacity(total);
         let mut tasks = Vec::with_capacity(total);
         let sections = [
-            ("tasks", &spec.tasks, false),
-            ("finally", &spec.finally, true),
+            ("tasks", main_specs, false),
+            ("finally", finally_specs, true),
         ];
         for (section, list, is_finally) in sections {
-            for (i, t) in list.iter().enumerate() {
+            for (i, t) in list.into_iter().enumerate() {
                 let path = format!("{section}[{i}]");
                 if t.name.is_empty() {
                     errors.push(format!("{path}.name"), "required");
@@ -262,7 +264,7 @@ impl Plan {
                     .as_deref()
                     .and_then(|d| parse_duration(d, &format!("{path}.retry_delay"), &mut errors));
                 tasks.push(PlannedTask {
-                    spec: t.clone(),
+                    spec: t,
                     stage,
                     is_finally,
                     timeout,
@@ -382,6 +384,15 @@ impl Plan {
             barrier_dependents,
             by_name,
         })
+    }
+
+    /// The whole document: the run-level fields with the tasks put back.
+    pub fn to_spec(&self) -> RevisionRunSpec {
+        let mut spec = self.spec.clone();
+        let (main, finally) = self.tasks.split_at(self.main_count as usize);
+        spec.tasks = main.iter().map(|t| t.spec.clone()).collect();
+        spec.finally = finally.iter().map(|t| t.spec.clone()).collect();
+        spec
     }
 
     /// The task called `name`.

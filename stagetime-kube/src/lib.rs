@@ -23,8 +23,8 @@
 //!   - name: build
 //!     pipeline: { ref: build }
 //! "#).unwrap();
+//! let run = RunId::derive(&spec);
 //! let plan = Plan::build(spec).unwrap();
-//! let run = RunId::derive(&plan.spec);
 //! let yaml = render_plan_yaml(&run, &plan, &TektonConfig::new("ci")).unwrap();
 //! assert!(yaml.starts_with("---\napiVersion: tekton.dev/v1\nkind: PipelineRun\n"));
 //! ```

@@ -51,7 +51,7 @@ pub fn new_record(prefix: &str, repo: &str, commit: &str, created_ms: u64) -> Ru
         format: RECORD_FORMAT,
         id: RunId::new(super::unique(prefix)).expect("valid id"),
         version: 1,
-        spec: plan.spec.clone(),
+        spec: plan.to_spec(),
         state: RunState::of(&scheduler),
         scheduler,
         created_ms,
