@@ -126,13 +126,37 @@ fn request(run: &RunId, task: &str, outcome: &str, attempt: u32) -> LaunchReques
     }
 }
 
-async fn next_for(obs: &mut BoxStream<'static, Observation>, key: &LaunchKey) -> AttemptOutcome {
+/// An observation stream that keeps what it saw, so waiting for one attempt
+/// never drops another's outcome that arrived first.
+struct Obs {
+    stream: BoxStream<'static, Observation>,
+    seen: Vec<Observation>,
+}
+
+impl Obs {
+    fn new(stream: BoxStream<'static, Observation>) -> Self {
+        Obs {
+            stream,
+            seen: Vec::new(),
+        }
+    }
+}
+
+async fn next_for(obs: &mut Obs, key: &LaunchKey) -> AttemptOutcome {
+    if let Some(pos) = obs.seen.iter().position(|o| o.key == *key) {
+        return obs.seen.remove(pos).outcome;
+    }
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            let o = obs.next().await.expect("the observation stream goes on");
+            let o = obs
+                .stream
+                .next()
+                .await
+                .expect("the observation stream goes on");
             if o.key == *key {
                 return o.outcome;
             }
+            obs.seen.push(o);
         }
     })
     .await
@@ -163,7 +187,7 @@ async fn wait_for_watch(emu: &Emulator, ns: &str) {
 async fn restart_and_reconcile() {
     let Some(w) = World::new().await else { return };
     let run = RunId::new(unique("restart")).unwrap();
-    let mut obs = w.backend.observe();
+    let mut obs = Obs::new(w.backend.observe());
     let ok = request(&run, "ok", "succeed", 1);
     let bad = request(&run, "bad", "timeout", 1);
     let long = request(&run, "long", "hang", 1);
@@ -195,7 +219,7 @@ async fn restart_and_reconcile() {
     assert_eq!(all.items.len(), 3, "never two PipelineRuns for one attempt");
     // The restarted backend's watch reports what ends from now on, and the
     // initial list reports what already ended.
-    let mut obs2 = restarted.observe();
+    let mut obs2 = Obs::new(restarted.observe());
     assert_eq!(
         next_for(&mut obs2, &ok.key).await,
         AttemptOutcome::Succeeded
@@ -218,7 +242,7 @@ async fn restart_and_reconcile() {
 async fn deleted_before_finishing_is_a_failure() {
     let Some(w) = World::new().await else { return };
     let run = RunId::new(unique("del")).unwrap();
-    let mut obs = w.backend.observe();
+    let mut obs = Obs::new(w.backend.observe());
     let req = request(&run, "doomed", "hang", 1);
     let launched = w.backend.launch(req.clone()).await.unwrap();
     // Once the backend's watch is open, the object is in its list or in the
@@ -240,7 +264,7 @@ async fn deleted_before_finishing_is_a_failure() {
 async fn watch_expiry_relists_without_losing_outcomes() {
     let Some(w) = World::new().await else { return };
     let run = RunId::new(unique("gone")).unwrap();
-    let mut obs = w.backend.observe();
+    let mut obs = Obs::new(w.backend.observe());
     let a = request(&run, "a", "hang", 1);
     let b = request(&run, "b", "hang", 1);
     w.backend.launch(a.clone()).await.unwrap();
@@ -304,7 +328,7 @@ async fn foreign_objects_are_not_adopted() {
 async fn housekeeping_deletes_old_finished_runs_in_the_background() {
     let Some(w) = World::new().await else { return };
     let run = RunId::new(unique("hk")).unwrap();
-    let mut obs = w.backend.observe();
+    let mut obs = Obs::new(w.backend.observe());
     let mut keys = Vec::new();
     for i in 0..3 {
         let r = request(&run, &format!("t{i}"), "succeed", 1);
@@ -357,7 +381,12 @@ async fn housekeeping_deletes_old_finished_runs_in_the_background() {
             .is_empty()
     );
     // Deleting finished runs is not reported as a failure of anything.
-    let quiet = tokio::time::timeout(Duration::from_millis(300), obs.next()).await;
+    assert!(
+        obs.seen.is_empty(),
+        "unexpected observations: {:?}",
+        obs.seen
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(300), obs.stream.next()).await;
     assert!(
         quiet.is_err(),
         "no observation from housekeeping: {quiet:?}"
