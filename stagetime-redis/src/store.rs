@@ -230,6 +230,24 @@ impl RedisStore {
     }
 
     /// Splits items into now items `(run, json)` and delayed `(due, member)`.
+    /// An invocation of a per-run script with the keys every such script
+    /// takes first, in this order: run, run's delayed set, stream, timers,
+    /// finished, gc.
+    fn run_invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        id: &RunId,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.keys.run(id))
+            .key(self.keys.run_delayed(id))
+            .key(self.keys.stream())
+            .key(self.keys.timers())
+            .key(self.keys.finished())
+            .key(self.keys.gc());
+        inv
+    }
+
     fn encode_items(&self, items: &[WorkItem]) -> Result<Encoded> {
         let mut now = Vec::new();
         let mut delayed = Vec::new();
@@ -566,13 +584,7 @@ impl Store for RedisStore {
         index_keys.push(self.keys.idx_state(record.state));
         let (now, delayed) = self.encode_items(&start)?;
 
-        let mut inv = self.scripts.create.prepare_invoke();
-        inv.key(self.keys.run(&id))
-            .key(self.keys.run_delayed(&id))
-            .key(self.keys.stream())
-            .key(self.keys.timers())
-            .key(self.keys.finished())
-            .key(self.keys.gc());
+        let mut inv = self.run_invocation(&self.scripts.create, &id);
         for k in &index_keys {
             inv.key(k);
         }
@@ -658,13 +670,7 @@ impl Store for RedisStore {
         let member = Keys::index_member(record.created_ms, &id);
         let (now, delayed) = self.encode_items(&enqueue)?;
 
-        let mut inv = self.scripts.commit.prepare_invoke();
-        inv.key(self.keys.run(&id))
-            .key(self.keys.run_delayed(&id))
-            .key(self.keys.stream())
-            .key(self.keys.timers())
-            .key(self.keys.finished())
-            .key(self.keys.gc());
+        let mut inv = self.run_invocation(&self.scripts.commit, &id);
         for s in STATES {
             inv.key(self.keys.idx_state(s));
         }
