@@ -8,7 +8,8 @@
 //! This facade re-exports the focused crates:
 //! - [`core`]: model, validation, scheduler, traits, engine, embedded defaults;
 //! - `kube` (feature `kube`): the Tekton backend and operator logic;
-//! - `redis` (feature `redis`): the Redis-backed shared store.
+//! - `redis` (feature `redis`): the Redis-backed shared store;
+//! - `telemetry` (feature `telemetry`): logging, metrics and probe endpoint of the binaries.
 
 pub use stagetime_core as core;
 pub use stagetime_core::*;
@@ -17,3 +18,5 @@ pub use stagetime_core::*;
 pub use stagetime_kube as kube;
 #[cfg(feature = "redis")]
 pub use stagetime_redis as redis;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
