@@ -95,6 +95,10 @@ pub struct EngineConfig {
     pub housekeeping: Option<(Duration, usize, Duration)>,
     /// Reconcile running runs with the backend when the engine starts.
     pub reconcile_on_start: bool,
+    /// At shutdown, how long the batch being applied may take to finish;
+    /// past it, its unacknowledged items are left for another engine to
+    /// reclaim.
+    pub drain_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -106,9 +110,39 @@ impl Default for EngineConfig {
             purge_every: Some(Duration::from_secs(60)),
             housekeeping: None,
             reconcile_on_start: true,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
+
+/// Observes what an engine does, for metrics and logs — core depends on no
+/// metrics library; binaries implement this with theirs. Every method has
+/// an empty default and must return quickly (it runs on the engine's path).
+pub trait EngineListener: Send + Sync + 'static {
+    /// A transition of a run was committed, from `before` to `after`.
+    fn committed(&self, before: &RunRecord, after: &RunRecord) {
+        let _ = (before, after);
+    }
+
+    /// A backend call failed (`op`: `launch` or `cancel`); retryable or not.
+    fn backend_error(&self, op: &'static str, error: &Error) {
+        let _ = (op, error);
+    }
+
+    /// A store call failed (`op`: `claim`, `commit`, `enqueue`).
+    fn store_error(&self, op: &'static str, error: &Error) {
+        let _ = (op, error);
+    }
+
+    /// A commit lost a compare-and-set race to another engine and is retried.
+    fn conflict(&self) {}
+}
+
+/// The listener that does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoListener;
+
+impl EngineListener for NoListener {}
 
 /// Bounded retries of a commit that lost a compare-and-set race.
 const MAX_CONFLICTS: usize = 64;
@@ -125,6 +159,7 @@ pub struct Engine {
     config: EngineConfig,
     plans: Mutex<HashMap<RunId, Arc<Plan>>>,
     updates: broadcast::Sender<Arc<RunRecord>>,
+    listener: Arc<dyn EngineListener>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -146,7 +181,14 @@ impl Engine {
             config: EngineConfig::default(),
             plans: Mutex::new(HashMap::new()),
             updates: broadcast::channel(1024).0,
+            listener: Arc::new(NoListener),
         }
+    }
+
+    /// Replaces the listener (metrics).
+    pub fn with_listener(mut self, listener: Arc<dyn EngineListener>) -> Self {
+        self.listener = listener;
+        self
     }
 
     /// Replaces the configuration.
@@ -215,8 +257,13 @@ impl Engine {
     /// start, purges expired runs and does backend housekeeping periodically.
     ///
     /// Store or backend outages are logged and retried with backoff; they do
-    /// not end the loop. Work claimed but not finished at shutdown is left
-    /// unacknowledged, so another engine reclaims it.
+    /// not end the loop.
+    ///
+    /// Shutdown is graceful: no new work is claimed, the claim under way
+    /// (at most [`EngineConfig::claim_wait`]) and the batch being applied
+    /// finish (for up to [`EngineConfig::drain_timeout`]). Work still
+    /// unacknowledged after that — none, unless the drain timed out — stays
+    /// in the store, which hands it to another engine after its reclaim time.
     ///
     /// # Errors
     /// None today; the `Result` leaves room for fatal setup errors.
@@ -225,22 +272,34 @@ impl Engine {
         let observations = self.backend.observe();
         let observer = tokio::spawn(Arc::clone(&self).forward_observations(observations));
         let chores = tokio::spawn(Arc::clone(&self).chores());
-        let work = Arc::clone(&self).work_loop();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut work = tokio::spawn(Arc::clone(&self).work_loop(stop_rx));
         tokio::select! {
-            _ = shutdown => info!(consumer = %self.config.consumer, "engine shutting down"),
-            _ = work => {}
+            _ = shutdown => {
+                info!(consumer = %self.config.consumer, "engine shutting down: finishing the batch in hand");
+                let _ = stop_tx.send(true);
+                let drain = self.config.drain_timeout + self.config.claim_wait;
+                if tokio::time::timeout(drain, &mut work).await.is_err() {
+                    warn!(consumer = %self.config.consumer, "batch not finished in time; its work will be reclaimed");
+                    work.abort();
+                }
+            }
+            _ = &mut work => {}
         }
         observer.abort();
         chores.abort();
         Ok(())
     }
 
-    async fn work_loop(self: Arc<Self>) {
+    async fn work_loop(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
         if self.config.reconcile_on_start {
             self.reconcile_running().await;
         }
         let mut backoff = Backoff::default();
         loop {
+            if *stop.borrow() {
+                return;
+            }
             let now = self.clock.now_ms();
             let claimed = match self
                 .store
@@ -257,6 +316,7 @@ impl Engine {
                     c
                 }
                 Err(e) => {
+                    self.listener.store_error("claim", &e);
                     warn!(error = %e, "claiming work failed; retrying");
                     backoff.wait().await;
                     continue;
@@ -285,6 +345,7 @@ impl Engine {
         }
         let runs = groups.into_iter().map(|(id, items)| async move {
             if let Err(e) = self.process_run(&id, items).await {
+                self.listener.store_error("commit", &e);
                 warn!(run = %id, error = %e, "run not advanced; its work will be retried");
             }
         });
@@ -400,11 +461,13 @@ impl Engine {
                         info!(run = %id, state = next.state.as_str(), "run finished");
                         self.forget_plan(id);
                     }
+                    self.listener.committed(&record, &next);
                     record = next;
                     let _ = self.updates.send(Arc::new(record.clone()));
                 }
                 Err(e) if e.kind() == ErrorKind::Conflict && conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
+                    self.listener.conflict();
                     debug!(run = %id, conflicts, "commit conflict; reloading");
                     record = self.store.load_run(id).await?;
                     record.outbox.retain(|c| !executed.contains(c));
@@ -435,6 +498,7 @@ impl Engine {
                     }
                     Ok(None) => executed.push(command),
                     Err(e) => {
+                        self.listener.backend_error(command_op(&command), &e);
                         warn!(run = %id, error = %e, ?command, "backend unavailable; will retry");
                         remaining.push(command);
                     }
@@ -536,6 +600,7 @@ impl Engine {
                     })),
                     Err(e) if e.is_retryable() => Err(e),
                     Err(e) => {
+                        self.listener.backend_error("launch", &e);
                         warn!(run = %id, task = plan.task(task).name(), attempt, error = %e, "launch failed");
                         Ok(Some(Executed {
                             event: Event::TaskFinished {
@@ -560,6 +625,7 @@ impl Engine {
                     Ok(()) => Ok(None),
                     Err(e) if e.is_retryable() => Err(e),
                     Err(e) => {
+                        self.listener.backend_error("cancel", &e);
                         warn!(%key, error = %e, "cancel failed; giving up on it");
                         Ok(None)
                     }
@@ -579,6 +645,7 @@ impl Engine {
             let items: Vec<WorkItem> = chunk.into_iter().map(observed).collect();
             let mut backoff = Backoff::default();
             while let Err(e) = self.store.enqueue(items.clone()).await {
+                self.listener.store_error("enqueue", &e);
                 warn!(error = %e, "cannot record observations; retrying");
                 backoff.wait().await;
             }
@@ -689,6 +756,13 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+fn command_op(c: &Command) -> &'static str {
+    match c {
+        Command::Cancel { .. } => "cancel",
+        _ => "launch",
     }
 }
 

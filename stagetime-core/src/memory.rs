@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::store::{
-    ClaimToken, Claimed, Commit, Created, DEFAULT_RECLAIM_AFTER, DEFAULT_RETENTION, RunFilter,
-    RunId, RunPage, RunRecord, Store, WorkItem,
+    ClaimToken, Claimed, Commit, Created, DEFAULT_RECLAIM_AFTER, DEFAULT_RETENTION, QueueStats,
+    RUN_STATES, RunFilter, RunId, RunPage, RunRecord, Store, StoreStats, WorkItem,
 };
 
 /// Default page size of [`Store::list_runs`].
@@ -319,6 +319,34 @@ impl Store for MemoryStore {
         inner.delayed.retain(|_, item| !gone.contains(&item.run));
         inner.pending.retain(|_, p| !gone.contains(&p.item.run));
         Ok(expired.len() as u64)
+    }
+
+    /// Counts in memory (one pass over the runs). Delayed items already due
+    /// count as ready. The oldest age is that of the longest-held claim
+    /// (this store keeps no enqueue times); `None` when nothing is claimed.
+    async fn stats(&self, now_ms: u64) -> Result<Option<StoreStats>> {
+        let inner = self.lock();
+        let due = inner.delayed.range(..=(now_ms, u64::MAX)).count() as u64;
+        let queue = QueueStats {
+            ready: inner.ready.len() as u64 + due,
+            in_flight: inner.pending.len() as u64,
+            delayed: inner.delayed.len() as u64 - due,
+            oldest_age_ms: inner
+                .pending
+                .values()
+                .map(|p| now_ms.saturating_sub(p.claimed_at_ms))
+                .max(),
+        };
+        let mut counts = [0u64; RUN_STATES.len()];
+        for r in inner.runs.values() {
+            if let Some(i) = RUN_STATES.iter().position(|s| *s == r.state) {
+                counts[i] += 1;
+            }
+        }
+        Ok(Some(StoreStats {
+            queue,
+            runs_by_state: RUN_STATES.into_iter().zip(counts).collect(),
+        }))
     }
 }
 

@@ -460,7 +460,54 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`Error::Unavailable`].
     async fn purge_expired(&self, now_ms: u64) -> Result<u64>;
+
+    /// Queue figures and run counts by state at `now_ms`, for metrics.
+    ///
+    /// The default answers `Ok(None)`: a store that keeps no such figures
+    /// cheaply need not provide them (metrics then omit them). Stores that
+    /// answer must do so without scanning the keyspace.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    async fn stats(&self, now_ms: u64) -> Result<Option<StoreStats>> {
+        let _ = now_ms;
+        Ok(None)
+    }
 }
+
+/// Figures about the work queue, for metrics and operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Items due now and not yet handed out to any consumer.
+    pub ready: u64,
+    /// Items handed out and not yet acknowledged (in flight, or held by a
+    /// dead consumer until reclaimed).
+    pub in_flight: u64,
+    /// Items waiting for their due time (timers, retry backoffs); may be
+    /// approximate (see the implementation).
+    pub delayed: u64,
+    /// Age of the oldest item that is ready or in flight, when the store
+    /// can tell (`None`: unknown or nothing queued).
+    pub oldest_age_ms: Option<u64>,
+}
+
+/// What [`Store::stats`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// The work queue.
+    pub queue: QueueStats,
+    /// How many stored runs are in each state (every state listed, zeros included).
+    pub runs_by_state: Vec<(RunState, u64)>,
+}
+
+/// Every run state, in lifecycle order.
+pub const RUN_STATES: [RunState; 5] = [
+    RunState::Queued,
+    RunState::Running,
+    RunState::Succeeded,
+    RunState::Failed,
+    RunState::Cancelled,
+];
 
 /// A store that is shared behind an `Arc`.
 pub type SharedStore = std::sync::Arc<dyn Store>;

@@ -36,6 +36,7 @@ fn config() -> EngineConfig {
         purge_every: None,
         housekeeping: None,
         reconcile_on_start: false,
+        ..EngineConfig::default()
     }
 }
 

@@ -255,6 +255,7 @@ async fn run(args: Args) -> Result<()> {
             purge_every: None,
             housekeeping: None,
             reconcile_on_start: false,
+            ..EngineConfig::default()
         }),
     );
     let mut info_con = redis::Client::open(url.as_str())

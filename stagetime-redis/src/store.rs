@@ -11,8 +11,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client, Value};
 use serde::Deserialize;
 use stagetime_core::store::{
-    ClaimToken, Claimed, Commit, Created, RECORD_FORMAT, RunFilter, RunId, RunPage, RunRecord,
-    RunSummary, Store, WorkItem,
+    ClaimToken, Claimed, Commit, Created, QueueStats, RECORD_FORMAT, RunFilter, RunId, RunPage,
+    RunRecord, RunSummary, Store, StoreStats, WorkItem,
 };
 use stagetime_core::{Error, FieldErrors, Result};
 use tracing::{debug, warn};
@@ -975,4 +975,123 @@ impl Store for RedisStore {
             }
         }
     }
+
+    /// Figures from the consumer group (`XINFO GROUPS` lag, `XPENDING`
+    /// summary), the timers zset and the state indexes — a few O(1)/O(log n)
+    /// commands, no scan. `delayed` is the timers zset less the in-flight
+    /// entries (each has a claim deadline there), so it is approximate while
+    /// claims are taken over. The oldest age is that of the oldest entry
+    /// not yet delivered or not yet acknowledged (stream ids carry Redis's
+    /// clock).
+    async fn stats(&self, now_ms: u64) -> Result<Option<StoreStats>> {
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XPENDING")
+            .arg(self.keys.stream())
+            .arg(&self.config.group)
+            .cmd("ZCARD")
+            .arg(self.keys.timers());
+        for state in STATES {
+            pipe.cmd("ZCARD").arg(self.keys.idx_state(state));
+        }
+        let replies: Vec<Value> = match pipe.query_async(&mut con).await {
+            Ok(v) => v,
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                self.ensure_group().await?;
+                return Ok(Some(StoreStats {
+                    queue: QueueStats::default(),
+                    runs_by_state: STATES.iter().map(|s| (*s, 0)).collect(),
+                }));
+            }
+            Err(e) => return Err(classify(e, "store stats")),
+        };
+        let (pending, oldest_pending) = match replies.first() {
+            Some(Value::Array(v)) => (
+                v.first().and_then(as_u64).unwrap_or(0),
+                v.get(1).and_then(stream_id_ms),
+            ),
+            _ => (0, None),
+        };
+        let timers = replies.get(1).and_then(as_u64).unwrap_or(0);
+        let runs_by_state = STATES
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (*s, replies.get(2 + i).and_then(as_u64).unwrap_or(0)))
+            .collect();
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(self.keys.stream())
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "store stats"))?;
+        let group = match &groups {
+            Value::Array(gs) => gs.iter().find(|g| {
+                field(g, "name").and_then(as_string).as_deref() == Some(&self.config.group)
+            }),
+            _ => None,
+        };
+        let lag = group
+            .and_then(|g| field(g, "lag"))
+            .and_then(as_u64)
+            .unwrap_or(0);
+        let last_delivered = group
+            .and_then(|g| field(g, "last-delivered-id"))
+            .and_then(as_string);
+        let mut oldest = oldest_pending;
+        if lag > 0 {
+            let start = match &last_delivered {
+                Some(id) if id != "0-0" => format!("({id}"),
+                _ => "-".to_string(),
+            };
+            let first: Value = redis::cmd("XRANGE")
+                .arg(self.keys.stream())
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut con)
+                .await
+                .map_err(|e| classify(e, "store stats"))?;
+            let first_ms = match &first {
+                Value::Array(v) => v.first().and_then(|e| match e {
+                    Value::Array(e) => e.first().and_then(stream_id_ms),
+                    _ => None,
+                }),
+                _ => None,
+            };
+            oldest = match (oldest, first_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(Some(StoreStats {
+            queue: QueueStats {
+                ready: lag,
+                in_flight: pending,
+                delayed: timers.saturating_sub(pending),
+                oldest_age_ms: oldest.map(|ms| now_ms.saturating_sub(ms)),
+            },
+            runs_by_state,
+        }))
+    }
+}
+
+/// A field of a reply that is a flat key/value array (RESP2) or a map (RESP3).
+fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    match v {
+        Value::Array(kv) => kv
+            .chunks(2)
+            .find(|c| as_string(&c[0]).as_deref() == Some(name))
+            .and_then(|c| c.get(1)),
+        Value::Map(kv) => kv
+            .iter()
+            .find(|(k, _)| as_string(k).as_deref() == Some(name))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// The milliseconds part of a stream entry id (`<ms>-<seq>`).
+fn stream_id_ms(v: &Value) -> Option<u64> {
+    as_string(v)?.split_once('-')?.0.parse().ok()
 }

@@ -40,6 +40,7 @@ fn engine_config(consumer: &str) -> EngineConfig {
         purge_every: None,
         housekeeping: None,
         reconcile_on_start: false,
+        ..EngineConfig::default()
     }
 }
 

@@ -463,6 +463,62 @@ pub async fn purge_removes_only_expired_finished_runs(t: StoreUnderTest) {
     );
 }
 
+/// Stats, when a store provides them, count queued work and runs by state.
+pub async fn stats_count_work_and_states(t: StoreUnderTest) {
+    let s = &*t.store;
+    let at = now();
+    let rec = new_record("stats", "stats-repo", "c", at);
+    s.create_run(
+        rec.clone(),
+        vec![WorkItem::event(rec.id.clone(), Event::Start)],
+    )
+    .await
+    .unwrap();
+    let Some(stats) = s.stats(at).await.unwrap() else {
+        return;
+    };
+    assert_eq!(stats.runs_by_state.len(), 5, "every state is listed");
+    let count = |st: &crate::store::StoreStats, state: RunState| {
+        st.runs_by_state
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    assert!(count(&stats, RunState::Queued) >= 1, "{stats:?}");
+    assert!(
+        stats.queue.ready + stats.queue.in_flight >= 1,
+        "the start item is queued: {stats:?}"
+    );
+    let mut running = rec.clone();
+    running.version = 2;
+    running.state = RunState::Running;
+    s.commit(Commit {
+        record: running,
+        expected_version: 1,
+        enqueue: vec![],
+        ack: vec![],
+    })
+    .await
+    .unwrap();
+    let stats = s
+        .stats(now())
+        .await
+        .unwrap()
+        .expect("stats once, stats always");
+    assert!(count(&stats, RunState::Running) >= 1, "{stats:?}");
+    let mine = claim_for(s, &rec.id, now(), Duration::from_secs(5)).await;
+    assert!(!mine.is_empty(), "the start item is claimable");
+    let stats = s.stats(now()).await.unwrap().expect("stats");
+    assert!(
+        stats.queue.in_flight >= 1,
+        "a claimed item is in flight: {stats:?}"
+    );
+    assert!(stats.queue.oldest_age_ms.is_some(), "{stats:?}");
+    let tokens: Vec<_> = mine.iter().map(|c| c.token.clone()).collect();
+    s.ack(&tokens).await.unwrap();
+}
+
 /// Expands to one `#[tokio::test]` per store conformance case. The argument
 /// is an expression (usually an `async` block) yielding
 /// `Option<StoreUnderTest>`; `None` skips.
@@ -473,7 +529,8 @@ macro_rules! store_conformance_tests {
             create_is_idempotent, load_unknown_is_not_found, commit_is_compare_and_set,
             concurrent_commits_one_wins, commit_enqueues_and_acks, unacknowledged_work_is_reclaimed,
             delayed_work_waits_until_due, waiting_claim_wakes_on_enqueue, list_filters_and_pages,
-            list_follows_state_changes, purge_removes_only_expired_finished_runs);
+            list_follows_state_changes, purge_removes_only_expired_finished_runs,
+            stats_count_work_and_states);
     };
     (@cases $make:expr; $($case:ident),*) => {
         mod store_conformance {
