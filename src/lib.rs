@@ -9,7 +9,8 @@
 //! - [`core`]: model, validation, scheduler, traits, engine, embedded defaults;
 //! - `kube` (feature `kube`): the Tekton backend and operator logic;
 //! - `redis` (feature `redis`): the Redis-backed shared store;
-//! - `telemetry` (feature `telemetry`): logging, metrics and probe endpoint of the binaries.
+//! - `telemetry` (feature `telemetry`): logging, metrics and probe endpoint of the binaries;
+//! - `grpc` (feature `grpc`): the gRPC server (legacy and `stagetime.v1` services) and client.
 
 pub use stagetime_core as core;
 pub use stagetime_core::*;
@@ -20,3 +21,5 @@ pub use stagetime_kube as kube;
 pub use stagetime_redis as redis;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+#[cfg(feature = "grpc")]
+pub mod grpc;

@@ -1,0 +1,199 @@
+//! `worker`: drives revision runs from the shared Redis store with the
+//! Tekton (or local) backend, with periodic housekeeping and a Prometheus
+//! `/metrics` endpoint. Wiring only: the engine is `stagetime::engine`.
+//! See docs/operations.md.
+//!
+//! Prints `metrics listening on ADDR` and `worker CONSUMER started` on
+//! stdout once running. SIGTERM/SIGINT: stop claiming, finish the batch in
+//! hand, exit 0; work still unacknowledged then (only if the drain timed
+//! out) is reclaimed by another worker after `--reclaim-after`.
+//! Exit status: 2 for bad settings, 3 when Redis, the cluster or the ports
+//! are unavailable at start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use prometheus_client::registry::Registry;
+use stagetime::backend::Backend;
+use stagetime::engine::{Engine, EngineConfig};
+use stagetime::grpc::metrics::Metrics;
+use stagetime::kube::{TektonBackend, TektonConfig};
+use stagetime::local::LocalBackend;
+use stagetime::redis::{RedisConfig, RedisStore};
+use stagetime::store::Store;
+use stagetime::telemetry::{Health, LogFormat, init_logging, serve_http, shutdown_signal};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendKind {
+    Local,
+    Tekton,
+}
+
+#[derive(Parser)]
+#[command(name = "worker", version, about = "stagetime worker")]
+struct Args {
+    /// Redis URL (redis:// or rediss://).
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: String,
+    /// Key prefix in Redis (must match the server's).
+    #[arg(long, env = "STAGETIME_REDIS_PREFIX", default_value = "stagetime")]
+    redis_prefix: String,
+    /// Where tasks run.
+    #[arg(long, env = "STAGETIME_BACKEND", value_enum, default_value = "tekton")]
+    backend: BackendKind,
+    /// Namespace of the PipelineRuns (Tekton backend).
+    #[arg(long, env = "STAGETIME_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Working directories and logs of the local backend.
+    #[arg(long, env = "STAGETIME_WORKDIR", default_value = ".stagetime")]
+    workdir: PathBuf,
+    /// Work items claimed per batch. A batch's items are applied
+    /// concurrently, grouped by run, so at most this many runs advance (and
+    /// launch their ready tasks) at once in this worker; the next batch is
+    /// claimed when the batch is done. Scale out with more workers.
+    #[arg(long, env = "STAGETIME_CONCURRENCY", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+    /// How often to delete finished PipelineRuns / local attempt
+    /// directories past --housekeeping-ttl beyond the newest
+    /// --housekeeping-keep-last per repository (0s: never).
+    #[arg(long, env = "STAGETIME_HOUSEKEEPING_INTERVAL", default_value = "1h", value_parser = duration)]
+    housekeeping_interval: Duration,
+    /// Age after which finished work may be deleted by housekeeping.
+    #[arg(long, env = "STAGETIME_HOUSEKEEPING_TTL", default_value = "7d", value_parser = duration)]
+    housekeeping_ttl: Duration,
+    /// Finished runs per repository housekeeping always keeps.
+    #[arg(long, env = "STAGETIME_HOUSEKEEPING_KEEP_LAST", default_value_t = 5)]
+    housekeeping_keep_last: usize,
+    /// A claimed item not acknowledged within this time (a dead worker) is
+    /// handed to another worker.
+    #[arg(long, env = "STAGETIME_RECLAIM_AFTER", default_value = "30s", value_parser = duration)]
+    reclaim_after: Duration,
+    /// At shutdown, how long the batch in hand may take to finish.
+    #[arg(long, env = "STAGETIME_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    drain_timeout: Duration,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "STAGETIME_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: String,
+    /// Log format: text or json.
+    #[arg(long, env = "STAGETIME_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            error!("{message}");
+            eprintln!("error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), (u8, String)> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let invalid = |e: stagetime::Error| {
+        let code = if e.kind() == stagetime::ErrorKind::Invalid {
+            2
+        } else {
+            3
+        };
+        (code, e.to_string())
+    };
+
+    let config = RedisConfig::new(args.redis_url.clone())
+        .with_prefix(args.redis_prefix.clone())
+        .with_reclaim_after(args.reclaim_after);
+    let store: Arc<dyn Store> = tokio::select! {
+        s = RedisStore::connect(config) => Arc::new(s.map_err(invalid)?),
+        _ = stopped() => return Ok(()),
+    };
+    let backend: Arc<dyn Backend> = match args.backend {
+        BackendKind::Local => Arc::new(LocalBackend::new(args.workdir.join("runs"))),
+        BackendKind::Tekton => Arc::new(
+            TektonBackend::try_default(TektonConfig::new(args.namespace.clone()))
+                .await
+                .map_err(invalid)?,
+        ),
+    };
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let health = Health::default();
+    let listener = tokio::net::TcpListener::bind(&args.metrics_listen)
+        .await
+        .map_err(|e| (3, format!("cannot listen on {}: {e}", args.metrics_listen)))?;
+    let metrics_addr = listener.local_addr().map_err(|e| (3, e.to_string()))?;
+    let http = tokio::spawn(serve_http(
+        listener,
+        Arc::new(registry),
+        health.clone(),
+        stopped(),
+    ));
+    tokio::spawn(metrics.clone().refresh_store_every(
+        Arc::clone(&store),
+        Duration::from_secs(5),
+        stopped(),
+    ));
+
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let consumer = format!("worker-{host}-{}", std::process::id());
+    let housekeeping = (!args.housekeeping_interval.is_zero()).then_some((
+        args.housekeeping_ttl,
+        args.housekeeping_keep_last,
+        args.housekeeping_interval,
+    ));
+    let engine = Arc::new(
+        Engine::new(store, backend)
+            .with_config(EngineConfig {
+                consumer: consumer.clone(),
+                batch: args.concurrency as usize,
+                housekeeping,
+                drain_timeout: args.drain_timeout,
+                ..EngineConfig::default()
+            })
+            .with_listener(Arc::new(metrics)),
+    );
+    println!("metrics listening on {metrics_addr}");
+    println!("worker {consumer} started");
+    info!(%consumer, %metrics_addr, concurrency = args.concurrency, "worker started");
+    health.set_ready(true);
+    let result = engine.run(stopped()).await;
+    health.set_ready(false);
+    let _ = http.await;
+    result.map_err(invalid)?;
+    info!(%consumer, "worker stopped");
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Building and running the gRPC server.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stagetime_core::Error;
+use stagetime_core::store::Store;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tracing::info;
+
+use super::auth::AuthToken;
+use super::metrics::Metrics;
+use super::service::{LegacyService, RunsService, StatusService};
+use super::{FILE_DESCRIPTOR_SET, legacy, v1};
+
+/// Bounds on what a client may send or hold open.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest encoded request or response message (default 4 MiB); the
+    /// transport refuses bigger ones with `RESOURCE_EXHAUSTED`.
+    pub max_message_bytes: usize,
+    /// Largest `SubmitRequest.document` (default 1 MiB).
+    pub max_document_bytes: usize,
+    /// Most tasks (with finally tasks) or legacy entries per run (default 5,000).
+    pub max_tasks: usize,
+    /// Most `Watch` streams open at once (default 1,024).
+    pub max_watches: usize,
+    /// How often an open `Watch` reads the run from the store (default 250 ms).
+    pub watch_poll: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 4 << 20,
+            max_document_bytes: 1 << 20,
+            max_tasks: 5_000,
+            max_watches: 1_024,
+            watch_poll: Duration::from_millis(250),
+        }
+    }
+}
+
+/// PEM files of the server's certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Server settings.
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    /// Input bounds.
+    pub limits: Limits,
+    /// When set, every API call needs `authorization: Bearer <token>`;
+    /// health and reflection stay open.
+    pub auth: Option<AuthToken>,
+    /// When set, serve TLS (rustls) with these files; otherwise plaintext.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops
+/// accepting, lets calls in progress finish and returns.
+///
+/// Services: `stagetime.v1.Runs`, `revisionrun.StageTimeApplicationService`,
+/// `revisionrun.Statuses` (behind the token when one is configured),
+/// `grpc.health.v1.Health` and server reflection (v1 and v1alpha; open).
+///
+/// # Errors
+/// [`Error::Invalid`] naming `tls` when the certificate or key cannot be
+/// read or used; [`Error::Unavailable`] when serving fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    metrics: Option<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let limits = config.limits.clone();
+    let max = limits.max_message_bytes;
+    let runs = v1::runs_server::RunsServer::new(RunsService::new(
+        Arc::clone(&store),
+        limits.clone(),
+        metrics.clone(),
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let create =
+        legacy::stage_time_application_service_server::StageTimeApplicationServiceServer::new(
+            LegacyService::new(Arc::clone(&store), limits.clone(), metrics.clone()),
+        )
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let statuses = legacy::statuses_server::StatusesServer::new(StatusService::new(
+        Arc::clone(&store),
+        limits.clone(),
+        metrics.clone(),
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in [
+        "stagetime.v1.Runs",
+        "revisionrun.StageTimeApplicationService",
+        "revisionrun.Statuses",
+    ] {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::unavailable("grpc reflection", e))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::unavailable("grpc reflection", e))?;
+
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Some(1024));
+    if let Some(tls) = &config.tls {
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            let mut errors = stagetime_core::FieldErrors::default();
+            errors.push("tls", format!("{what}: {e}"));
+            Error::Invalid(errors)
+        };
+        let cert = std::fs::read(&tls.cert)
+            .map_err(|e| bad(&format!("cannot read {}", tls.cert.display()), &e))?;
+        let key = std::fs::read(&tls.key)
+            .map_err(|e| bad(&format!("cannot read {}", tls.key.display()), &e))?;
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .map_err(|e| bad("certificate or key unusable", &e))?;
+    }
+    let auth = config.auth.clone();
+    let check = move |req: tonic::Request<()>| match &auth {
+        Some(token) => token.check(req),
+        None => Ok(req),
+    };
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(InterceptedService::new(runs, check.clone()))
+        .add_service(InterceptedService::new(create, check.clone()))
+        .add_service(InterceptedService::new(statuses, check));
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::unavailable("grpc server", e))?;
+    info!(
+        %addr,
+        tls = config.tls.is_some(),
+        auth = config.auth.is_some(),
+        "gRPC server serving"
+    );
+    let health_on_stop = health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        info!("gRPC server shutting down: refusing new calls, finishing those in progress");
+        health_on_stop
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    };
+    router
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+        .map_err(|e| Error::unavailable("grpc server", e))
+}

@@ -1,0 +1,657 @@
+//! The service implementations: `stagetime.v1.Runs` and the legacy
+//! `revisionrun` services, over [`RunControl`] and a [`Store`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use stagetime_core::control::RunControl;
+use stagetime_core::legacy::{LegacyPipelinerun, LegacyRevisionRun};
+use stagetime_core::spec::{RevisionRunSpec, parse_document};
+use stagetime_core::store::{RunFilter, RunId, RunRecord, Store};
+use stagetime_core::{Error, ErrorKind, FieldErrors};
+use tokio::sync::Semaphore;
+use tonic::{Code, Request, Response, Status};
+use tracing::{info, warn};
+
+use super::convert::{invalid, run_state_from_proto, run_to_proto, status_of, summary_to_proto};
+use super::metrics::Metrics;
+use super::server::Limits;
+use super::{legacy, v1};
+
+/// What every service shares.
+#[derive(Clone)]
+struct Api {
+    control: RunControl,
+    store: Arc<dyn Store>,
+    limits: Limits,
+    metrics: Option<Metrics>,
+}
+
+impl Api {
+    fn count<T>(&self, method: &'static str, r: &Result<T, Status>) {
+        if let Some(m) = &self.metrics {
+            m.grpc_request(
+                method,
+                match r {
+                    Ok(_) => Code::Ok,
+                    Err(s) => s.code(),
+                },
+            );
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn run_id(&self, field: &str, id: &str) -> Result<RunId, Status> {
+        if id.is_empty() {
+            return Err(invalid(field, "required"));
+        }
+        RunId::new(id).map_err(|_| {
+            invalid(
+                field,
+                format!(
+                    "{:?} is not a valid run id (1-63 of a-z, 0-9, '-', '.')",
+                    truncate(id, 80)
+                ),
+            )
+        })
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn check_tasks(&self, field: &str, n: usize) -> Result<(), Status> {
+        if n > self.limits.max_tasks {
+            return Err(invalid(
+                field,
+                format!(
+                    "{n} tasks exceed the limit of {} per run",
+                    self.limits.max_tasks
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn submit_spec(&self, spec: RevisionRunSpec) -> Result<(RunId, bool), Error> {
+        let submitted = self.control.submit(spec, None).await?;
+        Ok((submitted.id, submitted.created))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// `stagetime.v1.Runs`: submit, get, list, watch, cancel, rerun.
+#[derive(Clone)]
+pub struct RunsService {
+    api: Api,
+    watch_poll: Duration,
+    watches: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for RunsService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunsService").finish_non_exhaustive()
+    }
+}
+
+impl RunsService {
+    /// The service over `store`; `metrics` counts requests when given.
+    pub fn new(store: Arc<dyn Store>, limits: Limits, metrics: Option<Metrics>) -> Self {
+        RunsService {
+            watches: Arc::new(Semaphore::new(limits.max_watches)),
+            watch_poll: limits.watch_poll,
+            api: Api {
+                control: RunControl::new(Arc::clone(&store)),
+                store,
+                limits,
+                metrics,
+            },
+        }
+    }
+
+    async fn do_submit(&self, req: v1::SubmitRequest) -> Result<v1::SubmitResponse, Status> {
+        let doc = req.document;
+        if doc.trim().is_empty() {
+            return Err(invalid(
+                "document",
+                "required: the revision-run document as YAML or JSON text",
+            ));
+        }
+        if doc.len() > self.api.limits.max_document_bytes {
+            return Err(invalid(
+                "document",
+                format!(
+                    "{} bytes exceed the limit of {} bytes",
+                    doc.len(),
+                    self.api.limits.max_document_bytes
+                ),
+            ));
+        }
+        let (spec, _) = parse_document("document", &doc).map_err(|e| status_of(&e))?;
+        self.api
+            .check_tasks("tasks", spec.tasks.len() + spec.finally.len())?;
+        let (id, created) = self
+            .api
+            .submit_spec(spec)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(v1::SubmitResponse {
+            id: id.to_string(),
+            created,
+        })
+    }
+
+    async fn do_get(&self, req: v1::GetRequest) -> Result<v1::Run, Status> {
+        let id = self.api.run_id("id", &req.id)?;
+        let record = self.api.control.get(&id).await.map_err(|e| status_of(&e))?;
+        run_to_proto(&record).map_err(|e| status_of(&e))
+    }
+
+    async fn do_list(&self, req: v1::ListRequest) -> Result<v1::ListResponse, Status> {
+        const MAX_FILTER: usize = 256;
+        const MAX_PAGE: u32 = 1000;
+        let mut filter = RunFilter::default();
+        for (field, value, slot) in [
+            ("repo", req.repo, &mut filter.repo),
+            ("commit", req.commit, &mut filter.commit),
+        ] {
+            if value.len() > MAX_FILTER {
+                return Err(invalid(field, format!("longer than {MAX_FILTER} bytes")));
+            }
+            if !value.is_empty() {
+                *slot = Some(value);
+            }
+        }
+        if req.states.len() > 5 {
+            return Err(invalid("states", "at most 5 states"));
+        }
+        for (i, s) in req.states.iter().enumerate() {
+            let state = v1::RunState::try_from(*s)
+                .ok()
+                .and_then(run_state_from_proto)
+                .ok_or_else(|| {
+                    invalid(&format!("states[{i}]"), format!("{s} is not a run state"))
+                })?;
+            filter.states.push(state);
+        }
+        if req.page_size > MAX_PAGE {
+            return Err(invalid(
+                "page_size",
+                format!("{} exceeds the maximum of {MAX_PAGE}", req.page_size),
+            ));
+        }
+        filter.limit = if req.page_size == 0 {
+            50
+        } else {
+            req.page_size as usize
+        };
+        if req.page_token.len() > MAX_FILTER {
+            return Err(invalid("page_token", "not a token returned by List"));
+        }
+        if !req.page_token.is_empty() {
+            filter.after = Some(req.page_token);
+        }
+        let page = self
+            .api
+            .store
+            .list_runs(&filter)
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::Invalid => invalid("page_token", "not a token returned by List"),
+                _ => status_of(&e),
+            })?;
+        Ok(v1::ListResponse {
+            runs: page.runs.iter().map(summary_to_proto).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        })
+    }
+
+    async fn do_cancel(&self, req: v1::CancelRequest) -> Result<v1::CancelResponse, Status> {
+        let id = self.api.run_id("id", &req.id)?;
+        self.api
+            .control
+            .cancel(&id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        info!(run = %id, "cancel requested");
+        Ok(v1::CancelResponse {})
+    }
+
+    async fn do_rerun(&self, req: v1::RerunRequest) -> Result<v1::RerunResponse, Status> {
+        let id = self.api.run_id("id", &req.id)?;
+        let record = self.api.control.get(&id).await.map_err(|e| status_of(&e))?;
+        if !record.state.is_finished() {
+            return Err(Status::failed_precondition(format!(
+                "id: run {id} is {}; only a finished run can be rerun",
+                record.state.as_str()
+            )));
+        }
+        self.api
+            .control
+            .rerun(&id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        info!(run = %id, "rerun requested");
+        Ok(v1::RerunResponse {})
+    }
+
+    async fn do_watch(&self, req: v1::WatchRequest) -> Result<WatchStream, Status> {
+        let id = self.api.run_id("id", &req.id)?;
+        let permit = Arc::clone(&self.watches).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted("too many watches open on this server; retry later")
+        })?;
+        let first = self.api.control.get(&id).await.map_err(|e| status_of(&e))?;
+        let state = WatchState {
+            store: Arc::clone(&self.api.store),
+            id,
+            poll: self.watch_poll,
+            next: Some(first),
+            last_version: 0,
+            done: false,
+            _permit: permit,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, watch_step)))
+    }
+}
+
+/// The stream of [`RunsService`]'s `Watch`.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::Run, Status>> + Send + 'static>>;
+
+struct WatchState {
+    store: Arc<dyn Store>,
+    id: RunId,
+    poll: Duration,
+    next: Option<RunRecord>,
+    last_version: u64,
+    done: bool,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// One item of a watch: the next record whose version changed, polled from
+/// the store (the server runs no engine; any worker may change the run).
+/// The stream ends after a finished run was sent, or on the first error;
+/// when the client goes away, tonic drops the stream and polling stops.
+async fn watch_step(mut s: WatchState) -> Option<(Result<v1::Run, Status>, WatchState)> {
+    if s.done {
+        return None;
+    }
+    let mut unavailable = 0u32;
+    loop {
+        let record = match s.next.take() {
+            Some(r) => r,
+            None => {
+                tokio::time::sleep(s.poll).await;
+                match s.store.load_run(&s.id).await {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == ErrorKind::Unavailable && unavailable < 20 => {
+                        unavailable += 1;
+                        warn!(run = %s.id, error = %e, "watch: store unavailable; retrying");
+                        continue;
+                    }
+                    Err(e) => {
+                        s.done = true;
+                        return Some((Err(status_of(&e)), s));
+                    }
+                }
+            }
+        };
+        unavailable = 0;
+        if record.version == s.last_version {
+            continue;
+        }
+        s.last_version = record.version;
+        s.done = record.state.is_finished();
+        let item = run_to_proto(&record).map_err(|e| status_of(&e));
+        if item.is_err() {
+            s.done = true;
+        }
+        return Some((item, s));
+    }
+}
+
+#[tonic::async_trait]
+impl v1::runs_server::Runs for RunsService {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let r = self.do_submit(request.into_inner()).await;
+        self.api.count("Submit", &r);
+        r.map(Response::new)
+    }
+
+    async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::Run>, Status> {
+        let r = self.do_get(request.into_inner()).await;
+        self.api.count("Get", &r);
+        r.map(Response::new)
+    }
+
+    async fn list(
+        &self,
+        request: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::ListResponse>, Status> {
+        let r = self.do_list(request.into_inner()).await;
+        self.api.count("List", &r);
+        r.map(Response::new)
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = self.do_watch(request.into_inner()).await;
+        self.api.count("Watch", &r);
+        r.map(Response::new)
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<v1::CancelRequest>,
+    ) -> Result<Response<v1::CancelResponse>, Status> {
+        let r = self.do_cancel(request.into_inner()).await;
+        self.api.count("Cancel", &r);
+        r.map(Response::new)
+    }
+
+    async fn rerun(
+        &self,
+        request: Request<v1::RerunRequest>,
+    ) -> Result<Response<v1::RerunResponse>, Status> {
+        let r = self.do_rerun(request.into_inner()).await;
+        self.api.count("Rerun", &r);
+        r.map(Response::new)
+    }
+}
+
+/// The earlier system's `StageTimeApplicationService`.
+#[derive(Clone)]
+pub struct LegacyService {
+    api: Api,
+}
+
+impl std::fmt::Debug for LegacyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegacyService").finish_non_exhaustive()
+    }
+}
+
+impl LegacyService {
+    /// The service over `store`; `metrics` counts requests when given.
+    pub fn new(store: Arc<dyn Store>, limits: Limits, metrics: Option<Metrics>) -> Self {
+        LegacyService {
+            api: Api {
+                control: RunControl::new(Arc::clone(&store)),
+                store,
+                limits,
+                metrics,
+            },
+        }
+    }
+
+    /// Creates the run; `Ok(Err(errors))` is bad input (answered with
+    /// `Response.result = ERROR`), `Err` an infrastructure failure.
+    async fn create(
+        &self,
+        req: legacy::CreateRevisionRunRequest,
+    ) -> Result<Result<(RunId, bool), FieldErrors>, Status> {
+        let mut errors = FieldErrors::default();
+        if req.pipelineruns.len() > self.api.limits.max_tasks {
+            errors.push(
+                "pipelineruns",
+                format!(
+                    "{} entries exceed the limit of {} per run",
+                    req.pipelineruns.len(),
+                    self.api.limits.max_tasks
+                ),
+            );
+            return Ok(Err(errors));
+        }
+        for (i, pr) in req.pipelineruns.iter().enumerate() {
+            if !pr.stage.is_finite() {
+                errors.push(
+                    format!("pipelineruns[{i}].stage"),
+                    format!("{} is not a non-negative whole number", pr.stage),
+                );
+            }
+        }
+        if !errors.is_empty() {
+            return Ok(Err(errors));
+        }
+        let run = LegacyRevisionRun {
+            repo_name: req.repo_name,
+            pushed_at: req.pushed_at,
+            author: req.author,
+            repo_url: req.repo_url,
+            commit_id: req.commit_id,
+            pipelineruns: req
+                .pipelineruns
+                .into_iter()
+                .map(|p| LegacyPipelinerun {
+                    name: p.name,
+                    canfail: p.canfail,
+                    stage: p.stage.into(),
+                    params: p.params,
+                    resolver_params: p.resolver_params,
+                    listparams: p.listparams,
+                    workspaces: p.workspaces,
+                    volume_claim_templates: p.volume_claim_templates,
+                })
+                .collect(),
+        };
+        let result = match run.into_spec() {
+            Ok(spec) => self.api.submit_spec(spec).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(done) => Ok(Ok(done)),
+            Err(Error::Invalid(errors)) => Ok(Err(legacy_paths(errors))),
+            Err(e) if e.kind() == ErrorKind::Invalid => {
+                let mut errors = FieldErrors::default();
+                errors.push("request", e.to_string());
+                Ok(Err(errors))
+            }
+            Err(e) => Err(status_of(&e)),
+        }
+    }
+}
+
+/// Renames native field paths to the legacy request's (`tasks[0]` →
+/// `pipelineruns[0]`, `repo` → `repo_name`, `commit` → `commit_id`).
+fn legacy_paths(errors: FieldErrors) -> FieldErrors {
+    FieldErrors(
+        errors
+            .0
+            .into_iter()
+            .map(|mut e| {
+                e.path = if let Some(rest) = e.path.strip_prefix("tasks") {
+                    format!("pipelineruns{rest}")
+                } else if e.path == "repo" {
+                    "repo_name".into()
+                } else if e.path == "commit" {
+                    "commit_id".into()
+                } else {
+                    e.path
+                };
+                e
+            })
+            .collect(),
+    )
+}
+
+#[tonic::async_trait]
+impl legacy::stage_time_application_service_server::StageTimeApplicationService for LegacyService {
+    async fn create_revision_run(
+        &self,
+        request: Request<legacy::CreateRevisionRunRequest>,
+    ) -> Result<Response<legacy::Response>, Status> {
+        let r = self.create(request.into_inner()).await.map(|r| match r {
+            Ok((id, created)) => {
+                let what = if created {
+                    "created"
+                } else {
+                    "already existed"
+                };
+                legacy::Response {
+                    result: legacy::response::Result::Success as i32,
+                    success: Some(legacy::response::Success {
+                        data: format!("revision run {id} {what}").into_bytes(),
+                    }),
+                    error: None,
+                }
+            }
+            Err(errors) => {
+                let json: Vec<serde_json::Value> = errors
+                    .0
+                    .iter()
+                    .map(|e| serde_json::json!({"path": e.path, "message": e.message}))
+                    .collect();
+                legacy::Response {
+                    result: legacy::response::Result::Error as i32,
+                    success: None,
+                    error: Some(legacy::response::Error {
+                        message: format!("invalid revision run: {errors}").replace('\n', "; "),
+                        errors: serde_json::to_vec(&json).unwrap_or_default(),
+                    }),
+                }
+            }
+        });
+        self.api.count("CreateRevisionRun", &r);
+        r.map(Response::new)
+    }
+}
+
+/// The earlier system's `Statuses` service.
+#[derive(Clone)]
+pub struct StatusService {
+    api: Api,
+}
+
+impl std::fmt::Debug for StatusService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusService").finish_non_exhaustive()
+    }
+}
+
+impl StatusService {
+    /// The service over `store`; `metrics` counts requests when given.
+    pub fn new(store: Arc<dyn Store>, limits: Limits, metrics: Option<Metrics>) -> Self {
+        StatusService {
+            api: Api {
+                control: RunControl::new(Arc::clone(&store)),
+                store,
+                limits,
+                metrics,
+            },
+        }
+    }
+
+    /// A run by id, or else the newest run of a commit by that id.
+    async fn find(&self, key: &str) -> Result<RunRecord, Status> {
+        if key.is_empty() {
+            return Err(invalid(
+                "revision_run_id",
+                "required: a run id or a commit id",
+            ));
+        }
+        if key.len() > 256 {
+            return Err(invalid("revision_run_id", "longer than 256 bytes"));
+        }
+        if let Ok(id) = RunId::new(key) {
+            match self.api.store.load_run(&id).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(status_of(&e)),
+            }
+        }
+        let page = self
+            .api
+            .store
+            .list_runs(&RunFilter {
+                commit: Some(key.to_string()),
+                limit: 1,
+                ..RunFilter::default()
+            })
+            .await
+            .map_err(|e| status_of(&e))?;
+        match page.runs.first() {
+            Some(s) => self
+                .api
+                .store
+                .load_run(&s.id)
+                .await
+                .map_err(|e| status_of(&e)),
+            None => Err(Status::not_found(format!(
+                "revision_run_id: no run and no commit {:?}",
+                truncate(key, 80)
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl legacy::statuses_server::Statuses for StatusService {
+    async fn get_status(
+        &self,
+        request: Request<legacy::StatusGetRequest>,
+    ) -> Result<Response<legacy::StatusGetReply>, Status> {
+        let r = self
+            .find(&request.into_inner().revision_run_id)
+            .await
+            .map(|record| legacy::StatusGetReply {
+                status: Some(legacy::Status {
+                    id: record.id.to_string(),
+                    updated: rfc3339(record.updated_ms),
+                    status: record.state.as_str().to_uppercase(),
+                }),
+            });
+        self.api.count("GetStatus", &r);
+        r.map(Response::new)
+    }
+}
+
+/// `ms` since the epoch as RFC 3339 UTC with milliseconds.
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_705_153_236_123), "2024-01-13T13:40:36.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}
