@@ -46,6 +46,9 @@ pub struct RunMeta {
     pub author: Option<String>,
     /// Push time as written.
     pub pushed_at: Option<String>,
+    /// The run's `annotations` (free-form metadata for backends).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Everything a backend needs to launch one attempt.
@@ -83,6 +86,7 @@ impl LaunchRequest {
                 commit: s.commit.clone(),
                 author: s.author.clone(),
                 pushed_at: s.pushed_at.clone(),
+                annotations: s.annotations.clone(),
             },
             task: t.spec.clone(),
             stage: t.stage,

@@ -99,6 +99,7 @@ impl LegacyRevisionRun {
             commit: self.commit_id,
             author: opt(self.author),
             pushed_at: opt(self.pushed_at),
+            annotations: BTreeMap::new(),
             options: Default::default(),
             tasks,
             finally: Vec::new(),

@@ -47,6 +47,11 @@ pub struct RevisionRunSpec {
     /// When the commit was pushed (RFC 3339, kept as written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed_at: Option<String>,
+    /// Free-form key/value metadata about the run, handed to backends as is
+    /// (the Tekton backend copies it onto every PipelineRun as annotations;
+    /// the operator records its RevisionRun here as the PipelineRuns' owner).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// Run-wide options.
     #[serde(default, skip_serializing_if = "RunOptions::is_default")]
     pub options: RunOptions,

@@ -85,6 +85,49 @@ pub fn classify(err: kube::Error, call: Call<'_>) -> Error {
     }
 }
 
+/// Classifies a kube error about one of the operator's resources
+/// (`resource` as RBAC names it within the stagetime group, e.g. `repos` or
+/// `revisionruns/status`), like [`classify`] does for PipelineRuns: 404 →
+/// `NotFound`, 409 → `Conflict`, 401/403 → `Forbidden` naming the verb and
+/// resource RBAC must allow, 400/415/422 → `Invalid`, anything else →
+/// `Unavailable` (retried).
+pub fn classify_resource(err: kube::Error, verb: &str, resource: &str, namespace: &str) -> Error {
+    let what = format!(
+        "{resource} ({}) in namespace {namespace:?}",
+        crate::crd::GROUP
+    );
+    match &err {
+        kube::Error::Api(s) => match s.code {
+            404 => Error::not_found(what),
+            409 => Error::Conflict {
+                what: format!("{what} ({})", s.message),
+                expected: 0,
+                found: 0,
+            },
+            401 | 403 => Error::Forbidden {
+                message: format!(
+                    "{verb} {what}: {msg} — RBAC must allow verb {verb:?} on resource {resource:?} of group {group:?} for this service account",
+                    msg = s.message,
+                    group = crate::crd::GROUP,
+                ),
+            },
+            400 | 415 | 422 => {
+                let mut e = FieldErrors::default();
+                e.push(
+                    what,
+                    format!("the API server refused to {verb}: {}", s.message),
+                );
+                Error::Invalid(e)
+            }
+            _ => Error::unavailable(
+                "kubernetes",
+                format!("{verb} {what}: {} ({})", s.message, s.code),
+            ),
+        },
+        _ => Error::unavailable("kubernetes", format!("{verb} {what}: {err}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +184,19 @@ mod tests {
         assert!(msg.contains("\"create\""), "{msg}");
         assert!(msg.contains("pipelineruns.tekton.dev"), "{msg}");
         assert!(msg.contains("namespace \"ci\""), "{msg}");
+    }
+
+    #[test]
+    fn operator_resources_name_their_rbac_rule() {
+        let e = classify_resource(api(403, "Forbidden"), "patch", "revisionruns/status", "ci");
+        assert_eq!(e.kind(), ErrorKind::Forbidden);
+        let msg = e.to_string();
+        assert!(msg.contains("\"revisionruns/status\""), "{msg}");
+        assert!(msg.contains("stagetime.sthings.tiab.ssc.sva.de"), "{msg}");
+        assert_eq!(
+            classify_resource(api(503, "x"), "get", "repos", "ci").kind(),
+            ErrorKind::Unavailable
+        );
     }
 
     #[test]

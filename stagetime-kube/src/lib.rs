@@ -10,7 +10,11 @@
 //! * [`error`]: kube errors classified as [`stagetime_core::Error`];
 //! * [`backend`]: [`TektonBackend`], the [`stagetime_core::Backend`] itself;
 //! * [`config`]: [`TektonConfig`] (namespace, fsGroup, default timeout,
-//!   service account, label prefix, cancel mode, rate limit, retries).
+//!   service account, label prefix, cancel mode, rate limit, retries);
+//! * [`crd`]: the operator's custom resources (RevisionRun, Repo,
+//!   PipelineRunTemplate) and their generated CRDs;
+//! * [`operator`]: RevisionRuns → runs in the shared store → status: the
+//!   pure merge and status functions, and the kube-runtime controller.
 //!
 //! ```
 //! use stagetime_core::{plan::Plan, spec::parse_document, RunId};
@@ -31,8 +35,10 @@
 
 pub mod backend;
 pub mod config;
+pub mod crd;
 pub mod error;
 pub mod naming;
+pub mod operator;
 pub mod ratelimit;
 pub mod render;
 pub mod status;

@@ -10,11 +10,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use stagetime_core::backend::LaunchRequest;
 use stagetime_core::plan::Plan;
 use stagetime_core::spec::{PipelineSpec, WorkspaceSpec};
-use stagetime_core::{Error, RunId};
+use stagetime_core::{Error, FieldErrors, RunId};
 
 use crate::config::TektonConfig;
 use crate::naming::{pipelinerun_name, sanitize_label_value};
@@ -50,6 +51,69 @@ pub const ANNOTATION_KEY: &str = "launch-key";
 pub const ANNOTATION_REPO_URL: &str = "repo-url";
 /// Annotation: the push time as written.
 pub const ANNOTATION_PUSHED_AT: &str = "pushed-at";
+/// Run annotation (`<prefix>/owner`, e.g. `stagetime/owner`) naming the object
+/// that owns the run's PipelineRuns, as an [`OwnerAnnotation`] in JSON. The
+/// renderer turns it into `metadata.ownerReferences` (instead of copying it).
+pub const ANNOTATION_OWNER: &str = "owner";
+
+/// The value of the [`ANNOTATION_OWNER`] run annotation: an owner reference
+/// plus the owner's namespace. Owner references cannot cross namespaces, so
+/// the reference is only written on PipelineRuns in that namespace.
+///
+/// ```
+/// use stagetime_kube::render::OwnerAnnotation;
+/// let owner = OwnerAnnotation {
+///     api_version: "stagetime.sthings.tiab.ssc.sva.de/v1beta1".into(),
+///     kind: "RevisionRun".into(),
+///     name: "demo".into(),
+///     uid: "0b7c2a9e".into(),
+///     namespace: "ci".into(),
+/// };
+/// let text = owner.to_json();
+/// assert_eq!(OwnerAnnotation::parse(&text).unwrap(), owner);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OwnerAnnotation {
+    /// The owner's `apiVersion` (`group/version`).
+    pub api_version: String,
+    /// The owner's kind.
+    pub kind: String,
+    /// The owner's name.
+    pub name: String,
+    /// The owner's `metadata.uid`.
+    pub uid: String,
+    /// The owner's namespace.
+    pub namespace: String,
+}
+
+impl OwnerAnnotation {
+    /// The annotation value (compact JSON).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads an annotation value.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the JSON.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| format!("not an owner reference: {e}"))
+    }
+
+    /// The owner reference (a controller reference; it does not block the
+    /// owner's deletion, so creating it needs no permission on the owner).
+    pub fn owner_reference(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: self.api_version.clone(),
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }
+    }
+}
 
 /// Formats a duration as Go's `time.Duration` prints it (`30m0s`, `1h0m0s`, `1.5s`).
 pub fn go_duration(d: Duration) -> String {
@@ -152,9 +216,15 @@ fn pipeline_ref(p: &PipelineSpec) -> PipelineRef {
 
 /// The PipelineRun of one attempt.
 ///
+/// The run's `annotations` are copied onto the PipelineRun, except
+/// `<prefix>/owner` ([`ANNOTATION_OWNER`]), which becomes
+/// `metadata.ownerReferences` when the owner is in the PipelineRun's namespace.
+///
 /// # Errors
 /// [`Error::Unsupported`] when the task has no `pipeline` (it is a
-/// command-only task, which the Tekton backend cannot run).
+/// command-only task, which the Tekton backend cannot run);
+/// [`Error::Invalid`] naming `annotations."stagetime/owner"` when that
+/// annotation is not an [`OwnerAnnotation`].
 pub fn render_pipelinerun(req: &LaunchRequest, cfg: &TektonConfig) -> Result<PipelineRun, Error> {
     let Some(p) = &req.task.pipeline else {
         return Err(Error::Unsupported {
@@ -165,13 +235,29 @@ pub fn render_pipelinerun(req: &LaunchRequest, cfg: &TektonConfig) -> Result<Pip
         });
     };
     let name = pipelinerun_name(req.key.run.as_str(), &req.key.task, req.key.attempt);
-    let mut annotations = BTreeMap::from([
-        (
-            ANNOTATION_CANFAIL.to_string(),
-            req.task.can_fail.to_string(),
-        ),
-        (cfg.key(ANNOTATION_KEY), req.key.to_string()),
-    ]);
+    let owner_key = cfg.key(ANNOTATION_OWNER);
+    let mut owner_references = Vec::new();
+    // The run's own annotations first: stagetime's below win over them.
+    let mut annotations: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in &req.run.annotations {
+        if *k != owner_key {
+            annotations.insert(k.clone(), v.clone());
+            continue;
+        }
+        let owner = OwnerAnnotation::parse(v).map_err(|message| {
+            let mut e = FieldErrors::default();
+            e.push(format!("annotations.{owner_key:?}"), message);
+            Error::Invalid(e)
+        })?;
+        if owner.namespace == cfg.namespace {
+            owner_references.push(owner.owner_reference());
+        }
+    }
+    annotations.insert(
+        ANNOTATION_CANFAIL.to_string(),
+        req.task.can_fail.to_string(),
+    );
+    annotations.insert(cfg.key(ANNOTATION_KEY), req.key.to_string());
     if let Some(u) = &req.run.repo_url {
         annotations.insert(cfg.key(ANNOTATION_REPO_URL), u.clone());
     }
@@ -214,6 +300,7 @@ pub fn render_pipelinerun(req: &LaunchRequest, cfg: &TektonConfig) -> Result<Pip
             namespace: Some(cfg.namespace.clone()),
             labels: Some(labels(req, cfg)),
             annotations: Some(annotations),
+            owner_references: (!owner_references.is_empty()).then_some(owner_references),
             ..ObjectMeta::default()
         },
         spec,

@@ -325,3 +325,49 @@ fn plan_yaml_is_a_multi_document_stream() {
         "{yaml}"
     );
 }
+
+#[test]
+fn run_annotations_are_copied_and_the_owner_becomes_an_owner_reference() {
+    use stagetime_kube::render::OwnerAnnotation;
+    let (run, plan) = plan_of(NATIVE);
+    let owner = OwnerAnnotation {
+        api_version: "stagetime.sthings.tiab.ssc.sva.de/v1beta1".into(),
+        kind: "RevisionRun".into(),
+        name: "demo-4f1".into(),
+        uid: "6a1e3c0e-8d1f-4c1e-9a55-0d2a3c4b5e6f".into(),
+        namespace: "ci".into(),
+    };
+    let mut spec = plan.to_spec();
+    spec.annotations.insert("team".into(), "platform".into());
+    spec.annotations.insert("canfail".into(), "spoofed".into());
+    spec.annotations
+        .insert("stagetime/owner".into(), owner.to_json());
+    let plan = Plan::build(spec).expect("valid");
+    let pr = rendered(&run, &plan, "deploy", 1, &TektonConfig::new("ci"));
+    let ann = &pr["metadata"]["annotations"];
+    assert_eq!(ann["team"], "platform", "copied: {pr:#}");
+    assert_eq!(ann["canfail"], "false", "stagetime's own annotations win");
+    assert!(ann.get("stagetime/owner").is_none(), "not copied as such");
+    assert_eq!(
+        pr["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "stagetime.sthings.tiab.ssc.sva.de/v1beta1", "kind": "RevisionRun",
+                "name": "demo-4f1", "uid": "6a1e3c0e-8d1f-4c1e-9a55-0d2a3c4b5e6f", "controller": true}])
+    );
+    // Owner references cannot cross namespaces: none in another one.
+    let other = rendered(&run, &plan, "deploy", 1, &TektonConfig::new("elsewhere"));
+    assert!(
+        other["metadata"].get("ownerReferences").is_none(),
+        "{other:#}"
+    );
+
+    // A malformed owner annotation is an error naming it.
+    let mut spec = plan.to_spec();
+    spec.annotations
+        .insert("stagetime/owner".into(), "RevisionRun/demo".into());
+    let plan = Plan::build(spec).expect("valid");
+    let i = plan.index_of("deploy").expect("task");
+    let req = LaunchRequest::for_task(&run, &plan, i, 1);
+    let err = render_pipelinerun(&req, &TektonConfig::new("ci")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    assert!(err.to_string().contains("stagetime/owner"), "{err}");
+}
