@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use stagetime::backend::{Backend, Housekeeping};
 use stagetime::engine::{Engine, EngineConfig, SystemClock};
+use stagetime::grpc::{self, client, v1};
 use stagetime::kube::{TektonBackend, TektonConfig};
 use stagetime::local::LocalBackend;
 use stagetime::memory::MemoryStore;
@@ -49,6 +50,29 @@ enum PlanOutput {
     Table,
     Yaml,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+    Yaml,
+}
+
+/// Where the server is (for submit, status, watch, list, cancel, rerun).
+#[derive(clap::Args, Clone)]
+struct ServerArgs {
+    /// Server URL: http:// (plaintext) or https:// (TLS). The bearer token,
+    /// if the server wants one, comes from STAGETIME_AUTH_TOKEN.
+    #[arg(
+        long,
+        env = "STAGETIME_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+    /// Extra CA certificate (PEM) to trust for https://.
+    #[arg(long, env = "STAGETIME_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -90,6 +114,63 @@ enum Cmd {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
+    },
+    /// Submit a native or legacy file to the server; --wait follows it to the end.
+    Submit {
+        file: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Watch the run until it ends and exit with its status.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Show a run with every stage and task.
+    Status {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Follow a run live until it ends; exit 0 if it succeeded, 1 otherwise.
+    Watch {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List runs, newest first.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        commit: Option<String>,
+        /// queued, running, succeeded, failed or cancelled (repeatable).
+        #[arg(long)]
+        state: Vec<String>,
+        /// At most this many runs (following pages as needed).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Ask the server to cancel a run.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Run a finished run again, keeping its succeeded tasks.
+    Rerun {
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Watch the run until it ends and exit with its status.
+        #[arg(long)]
+        wait: bool,
     },
     /// Delete finished work older than --ttl beyond the newest --keep-last (once).
     Housekeeping {
@@ -242,6 +323,163 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             }
             run(spec, backend).await
         }
+        Cmd::Submit {
+            file,
+            server,
+            wait,
+            output,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| fail(2, format!("cannot read {}: {e}", file.display())))?;
+            // Read it here too, so a broken file is reported before any network.
+            parse_document(&file.display().to_string(), &text)?;
+            let mut c = connect(&server).await?;
+            let r = c
+                .runs
+                .submit(v1::SubmitRequest { document: text })
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
+            match output {
+                Output::Text => println!(
+                    "run {} {}",
+                    r.id,
+                    if r.created {
+                        "submitted"
+                    } else {
+                        "already existed (not submitted again)"
+                    }
+                ),
+                _ => emit(
+                    output,
+                    &serde_json::json!({"id": r.id, "created": r.created}),
+                )?,
+            }
+            if wait {
+                return watch(&mut c, &r.id, 0).await;
+            }
+            Ok(0)
+        }
+        Cmd::Status { id, server, output } => {
+            let mut c = connect(&server).await?;
+            let run = c
+                .runs
+                .get(v1::GetRequest { id })
+                .await
+                .map_err(rpc_failure)?
+                .into_inner();
+            let view = RunView::from_proto(&run);
+            match output {
+                Output::Text => print!("{}", summary(&view)),
+                _ => emit(output, &view)?,
+            }
+            Ok(0)
+        }
+        Cmd::Watch { id, server } => {
+            let mut c = connect(&server).await?;
+            watch(&mut c, &id, 0).await
+        }
+        Cmd::List {
+            server,
+            repo,
+            commit,
+            state,
+            limit,
+            output,
+        } => {
+            let mut states = Vec::new();
+            for s in &state {
+                let st = RunState::parse(s).ok_or_else(|| {
+                    fail(
+                        2,
+                        format!(
+                            "--state {s:?}: use queued, running, succeeded, failed or cancelled"
+                        ),
+                    )
+                })?;
+                states.push(grpc::run_state_to_proto(st) as i32);
+            }
+            let mut c = connect(&server).await?;
+            let mut runs = Vec::new();
+            let mut token = String::new();
+            while runs.len() < limit {
+                let page = c
+                    .runs
+                    .list(v1::ListRequest {
+                        repo: repo.clone().unwrap_or_default(),
+                        commit: commit.clone().unwrap_or_default(),
+                        states: states.clone(),
+                        page_size: (limit - runs.len()).min(1000) as u32,
+                        page_token: token,
+                    })
+                    .await
+                    .map_err(rpc_failure)?
+                    .into_inner();
+                runs.extend(page.runs);
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            runs.truncate(limit);
+            let rows: Vec<serde_json::Value> = runs
+                .iter()
+                .map(|r| {
+                    let state = grpc::run_state_from_proto(r.state())
+                        .map(|s| s.as_str())
+                        .unwrap_or("unknown");
+                    serde_json::json!({
+                        "id": r.id, "repo": r.repo, "commit": r.commit, "state": state,
+                        "created_ms": r.created_ms, "updated_ms": r.updated_ms,
+                        "finished_ms": (r.finished_ms != 0).then_some(r.finished_ms),
+                    })
+                })
+                .collect();
+            match output {
+                Output::Text => {
+                    println!("{:<40} {:<10} {:<20} COMMIT", "ID", "STATE", "REPO");
+                    for r in &rows {
+                        println!(
+                            "{:<40} {:<10} {:<20} {}",
+                            r["id"].as_str().unwrap_or(""),
+                            r["state"].as_str().unwrap_or(""),
+                            r["repo"].as_str().unwrap_or(""),
+                            r["commit"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+                _ => emit(output, &rows)?,
+            }
+            Ok(0)
+        }
+        Cmd::Cancel { id, server } => {
+            let mut c = connect(&server).await?;
+            c.runs
+                .cancel(v1::CancelRequest { id: id.clone() })
+                .await
+                .map_err(rpc_failure)?;
+            println!("cancel of run {id} requested");
+            Ok(0)
+        }
+        Cmd::Rerun { id, server, wait } => {
+            let mut c = connect(&server).await?;
+            let before = c
+                .runs
+                .get(v1::GetRequest { id: id.clone() })
+                .await
+                .map_err(rpc_failure)?
+                .into_inner()
+                .version;
+            c.runs
+                .rerun(v1::RerunRequest { id: id.clone() })
+                .await
+                .map_err(rpc_failure)?;
+            println!("rerun of run {id} requested");
+            if wait {
+                return watch(&mut c, &id, before).await;
+            }
+            Ok(0)
+        }
         Cmd::Housekeeping {
             backend,
             namespace,
@@ -279,6 +517,117 @@ fn fail(code: u8, e: impl std::fmt::Display) -> Failure {
     }
 }
 
+async fn connect(server: &ServerArgs) -> Result<client::Client, Failure> {
+    let mut config = client::ClientConfig::new(server.server.clone());
+    config.token = std::env::var("STAGETIME_AUTH_TOKEN").ok();
+    config.ca_cert = server.ca_cert.clone();
+    Ok(client::connect(&config).await?)
+}
+
+/// The exit status for a failed call: 2 for what the caller must fix, 3
+/// for the server or its store being unavailable.
+fn rpc_failure(s: tonic::Status) -> Failure {
+    use tonic::Code;
+    let code = match s.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::FailedPrecondition
+        | Code::AlreadyExists
+        | Code::OutOfRange
+        | Code::ResourceExhausted
+        | Code::Unauthenticated
+        | Code::PermissionDenied => 2,
+        _ => 3,
+    };
+    let what = match s.code() {
+        Code::Unauthenticated => " (set STAGETIME_AUTH_TOKEN)",
+        _ => "",
+    };
+    fail(code, format!("{:?}: {}{what}", s.code(), s.message()))
+}
+
+/// Machine-readable output on stdout.
+fn emit(output: Output, value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = match output {
+        Output::Yaml => yaml_serde::to_string(value).map_err(|e| fail(3, e))?,
+        _ => serde_json::to_string_pretty(value).map_err(|e| fail(3, e))? + "\n",
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// Follows a run through the server's Watch stream, showing progress per
+/// stage and task; reconnects a few times if the stream breaks. Exit status
+/// 0 when the run succeeded, 1 when it failed or was cancelled. A finished
+/// state of version `after_version` or older (the run before a rerun was
+/// applied) is not the end: the watch looks again.
+async fn watch(c: &mut client::Client, id: &str, after_version: u64) -> Result<u8, Failure> {
+    let mut progress: Option<Progress> = None;
+    let mut retries = 0;
+    loop {
+        let mut stream = match c.runs.watch(v1::WatchRequest { id: id.to_string() }).await {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && retries < 5 => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(s) => return Err(rpc_failure(s)),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(run)) => {
+                    let view = RunView::from_proto(&run);
+                    if view.state.is_finished() && run.version <= after_version {
+                        // The rerun request is not applied yet: look again shortly.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        retries = 0;
+                        break;
+                    }
+                    let p = progress.get_or_insert_with(|| Progress::new(&view));
+                    p.show(&view);
+                    if view.state.is_finished() {
+                        p.finish();
+                        print!("{}", summary(&view));
+                        return Ok(if view.state == RunState::Succeeded {
+                            0
+                        } else {
+                            1
+                        });
+                    }
+                }
+                Ok(None) => {
+                    retries += 1;
+                    if retries > 5 {
+                        return Err(fail(
+                            3,
+                            "the server ended the watch before the run finished",
+                        ));
+                    }
+                    break;
+                }
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                    ) && retries < 5 =>
+                {
+                    retries += 1;
+                    if let Some(p) = &progress {
+                        p.note(&format!(
+                            "watch interrupted ({}); reconnecting",
+                            s.message()
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+                Err(s) => return Err(rpc_failure(s)),
+            }
+        }
+    }
+}
+
 fn read(file: &PathBuf) -> Result<(RevisionRunSpec, stagetime::spec::DocumentFormat), Failure> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| fail(2, format!("cannot read {}: {e}", file.display())))?;
@@ -309,7 +658,7 @@ async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Fai
     let worker = tokio::spawn(Arc::clone(&engine).run(async {
         let _ = stop_rx.await;
     }));
-    let mut progress = Progress::new(&engine.store().load_run(&id).await?);
+    let mut progress = Progress::new(&RunView::from_record(&engine.store().load_run(&id).await?)?);
     let mut interrupts = 0;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| fail(3, format!("cannot watch SIGTERM: {e}")))?;
@@ -321,7 +670,7 @@ async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Fai
                     Ok(_) => continue,
                     Err(_) => engine.store().load_run(&id).await?,
                 };
-                progress.show(&record);
+                progress.show(&RunView::from_record(&record)?);
                 if record.state.is_finished() {
                     break record;
                 }
@@ -345,7 +694,7 @@ async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Fai
     progress.finish();
     let _ = stop_tx.send(());
     let _ = worker.await;
-    print!("{}", summary(&record));
+    print!("{}", summary(&RunView::from_record(&record)?));
     Ok(if record.state == RunState::Succeeded {
         0
     } else {
@@ -353,18 +702,116 @@ async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Fai
     })
 }
 
+/// What progress and summaries show of a run: built from a stored record
+/// (embedded `run`) or from the server's answer (`status`, `watch`).
+#[derive(serde::Serialize)]
+struct RunView {
+    id: String,
+    repo: String,
+    commit: String,
+    state: RunState,
+    created_ms: u64,
+    updated_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_ms: Option<u64>,
+    tasks: Vec<TaskView>,
+}
+
+#[derive(serde::Serialize)]
+struct TaskView {
+    name: String,
+    /// `None` for finally tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<u32>,
+    can_fail: bool,
+    status: TaskStatus,
+    attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_launch_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_ms: Option<u64>,
+    /// PipelineRun name (Tekton) or log file (local).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handle: Option<String>,
+}
+
+impl RunView {
+    fn from_record(record: &RunRecord) -> Result<Self, Failure> {
+        let plan = Plan::build(record.spec.clone())
+            .map_err(|e| fail(3, format!("run {}: stored spec is invalid: {e}", record.id)))?;
+        let tasks = plan
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let st = &record.scheduler.tasks()[i];
+                let timing = record.timings.get(i).cloned().unwrap_or_default();
+                TaskView {
+                    name: t.name().to_string(),
+                    stage: t.stage,
+                    can_fail: t.spec.can_fail,
+                    status: st.status,
+                    attempt: st.attempt,
+                    message: st.message.clone(),
+                    first_launch_ms: timing.first_launch_ms,
+                    finished_ms: timing.finished_ms,
+                    handle: timing.handle,
+                }
+            })
+            .collect();
+        Ok(RunView {
+            id: record.id.to_string(),
+            repo: record.spec.repo.clone(),
+            commit: record.spec.commit.clone(),
+            state: record.state,
+            created_ms: record.created_ms,
+            updated_ms: record.updated_ms,
+            finished_ms: record.finished_ms,
+            tasks,
+        })
+    }
+
+    fn from_proto(run: &v1::Run) -> Self {
+        let nonzero = |ms: u64| (ms != 0).then_some(ms);
+        RunView {
+            id: run.id.clone(),
+            repo: run.repo.clone(),
+            commit: run.commit.clone(),
+            state: grpc::run_state_from_proto(run.state()).unwrap_or(RunState::Queued),
+            created_ms: run.created_ms,
+            updated_ms: run.updated_ms,
+            finished_ms: nonzero(run.finished_ms),
+            tasks: run
+                .tasks
+                .iter()
+                .map(|t| TaskView {
+                    name: t.name.clone(),
+                    stage: if t.r#finally { None } else { t.stage },
+                    can_fail: t.can_fail,
+                    status: grpc::task_status_from_proto(t.status()).unwrap_or(TaskStatus::Waiting),
+                    attempt: t.attempt,
+                    message: (!t.message.is_empty()).then(|| t.message.clone()),
+                    first_launch_ms: nonzero(t.first_launch_ms),
+                    finished_ms: nonzero(t.finished_ms),
+                    handle: (!t.handle.is_empty()).then(|| t.handle.clone()),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Live progress: an indicatif bar on a terminal, plain lines otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
-    plan: Plan,
     last: Vec<(TaskStatus, u32)>,
 }
 
 impl Progress {
-    fn new(record: &RunRecord) -> Self {
-        let plan = Plan::build(record.spec.clone()).expect("a stored spec is valid");
+    fn new(run: &RunView) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(plan.len() as u64);
+            let bar = indicatif::ProgressBar::new(run.tasks.len() as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
                     "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
@@ -374,9 +821,9 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        let last = vec![(TaskStatus::Waiting, 0); plan.len()];
-        println!("run {}: {} tasks", record.id, plan.len());
-        Progress { bar, plan, last }
+        let last = vec![(TaskStatus::Waiting, 0); run.tasks.len()];
+        println!("run {}: {} tasks", run.id, run.tasks.len());
+        Progress { bar, last }
     }
 
     fn note(&self, line: &str) {
@@ -386,36 +833,37 @@ impl Progress {
         }
     }
 
-    fn show(&mut self, record: &RunRecord) {
-        let tasks = record.scheduler.tasks();
+    fn show(&mut self, run: &RunView) {
         let mut done = 0;
         let mut running = Vec::new();
-        for (i, st) in tasks.iter().enumerate() {
-            if st.status.is_terminal() {
+        if self.last.len() != run.tasks.len() {
+            self.last = vec![(TaskStatus::Waiting, 0); run.tasks.len()];
+        }
+        for (i, t) in run.tasks.iter().enumerate() {
+            if t.status.is_terminal() {
                 done += 1;
             }
-            if st.status == TaskStatus::Running {
-                running.push(self.plan.tasks[i].name().to_string());
+            if t.status == TaskStatus::Running {
+                running.push(t.name.clone());
             }
-            let now = (st.status, st.attempt);
+            let now = (t.status, t.attempt);
             if now == self.last[i] {
                 continue;
             }
             self.last[i] = now;
-            if matches!(st.status, TaskStatus::Waiting | TaskStatus::Ready) {
+            if matches!(t.status, TaskStatus::Waiting | TaskStatus::Ready) {
                 continue;
             }
-            let t = &self.plan.tasks[i];
             let stage = t
                 .stage
                 .map(|s| format!("stage {s}"))
                 .unwrap_or_else(|| "finally".into());
-            let mut line = format!("{stage:>9}  {:<24} {}", t.name(), status_name(st.status));
-            if st.attempt > 1 || st.status == TaskStatus::Backoff {
-                line.push_str(&format!(" (attempt {})", st.attempt));
+            let mut line = format!("{stage:>9}  {:<24} {}", t.name, status_name(t.status));
+            if t.attempt > 1 || t.status == TaskStatus::Backoff {
+                line.push_str(&format!(" (attempt {})", t.attempt));
             }
-            if let Some(m) = &st.message
-                && !matches!(st.status, TaskStatus::Succeeded | TaskStatus::Running)
+            if let Some(m) = &t.message
+                && !matches!(t.status, TaskStatus::Succeeded | TaskStatus::Running)
             {
                 line.push_str(&format!(": {m}"));
             }
@@ -464,26 +912,25 @@ fn fmt_ms(ms: u64) -> String {
 }
 
 /// The final summary per stage and task, with the logs of failed tasks.
-fn summary(record: &RunRecord) -> String {
-    let plan = Plan::build(record.spec.clone()).expect("a stored spec is valid");
+fn summary(run: &RunView) -> String {
     let mut out = String::new();
-    let total = record
+    let total = run
         .finished_ms
-        .unwrap_or(record.updated_ms)
-        .saturating_sub(record.created_ms);
+        .unwrap_or(run.updated_ms)
+        .saturating_sub(run.created_ms);
     out.push_str(&format!(
         "\nrun {} {} in {}\n",
-        record.id,
-        record.state.as_str(),
+        run.id,
+        run.state.as_str(),
         fmt_ms(total)
     ));
-    let mut groups: BTreeMap<(u8, u32), Vec<TaskIndex>> = BTreeMap::new();
-    for (i, t) in plan.tasks.iter().enumerate() {
+    let mut groups: BTreeMap<(u8, u32), Vec<&TaskView>> = BTreeMap::new();
+    for t in &run.tasks {
         let key = match t.stage {
             Some(s) => (0, s),
             None => (1, 0),
         };
-        groups.entry(key).or_default().push(i as TaskIndex);
+        groups.entry(key).or_default().push(t);
     }
     let mut failed_logs = Vec::new();
     for ((kind, stage), members) in groups {
@@ -492,26 +939,23 @@ fn summary(record: &RunRecord) -> String {
         } else {
             "finally\n".to_string()
         });
-        for i in members {
-            let t = plan.task(i);
-            let st = &record.scheduler.tasks()[i as usize];
-            let timing = &record.timings[i as usize];
-            let duration = match (timing.first_launch_ms, timing.finished_ms) {
+        for t in members {
+            let duration = match (t.first_launch_ms, t.finished_ms) {
                 (Some(a), Some(b)) => fmt_ms(b.saturating_sub(a)),
                 _ => "-".into(),
             };
-            let can_fail = if t.spec.can_fail { " (can fail)" } else { "" };
+            let can_fail = if t.can_fail { " (can fail)" } else { "" };
             out.push_str(&format!(
                 "  {:<24} {:<10} {:>8}  attempts {}{can_fail}\n",
-                t.name(),
-                status_name(st.status),
+                t.name,
+                status_name(t.status),
                 duration,
-                st.attempt
+                t.attempt
             ));
-            if matches!(st.status, TaskStatus::Failed | TaskStatus::TimedOut)
-                && let Some(log) = &timing.handle
+            if matches!(t.status, TaskStatus::Failed | TaskStatus::TimedOut)
+                && let Some(log) = &t.handle
             {
-                failed_logs.push(format!("  {}: {log}", t.name()));
+                failed_logs.push(format!("  {}: {log}", t.name));
             }
         }
     }

@@ -46,6 +46,22 @@ pub fn task_status_to_proto(s: TaskStatus) -> v1::TaskStatus {
     }
 }
 
+/// The model form of a wire task status (`None` for `UNSPECIFIED`).
+pub fn task_status_from_proto(s: v1::TaskStatus) -> Option<TaskStatus> {
+    Some(match s {
+        v1::TaskStatus::Unspecified => return None,
+        v1::TaskStatus::Waiting => TaskStatus::Waiting,
+        v1::TaskStatus::Ready => TaskStatus::Ready,
+        v1::TaskStatus::Running => TaskStatus::Running,
+        v1::TaskStatus::Backoff => TaskStatus::Backoff,
+        v1::TaskStatus::Succeeded => TaskStatus::Succeeded,
+        v1::TaskStatus::Failed => TaskStatus::Failed,
+        v1::TaskStatus::TimedOut => TaskStatus::TimedOut,
+        v1::TaskStatus::Cancelled => TaskStatus::Cancelled,
+        v1::TaskStatus::Skipped => TaskStatus::Skipped,
+    })
+}
+
 /// A run with per-stage and per-task status.
 ///
 /// # Errors

@@ -1,0 +1,975 @@
+//! End-to-end tests of the distributed deployment with real processes: the
+//! `server` and `worker` examples on a real redis-server (started by the
+//! stagetime-redis test harness), driven by the `stagetime` CLI and by gRPC
+//! clients. The auth and bad-input cases run the server with `--memory`
+//! and need no Redis.
+#![cfg(all(feature = "grpc", feature = "redis", feature = "kube"))]
+
+#[path = "../stagetime-redis/tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use stagetime::grpc::{legacy, v1};
+use tonic::Code;
+
+/// Builds the three examples once; returns the directory holding them.
+fn examples() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--example",
+                "stagetime",
+                "--example",
+                "server",
+                "--example",
+                "worker",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building the examples failed");
+        // target/<profile>/deps/server-hash -> target/<profile>/examples
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().unwrap().parent().unwrap().join("examples")
+    })
+}
+
+/// A child process killed (SIGKILL) when dropped; its stdout lines arrive
+/// on a channel, its stderr goes to a file for post-mortems.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn start(name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Proc {
+        let stderr = dir.join(format!(
+            "{name}-{}.stderr",
+            stagetime_core::testkit::unique("p")
+        ));
+        let mut cmd = Command::new(examples().join(name));
+        cmd.args(args)
+            .env_remove("STAGETIME_AUTH_TOKEN")
+            .env_remove("REDIS_URL")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start the process");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The rest of the first stdout line starting with `prefix`.
+    fn wait_line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_string();
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        panic!(
+                            "process exited ({status}) before printing {prefix:?}: {}",
+                            self.log()
+                        );
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("no {prefix:?} line: {}", self.log())
+                }
+            }
+        }
+        panic!("no {prefix:?} line within 60 s: {}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status (SIGKILL after 30 s).
+    fn terminate(&mut self) -> Option<i32> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A server (and its gRPC URL).
+fn server(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Proc, String) {
+    let mut all = vec!["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let mut p = Proc::start("server", &all, env, dir);
+    let addr = p.wait_line("grpc listening on ");
+    p.wait_line("metrics listening on ");
+    (p, format!("http://{addr}"))
+}
+
+/// A worker with the local backend on `workdir` (shared by the workers of
+/// one test: an attempt's directory marks its launch).
+fn worker(dir: &Path, redis_url: &str, prefix: &str, workdir: &Path) -> Proc {
+    let mut p = Proc::start(
+        "worker",
+        &[
+            "--redis-url",
+            redis_url,
+            "--redis-prefix",
+            prefix,
+            "--backend",
+            "local",
+            "--workdir",
+            workdir.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--reclaim-after",
+            "2s",
+            "--concurrency",
+            "16",
+        ],
+        &[],
+        dir,
+    );
+    p.wait_line("worker ");
+    p
+}
+
+fn cli(dir: &Path, server: &str, args: &[&str], token: Option<&str>) -> Output {
+    let mut cmd = Command::new(examples().join("stagetime"));
+    cmd.args(args)
+        .env("STAGETIME_SERVER", server)
+        .env_remove("STAGETIME_AUTH_TOKEN")
+        .current_dir(dir);
+    if let Some(t) = token {
+        cmd.env("STAGETIME_AUTH_TOKEN", t);
+    }
+    cmd.output().expect("run the CLI")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+}
+
+async fn connect(url: &str, token: Option<&str>) -> stagetime::grpc::client::Client {
+    let mut c = stagetime::grpc::client::ClientConfig::new(url);
+    c.token = token.map(String::from);
+    stagetime::grpc::client::connect(&c).await.expect("connect")
+}
+
+/// Redis for the distributed tests, or `None` (skipped loudly, or a failure
+/// under STAGETIME_REQUIRE_SERVERS=1).
+fn redis() -> Option<&'static support::RedisServer> {
+    let s = support::shared();
+    if s.is_none() {
+        stagetime_core::testkit::skip_or_fail("redis-server (REDIS_SERVER or PATH)");
+    }
+    s
+}
+
+/// The legacy request of `examples/pipelines/legacy.json`.
+fn legacy_request() -> legacy::CreateRevisionRunRequest {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipelines/legacy.json");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    legacy::CreateRevisionRunRequest {
+        repo_name: s(&v, "repo_name"),
+        pushed_at: s(&v, "pushed_at"),
+        author: s(&v, "author"),
+        repo_url: s(&v, "repo_url"),
+        commit_id: s(&v, "commit_id"),
+        pipelineruns: v["pipelineruns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| legacy::Pipelinerun {
+                name: s(p, "name"),
+                canfail: p["canfail"].as_bool().unwrap_or(false),
+                stage: p["stage"].as_f64().unwrap_or(0.0),
+                params: s(p, "params"),
+                resolver_params: s(p, "resolverParams"),
+                listparams: s(p, "listparams"),
+                workspaces: s(p, "workspaces"),
+                volume_claim_templates: s(p, "volumeClaimTemplates"),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_watch_cancel_rerun_and_legacy_through_server_and_two_workers() {
+    let Some(redis) = redis() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let prefix = redis.config("e2e").prefix;
+    let url = redis.url();
+    let (_server, api) = server(d, &["--redis-url", &url, "--redis-prefix", &prefix], &[]);
+    let workdir = d.join("work");
+    let _w1 = worker(d, &url, &prefix, &workdir);
+    let _w2 = worker(d, &url, &prefix, &workdir);
+
+    // 1. Submit through the CLI and wait: `b` fails the first time.
+    let events = d.join("events");
+    let marker = d.join("marker");
+    let spec = format!(
+        r#"repo: e2e
+commit: c1
+tasks:
+  - {{name: a, stage: 0, command: "echo a >> {ev}"}}
+  - {{name: b, stage: 1, command: "echo b >> {ev}; test -f {m} || {{ touch {m}; exit 1; }}"}}
+finally:
+  - {{name: f, command: "echo f >> {ev}"}}
+"#,
+        ev = events.display(),
+        m = marker.display()
+    );
+    std::fs::write(d.join("run.yaml"), spec).unwrap();
+    let out = cli(d, &api, &["submit", "run.yaml", "--wait"], None);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "the run fails: {t}");
+    assert!(t.contains("run e2e-c1-") && t.contains("failed"), "{t}");
+    let id = t
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("run ")
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+
+    // Submitting the same document again creates nothing.
+    let again = cli(d, &api, &["submit", "run.yaml", "--output", "json"], None);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert_eq!(json(&again)["id"], id.as_str());
+    assert_eq!(json(&again)["created"], false);
+
+    // 2. Status: per task status, attempts and handles.
+    let st = cli(d, &api, &["status", &id, "--output", "json"], None);
+    let v = json(&st);
+    assert_eq!(v["state"], "failed", "{v}");
+    let task = |v: &serde_json::Value, n: &str| {
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(task(&v, "a")["status"], "succeeded");
+    assert_eq!(task(&v, "b")["status"], "failed");
+    assert!(
+        task(&v, "b")["handle"].as_str().unwrap().ends_with(".log"),
+        "{v}"
+    );
+
+    // 3. Rerun after the failure: only what had not succeeded runs again.
+    let out = cli(d, &api, &["rerun", &id, "--wait"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the rerun succeeds: {}",
+        text(&out)
+    );
+    let lines = std::fs::read_to_string(&events).unwrap();
+    let count = |n: &str| lines.lines().filter(|l| *l == n).count();
+    assert_eq!(count("a"), 1, "a succeeded and is kept: {lines}");
+    assert_eq!(count("b"), 2, "b runs again: {lines}");
+    let v = json(&cli(d, &api, &["status", &id, "--output", "json"], None));
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(task(&v, "a")["attempt"], 1, "{v}");
+
+    // Watching a finished run shows it and exits with its status.
+    let out = cli(d, &api, &["watch", &id], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("succeeded"), "{}", text(&out));
+
+    // 4. Cancel a running run: watch ends with exit 1.
+    std::fs::write(
+        d.join("slow.yaml"),
+        "repo: e2e\ncommit: slow\ntasks:\n  - {name: s, command: \"sleep 60\"}\n",
+    )
+    .unwrap();
+    let out = cli(d, &api, &["submit", "slow.yaml", "--output", "json"], None);
+    let slow = json(&out)["id"].as_str().unwrap().to_string();
+    let mut c = connect(&api, None).await;
+    // Wait until the task runs (observed through the API, no timed assertion).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = c
+            .runs
+            .get(v1::GetRequest { id: slow.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if run.tasks[0].status() == v1::TaskStatus::Running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slow task never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = cli(d, &api, &["cancel", &slow], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = cli(d, &api, &["watch", &slow], None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a cancelled run exits 1: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("cancelled"), "{}", text(&out));
+
+    // 5. The legacy call with the legacy JSON file: created once, then
+    // recognised; the CLI's legacy file is the same run.
+    let request = legacy_request();
+    let r = c
+        .create
+        .create_revision_run(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.result(), legacy::response::Result::Success, "{r:?}");
+    let data = String::from_utf8(r.success.unwrap().data).unwrap();
+    assert!(data.contains(" created"), "{data}");
+    let legacy_id = data.split_whitespace().nth(2).unwrap().to_string();
+    let r = c
+        .create
+        .create_revision_run(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let data = String::from_utf8(r.success.unwrap().data).unwrap();
+    assert!(
+        data.contains(&legacy_id) && data.contains("already existed"),
+        "{data}"
+    );
+    let legacy_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipelines/legacy.json");
+    let out = cli(
+        d,
+        &api,
+        &["submit", legacy_file.to_str().unwrap(), "--output", "json"],
+        None,
+    );
+    assert_eq!(json(&out)["id"], legacy_id.as_str(), "{}", text(&out));
+    assert_eq!(json(&out)["created"], false);
+    // GetStatus by run id and by commit id. The legacy entries are Tekton
+    // pipelines, which the local backend cannot run: the run ends failed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c
+            .statuses
+            .get_status(legacy::StatusGetRequest {
+                revision_run_id: "4f1c2e9a77".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(s.id, legacy_id);
+        if s.status == "FAILED" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "legacy run stuck in {}",
+            s.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = c
+        .statuses
+        .get_status(legacy::StatusGetRequest {
+            revision_run_id: legacy_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        (s.id.as_str(), s.status.as_str()),
+        (legacy_id.as_str(), "FAILED")
+    );
+    let run = c
+        .runs
+        .get(v1::GetRequest { id: legacy_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        run.tasks[0].message.contains("no command"),
+        "the reason is given: {:?}",
+        run.tasks[0]
+    );
+
+    // List filters by repo and state.
+    let out = cli(
+        d,
+        &api,
+        &[
+            "list",
+            "--repo",
+            "e2e",
+            "--state",
+            "succeeded",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    let rows = json(&out);
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(rows[0]["id"], id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_with_sigkill_mid_runs_loses_nothing_and_repeats_nothing() {
+    let Some(redis) = redis() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let prefix = redis.config("kill").prefix;
+    let url = redis.url();
+    let (_server, api) = server(d, &["--redis-url", &url, "--redis-prefix", &prefix], &[]);
+    let workdir = d.join("work");
+    let mut w1 = worker(d, &url, &prefix, &workdir);
+    let mut w2 = worker(d, &url, &prefix, &workdir);
+    let launches = d.join("launches");
+    // Every attempt appends its key; the local backend cannot follow a task
+    // whose worker died (nobody records its end), so attempts time out and
+    // are retried as new attempts on the surviving worker.
+    let mut ids = Vec::new();
+    for r in 0..6 {
+        let mut spec = format!("repo: kill\ncommit: c{r}\ntasks:\n");
+        for stage in 0..3 {
+            for t in 0..2 {
+                spec.push_str(&format!(
+                    "  - {{name: t{stage}-{t}, stage: {stage}, timeout: 4s, retries: 2, retry_delay: 100ms, command: \"echo $STAGETIME_RUN_ID/$STAGETIME_TASK/$STAGETIME_ATTEMPT >> {}; sleep 0.3\"}}\n",
+                    launches.display()
+                ));
+            }
+        }
+        let file = format!("kill{r}.yaml");
+        std::fs::write(d.join(&file), spec).unwrap();
+        let out = cli(d, &api, &["submit", &file, "--output", "json"], None);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        ids.push(json(&out)["id"].as_str().unwrap().to_string());
+    }
+    // Kill one worker once work is under way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&launches)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 8
+    {
+        assert!(Instant::now() < deadline, "no progress before the kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w1.kill9();
+    for id in &ids {
+        let out = cli(d, &api, &["watch", id], None);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "run {id} completes: {}\nworker 2: {}",
+            text(&out),
+            w2.log()
+        );
+    }
+    let text = std::fs::read_to_string(&launches).unwrap();
+    let mut seen: HashMap<&str, u32> = HashMap::new();
+    for l in text.lines() {
+        *seen.entry(l).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "attempts launched twice: {twice:?}");
+    for id in &ids {
+        for stage in 0..3 {
+            for t in 0..2 {
+                assert!(
+                    seen.keys()
+                        .any(|k| k.starts_with(&format!("{id}/t{stage}-{t}/"))),
+                    "{id} t{stage}-{t} never ran"
+                );
+            }
+        }
+    }
+    // The survivor stops cleanly on SIGTERM.
+    assert_eq!(w2.terminate(), Some(0), "{}", w2.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_calls_need_the_token_while_health_and_reflection_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let token_file = d.join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let (mut server, api) = server(
+        d,
+        &[
+            "--memory",
+            "--auth-token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+
+    // The CLI without and with a wrong token is refused; with it, served.
+    let out = cli(d, &api, &["list"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("Unauthenticated"), "{}", text(&out));
+    let out = cli(d, &api, &["list"], Some("wrong"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("Unauthenticated"), "{}", text(&out));
+    let out = cli(d, &api, &["list"], Some("s3cret-token"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Every API service checks it.
+    let mut anon = connect(&api, None).await;
+    let e = anon
+        .statuses
+        .get_status(legacy::StatusGetRequest {
+            revision_run_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = anon
+        .create
+        .create_revision_run(legacy_request())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut wrong = connect(&api, Some("s3cret-tokeN")).await;
+    let e = wrong
+        .runs
+        .submit(v1::SubmitRequest {
+            document: "repo: r\ncommit: c\ntasks: [{name: a, command: 'true'}]\n".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut ok = connect(&api, Some("s3cret-token")).await;
+    let listed = ok
+        .runs
+        .list(v1::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.runs.is_empty(), "refused calls stored nothing");
+
+    // Health and reflection answer without a token.
+    let channel = tonic::transport::Endpoint::from_shared(api.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "stagetime.v1.Runs", "revisionrun.Statuses"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+    use tonic_reflection::pb::v1 as refl;
+    let mut reflection = refl::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = refl::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            refl::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut replies = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(refl::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        reply.message_response
+    else {
+        panic!("unexpected reflection reply: {reply:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "stagetime.v1.Runs",
+        "revisionrun.StageTimeApplicationService",
+        "revisionrun.Statuses",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    assert_eq!(
+        server.terminate(),
+        Some(0),
+        "clean shutdown: {}",
+        server.log()
+    );
+}
+
+/// Asserts a refusal with `code` whose message contains `needle`.
+#[track_caller]
+fn invalid<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    code: Code,
+    needle: &str,
+) {
+    let e = r.expect_err("must be refused");
+    assert_eq!(e.code(), code, "{needle}: {e:?}");
+    assert!(
+        e.message().contains(needle),
+        "{needle:?} not in {:?}",
+        e.message()
+    );
+}
+
+/// A `SubmitRequest` whose `document` may hold any bytes (invalid UTF-8).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawSubmit {
+    #[prost(bytes = "vec", tag = "1")]
+    document: Vec<u8>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_every_rpc_is_refused_naming_the_field_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_server, api) = server(d, &["--memory"], &[]);
+    let mut c = connect(&api, None).await;
+
+    // Submit.
+    for (doc, needle) in [
+        ("", "document: required"),
+        ("{{{ not yaml", "document"),
+        ("- a list\n", "document"),
+        (
+            "commit: c\ntasks: [{name: a, command: 'true'}]\n",
+            "repo: required",
+        ),
+        (
+            "repo: r\ncommit: c\ntasks: [{name: Bad_Name, command: 'true'}]\n",
+            "tasks[0].name",
+        ),
+        (
+            "repo: r\ncommit: c\ntasks: [{name: a, stage: -1, command: 'true'}]\n",
+            "tasks[0].stage",
+        ),
+        (
+            "repo: r\ncommit: c\nunknown: 1\ntasks: [{name: a}]\n",
+            "unknown",
+        ),
+        ("repo: r\ncommit: c\ntasks: []\n", "tasks"),
+    ] {
+        invalid(
+            c.runs
+                .submit(v1::SubmitRequest {
+                    document: doc.into(),
+                })
+                .await,
+            Code::InvalidArgument,
+            needle,
+        );
+    }
+    let big = format!(
+        "repo: r\ncommit: c\n# {}\ntasks: [{{name: a}}]\n",
+        "x".repeat(2 << 20)
+    );
+    invalid(
+        c.runs.submit(v1::SubmitRequest { document: big }).await,
+        Code::InvalidArgument,
+        "document: ",
+    );
+    // Beyond the 4 MiB message limit the transport refuses it.
+    let channel = tonic::transport::Endpoint::from_shared(api.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut unbounded =
+        v1::runs_client::RunsClient::new(channel.clone()).max_encoding_message_size(64 << 20);
+    let huge = "x".repeat(5 << 20);
+    let e = unbounded
+        .submit(v1::SubmitRequest { document: huge })
+        .await
+        .unwrap_err();
+    // tonic answers OUT_OF_RANGE for a message beyond the decoding limit.
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("too large"), "{e:?}");
+    let mut tasks = String::from("repo: r\ncommit: c\ntasks:\n");
+    for i in 0..5001 {
+        tasks.push_str(&format!("  - {{name: t{i}, command: 'true'}}\n"));
+    }
+    invalid(
+        c.runs.submit(v1::SubmitRequest { document: tasks }).await,
+        Code::InvalidArgument,
+        "tasks: 5001 tasks exceed",
+    );
+    // Garbage on the wire: a document that is not UTF-8.
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.unwrap();
+    let e = raw
+        .unary::<RawSubmit, v1::SubmitResponse, _>(
+            tonic::Request::new(RawSubmit {
+                document: vec![0xff, 0xfe, b'r', 0x80],
+            }),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/stagetime.v1.Runs/Submit"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_ne!(e.code(), Code::Ok);
+    assert!(e.message().contains("document"), "{e:?}");
+
+    // Get, Watch, Cancel, Rerun: missing, malformed and unknown ids.
+    for (id, code, needle) in [
+        ("", Code::InvalidArgument, "id: required"),
+        ("Not An Id", Code::InvalidArgument, "id: "),
+        (&"a".repeat(300) as &str, Code::InvalidArgument, "id: "),
+        ("unknown-run", Code::NotFound, "not found"),
+    ] {
+        let id = id.to_string();
+        invalid(
+            c.runs.get(v1::GetRequest { id: id.clone() }).await,
+            code,
+            needle,
+        );
+        invalid(
+            c.runs.watch(v1::WatchRequest { id: id.clone() }).await,
+            code,
+            needle,
+        );
+        invalid(
+            c.runs.cancel(v1::CancelRequest { id: id.clone() }).await,
+            code,
+            needle,
+        );
+        invalid(c.runs.rerun(v1::RerunRequest { id }).await, code, needle);
+    }
+
+    // List.
+    invalid(
+        c.runs
+            .list(v1::ListRequest {
+                page_size: 5000,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "page_size",
+    );
+    invalid(
+        c.runs
+            .list(v1::ListRequest {
+                states: vec![1, 99],
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "states[1]",
+    );
+    invalid(
+        c.runs
+            .list(v1::ListRequest {
+                page_token: "garbage".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    invalid(
+        c.runs
+            .list(v1::ListRequest {
+                repo: "r".repeat(1000),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "repo",
+    );
+
+    // Legacy CreateRevisionRun: ERROR answers naming the field.
+    let good = legacy_request();
+    let cases: Vec<(legacy::CreateRevisionRunRequest, &str)> = vec![
+        (
+            legacy::CreateRevisionRunRequest {
+                repo_name: String::new(),
+                ..good.clone()
+            },
+            "repo_name",
+        ),
+        (
+            legacy::CreateRevisionRunRequest {
+                commit_id: String::new(),
+                ..good.clone()
+            },
+            "commit_id",
+        ),
+        (
+            legacy::CreateRevisionRunRequest {
+                pipelineruns: vec![],
+                ..good.clone()
+            },
+            "pipelineruns",
+        ),
+        {
+            let mut r = good.clone();
+            r.pipelineruns[0].stage = 1.5;
+            (r, "pipelineruns[0].stage")
+        },
+        {
+            let mut r = good.clone();
+            r.pipelineruns[1].stage = f64::NAN;
+            (r, "pipelineruns[1].stage")
+        },
+        {
+            let mut r = good.clone();
+            r.pipelineruns[0].params = "novalue".into();
+            (r, "pipelineruns[0].params")
+        },
+        {
+            let mut r = good.clone();
+            r.pipelineruns[1].name = "Not Valid".into();
+            (r, "pipelineruns[1].name")
+        },
+        {
+            let mut r = good.clone();
+            r.pipelineruns = vec![r.pipelineruns[0].clone(); 5001];
+            (r, "pipelineruns")
+        },
+    ];
+    for (request, needle) in cases {
+        let r = c
+            .create
+            .create_revision_run(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.result(),
+            legacy::response::Result::Error,
+            "{needle}: {r:?}"
+        );
+        let e = r.error.unwrap();
+        assert!(
+            e.message.contains(needle),
+            "{needle:?} not in {:?}",
+            e.message
+        );
+        let errors: serde_json::Value = serde_json::from_slice(&e.errors).unwrap();
+        assert!(errors.as_array().is_some_and(|a| !a.is_empty()), "{errors}");
+    }
+
+    // Legacy GetStatus.
+    invalid(
+        c.statuses
+            .get_status(legacy::StatusGetRequest {
+                revision_run_id: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "revision_run_id",
+    );
+    invalid(
+        c.statuses
+            .get_status(legacy::StatusGetRequest {
+                revision_run_id: "nothing-like-this".into(),
+            })
+            .await,
+        Code::NotFound,
+        "revision_run_id",
+    );
+
+    // Nothing was stored.
+    let listed = c
+        .runs
+        .list(v1::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.runs.is_empty(), "{listed:?}");
+}
+
+#[test]
+fn an_unreachable_server_exits_3_and_a_bad_file_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = cli(d, &url, &["list"], None);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    std::fs::write(d.join("bad.yaml"), "repo: [unclosed\n").unwrap();
+    let out = cli(d, &url, &["submit", "bad.yaml"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = cli(d, "ftp://x", &["list"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
