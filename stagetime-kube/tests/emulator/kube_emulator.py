@@ -28,7 +28,8 @@ short of what a Kubernetes client relies on, so this subclass replaces it:
 
 Test controls under ``/_emulator/`` (not part of the Kubernetes API):
 ``GET /_emulator/requests`` (every API request seen: method, path, query,
-content type, body), ``POST /_emulator/expire`` (forget the watch history and
+content type, the ``X-Stagetime-Actor`` header tests use to tell clients
+apart, body), ``POST /_emulator/expire`` (forget the watch history and
 close every open watch: clients resuming from an old resourceVersion get 410),
 ``POST /_emulator/close-watches`` (end every open watch normally).
 
@@ -99,6 +100,26 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def _missing_is_null(obj: Any, patch: Any) -> Any:
+    """Drops ``test`` operations that compare a missing member with ``null``.
+
+    The API server's JSON patch (evanphx/json-patch) treats a missing member as
+    ``null`` in a ``test``; kube-rs's finalizer helper relies on it
+    (``test /metadata/finalizers == null`` before adding the first finalizer).
+    """
+    if not isinstance(patch, list):
+        return patch
+    out = []
+    for op in patch:
+        if isinstance(op, dict) and op.get('op') == 'test' and op.get('value', 0) is None:
+            try:
+                jsonpatch.JsonPointer(op.get('path', '')).resolve(obj)
+            except (jsonpatch.JsonPointerException, KeyError, IndexError, TypeError):
+                continue
+        out.append(op)
+    return out
 
 
 _REQ = re.compile(r'^\s*(!?)\s*([A-Za-z0-9_./-]+)\s*(?:(==|=|!=|\s+in\s+|\s+notin\s+)\s*(.*?))?\s*$')
@@ -197,6 +218,7 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
                 'path': request.url.path,
                 'query': dict(request.params),
                 'contentType': request.headers.get('Content-Type', ''),
+                'actor': next((v for k, v in request.headers.items() if k.lower() == 'x-stagetime-actor'), ''),
                 'body': request.text,
             })
         if request.resource is not None and request.method.value == 'PUT' and request.name:
@@ -452,7 +474,7 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
             new = merge_patch(old, patch)
         elif ctype == 'application/json-patch+json':
             try:
-                new = jsonpatch.apply_patch(old, patch)
+                new = jsonpatch.apply_patch(old, _missing_is_null(old, patch))
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
                 raise _status(422, 'Invalid', f'the JSON patch does not apply: {e}')
         else:
@@ -507,6 +529,21 @@ async def serve(host: str, port: int, exit_on_stdin_eof: bool) -> None:
         kind='PipelineRun', singular='pipelinerun', namespaced=True,
         verbs={'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'},
         shortnames={'pr'}, categories={'tekton', 'tekton-pipelines'}, subresources={'status'})
+    # The operator's custom resources (stagetime-kube/src/crd.rs): RevisionRuns
+    # have a status subresource and finalizers; Repos and templates are plain.
+    group = 'stagetime.sthings.tiab.ssc.sva.de/v1beta1'
+    emulator.resources[f'{group}/revisionruns'] = kmock.ResourceInfo(
+        kind='RevisionRun', singular='revisionrun', namespaced=True,
+        verbs={'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'},
+        shortnames={'rr'}, categories={'stagetime'}, subresources={'status'})
+    emulator.resources[f'{group}/repos'] = kmock.ResourceInfo(
+        kind='Repo', singular='repo', namespaced=True,
+        verbs={'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'},
+        categories={'stagetime'})
+    emulator.resources[f'{group}/pipelineruntemplates'] = kmock.ResourceInfo(
+        kind='PipelineRunTemplate', singular='pipelineruntemplate', namespaced=True,
+        verbs={'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'},
+        shortnames={'prt'}, categories={'stagetime'})
     emulator.resources['v1/configmaps'] = kmock.ResourceInfo(
         kind='ConfigMap', singular='configmap', namespaced=True,
         verbs={'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'})

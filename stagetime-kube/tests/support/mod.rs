@@ -28,6 +28,10 @@ use stagetime_kube::types::{ParamValue, PipelineRun};
 use stagetime_kube::{RateLimit, RetryPolicy, TektonConfig};
 use tokio::task::JoinHandle;
 
+pub mod operator;
+pub mod rbac;
+pub mod redis;
+
 /// A running emulator process (shared by every test of one test binary; it
 /// exits when the test process does, because its stdin closes).
 pub struct Emulator {
@@ -145,7 +149,20 @@ impl Emulator {
         Client::try_from(cfg).expect("client for the emulator")
     }
 
-    /// Every API request the emulator has seen (method, path, query, contentType, body).
+    /// A kube client that marks its requests with `X-Stagetime-Actor: actor`
+    /// (the emulator's request log records it; see [`rbac`]).
+    pub fn client_as(&self, namespace: &str, actor: &str) -> Client {
+        let mut cfg = kube::Config::new(self.url.parse().expect("emulator url"));
+        cfg.default_namespace = namespace.to_string();
+        cfg.read_timeout = Some(Duration::from_secs(60));
+        cfg.headers.push((
+            http::HeaderName::from_static("x-stagetime-actor"),
+            http::HeaderValue::from_str(actor).expect("actor header"),
+        ));
+        Client::try_from(cfg).expect("client for the emulator")
+    }
+
+    /// Every API request the emulator has seen (method, path, query, contentType, actor, body).
     pub async fn requests(&self) -> Vec<serde_json::Value> {
         self.control("GET", "requests").await
     }

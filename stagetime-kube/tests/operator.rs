@@ -1,0 +1,406 @@
+//! The operator end to end on the Kubernetes-API emulator, with a real
+//! redis-server as the shared store and an in-process engine with the Tekton
+//! backend as the worker; a simulated Tekton controller ends PipelineRuns.
+//!
+//! * a Repo, two templates and a RevisionRun: PipelineRuns appear stage by
+//!   stage, each owned by the RevisionRun; the status ends Succeeded with its
+//!   conditions; reconciling again submits nothing new;
+//! * deleting a running RevisionRun cancels its PipelineRuns (finalizer);
+//! * invalid RevisionRuns (missing Repo, missing template, bad override) get
+//!   a `Ready=False` condition with the reason, and recover when fixed.
+//!
+//! Each test also checks that every Kubernetes call the operator and the
+//! worker made is allowed by the RBAC in `deploy/`.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use stagetime_core::RunState;
+use stagetime_kube::crd::RevisionRun;
+use stagetime_kube::operator::FINALIZER;
+use stagetime_kube::operator::status::{CONDITION_READY, CONDITION_SUCCEEDED, condition};
+use stagetime_kube::types::PipelineRun;
+use support::operator::{Stack, eventually, tech};
+use support::rbac::{Rbac, assert_allowed};
+
+fn label<'a>(pr: &'a PipelineRun, k: &str) -> &'a str {
+    pr.labels()
+        .get(&format!("stagetime/{k}"))
+        .map_or("", String::as_str)
+}
+
+fn cond(rr: &RevisionRun, t: &str) -> Option<(String, String, String)> {
+    let c = condition(rr.status.as_ref()?, t)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn check_rbac(stack: &Stack) {
+    let prefix = format!("/namespaces/{}/", stack.ns);
+    let requests: Vec<serde_json::Value> = stack
+        .emu
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(&prefix)))
+        .collect();
+    let rbac = Rbac::load();
+    for actor in ["operator", "worker"] {
+        assert!(
+            requests.iter().any(|r| r["actor"] == actor),
+            "the {actor} made calls"
+        );
+        assert_allowed(&rbac, &requests, actor);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revision_run_runs_stage_by_stage_and_succeeds() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    stack.repo("app", "main").await;
+    stack
+        .template("lint", 0, &["outcome=succeed", "delay_ms=300"])
+        .await;
+    stack
+        .template("docker", 1, &["outcome=succeed", "delay_ms=100"])
+        .await;
+    let mut unit = tech("unit", "lint");
+    unit.params = Some("delay_ms=500; mode=unit;".into());
+    let mut optional = tech("optional", "docker");
+    optional.canfail = true;
+    optional.params = Some("outcome=fail".into());
+    let rr = stack
+        .revision_run(
+            "demo",
+            None,
+            vec![
+                tech("lint", "lint"),
+                unit,
+                tech("image", "docker"),
+                optional,
+            ],
+        )
+        .await;
+    let uid = rr.uid().expect("uid");
+
+    // Stage by stage: whenever a stage-1 PipelineRun exists, every stage-0
+    // one has finished (and stage 1 starts only once stage 0 is complete).
+    let api = stack.revision_runs();
+    let saw_stage0_alone = std::sync::atomic::AtomicBool::new(false);
+    let done = eventually("the RevisionRun to finish", || async {
+        let prs = stack.pipelineruns().await;
+        let stage0: Vec<&PipelineRun> = prs.iter().filter(|p| label(p, "stage") == "0").collect();
+        let stage1: Vec<&PipelineRun> = prs.iter().filter(|p| label(p, "stage") == "1").collect();
+        if !stage1.is_empty() {
+            assert_eq!(stage0.len(), 2, "both stage-0 tasks ran before stage 1");
+            assert!(
+                stage0
+                    .iter()
+                    .all(|p| stagetime_kube::status::is_finished(p)),
+                "stage 1 started before stage 0 finished"
+            );
+        } else if !stage0.is_empty() {
+            saw_stage0_alone.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let rr = api.get("demo").await.ok()?;
+        let phase = rr.status.as_ref()?.phase.clone()?;
+        (phase == "Succeeded" || phase == "Failed").then_some(rr)
+    })
+    .await;
+    assert!(
+        saw_stage0_alone.load(std::sync::atomic::Ordering::Relaxed),
+        "stage 0 ran on its own first"
+    );
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"), "{status:#?}");
+    assert_eq!(status.observed_generation, done.metadata.generation);
+    assert_eq!(
+        status.revision.as_deref(),
+        Some("main"),
+        "empty revision: the Repo's branch"
+    );
+    assert_eq!(
+        cond(&done, CONDITION_READY).map(|c| (c.0, c.1)),
+        Some(("True".into(), "Submitted".into()))
+    );
+    assert_eq!(
+        cond(&done, CONDITION_SUCCEEDED).map(|c| (c.0, c.1)),
+        Some(("True".into(), "Succeeded".into()))
+    );
+    let stages: Vec<(&str, &str)> = status
+        .stages
+        .iter()
+        .map(|s| (s.stage.as_str(), s.phase.as_str()))
+        .collect();
+    assert_eq!(stages, [("0", "Succeeded"), ("1", "Succeeded")]);
+    assert!(done.finalizers().iter().any(|f| f == FINALIZER));
+
+    // Every task names its PipelineRun; each exists and is owned by the RevisionRun.
+    let prs = stack.pipelineruns().await;
+    assert_eq!(prs.len(), 4, "one PipelineRun per task");
+    for t in &status.tasks {
+        let name = t.pipeline_run.as_deref().expect("pipelineRun name");
+        let pr = prs.iter().find(|p| p.name_any() == name).expect("exists");
+        let owners = pr.owner_references();
+        assert_eq!(owners.len(), 1, "{owners:?}");
+        assert_eq!(owners[0].kind, "RevisionRun");
+        assert_eq!(owners[0].name, "demo");
+        assert_eq!(owners[0].uid, uid);
+        assert_eq!(label(pr, "task"), t.id);
+    }
+    let unit = prs
+        .iter()
+        .find(|p| label(p, "task") == "unit")
+        .expect("unit");
+    let params: BTreeSet<(String, String)> = unit
+        .spec
+        .params
+        .iter()
+        .filter_map(|p| match &p.value {
+            stagetime_kube::types::ParamValue::String(s) => Some((p.name.clone(), s.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        params.contains(&("mode".into(), "unit".into())),
+        "override: {params:?}"
+    );
+    assert!(
+        params.contains(&("outcome".into(), "succeed".into())),
+        "default: {params:?}"
+    );
+    assert_eq!(
+        status
+            .tasks
+            .iter()
+            .find(|t| t.id == "optional")
+            .map(|t| t.status.as_str()),
+        Some("failed"),
+        "allowed to fail"
+    );
+
+    // Reconciling again (a metadata change, and the operator's own status
+    // updates) submits nothing new: one run, one submission.
+    api.patch(
+        "demo",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .expect("touch");
+    eventually("the touch to be reconciled", || async {
+        let n = stack
+            .metrics
+            .reconciles
+            .get_or_create(&stagetime_kube::operator::reconcile::ResultLabel {
+                result: "unchanged".into(),
+            })
+            .get();
+        (n > 0).then_some(())
+    })
+    .await;
+    assert_eq!(stack.metrics.submitted.get(), 1, "submitted once");
+    let runs = stack
+        .store
+        .list_runs(&stagetime_core::store::RunFilter {
+            repo: Some("app".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list runs");
+    assert_eq!(runs.runs.len(), 1, "one run in the store");
+    assert_eq!(stack.pipelineruns().await.len(), 4, "no new PipelineRuns");
+    let run = stack.run(status.run_id.as_deref().expect("run id")).await;
+    assert_eq!(run.state, RunState::Succeeded);
+    check_rbac(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_revision_run_cancels_its_pipelineruns() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    stack.repo("app", "main").await;
+    stack.template("quick", 0, &["outcome=succeed"]).await;
+    stack.template("long", 1, &["outcome=hang"]).await;
+    stack
+        .revision_run(
+            "doomed",
+            Some("4f1c2e9a77"),
+            vec![tech("prepare", "quick"), tech("soak", "long")],
+        )
+        .await;
+    let api = stack.revision_runs();
+    let rr = eventually("the long PipelineRun to run", || async {
+        let prs = stack.pipelineruns().await;
+        let running = prs.iter().any(|p| {
+            label(p, "task") == "soak"
+                && p.status.as_ref().is_some_and(|s| !s.conditions.is_empty())
+        });
+        let rr = api.get("doomed").await.ok()?;
+        (running && rr.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(rr)
+    })
+    .await;
+    let run_id = rr
+        .status
+        .as_ref()
+        .and_then(|s| s.run_id.clone())
+        .expect("run id");
+    assert_eq!(
+        rr.status.as_ref().and_then(|s| s.stage.as_deref()),
+        Some("1")
+    );
+
+    api.delete("doomed", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("the RevisionRun to be gone (finalizer removed)", || async {
+        api.get_opt("doomed").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let soak = eventually("the PipelineRun to be cancelled", || async {
+        let prs = stack.pipelineruns().await;
+        let soak = prs.into_iter().find(|p| label(p, "task") == "soak")?;
+        let reason = soak.status.as_ref()?.conditions.first()?.reason.clone()?;
+        (reason == "Cancelled").then_some(soak)
+    })
+    .await;
+    assert_eq!(
+        soak.spec.status.as_deref(),
+        Some("Cancelled"),
+        "cancelled by the worker"
+    );
+    let run = eventually("the run to be cancelled", || async {
+        let r = stack.run(&run_id).await;
+        r.state.is_finished().then_some(r)
+    })
+    .await;
+    assert_eq!(run.state, RunState::Cancelled);
+    check_rbac(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_revision_runs_get_a_failure_condition() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    let api = stack.revision_runs();
+    let reason_of = |name: &'static str| {
+        let api = api.clone();
+        move || {
+            let api = api.clone();
+            async move {
+                let rr = api.get(name).await.ok()?;
+                let (status, reason, message) = cond(&rr, CONDITION_READY)?;
+                Some((status, reason, message, rr))
+            }
+        }
+    };
+    // No Repo yet.
+    let mut bad = tech("build", "docker");
+    bad.params = Some("tag=v1; x".into());
+    stack
+        .revision_run("orphan", None, vec![tech("build", "docker")])
+        .await;
+    stack.revision_run("broken", None, vec![bad]).await;
+    let (status, reason, message, rr) = eventually("RepoNotFound", {
+        let probe = reason_of("orphan");
+        move || {
+            let probe = probe.clone();
+            async move { probe().await.filter(|c| c.1 == "RepoNotFound") }
+        }
+    })
+    .await;
+    assert_eq!(status, "False");
+    assert_eq!(
+        message,
+        format!("Repo \"app\" not found in namespace {:?}", stack.ns),
+        "{reason}"
+    );
+    assert_eq!(
+        rr.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Error")
+    );
+    assert_eq!(
+        cond(&rr, CONDITION_SUCCEEDED).map(|c| (c.0, c.1)),
+        Some(("Unknown".into(), "NotSubmitted".into()))
+    );
+
+    // The Repo appears: now the template is missing (the Repo's watch re-triggers).
+    stack.repo("app", "main").await;
+    let (_, _, message, _) = eventually("TemplateNotFound", {
+        let probe = reason_of("orphan");
+        move || {
+            let probe = probe.clone();
+            async move { probe().await.filter(|c| c.1 == "TemplateNotFound") }
+        }
+    })
+    .await;
+    assert!(message.contains("\"docker\""), "{message}");
+
+    // The template appears: `orphan` runs; `broken` stays invalid, naming the field.
+    stack.template("docker", 0, &["outcome=succeed"]).await;
+    eventually("orphan to succeed", || async {
+        let rr = api.get("orphan").await.ok()?;
+        (rr.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(())
+    })
+    .await;
+    let (status, _, message, rr) = eventually("InvalidSpec", {
+        let probe = reason_of("broken");
+        move || {
+            let probe = probe.clone();
+            async move { probe().await.filter(|c| c.1 == "InvalidSpec") }
+        }
+    })
+    .await;
+    assert_eq!(status, "False");
+    assert_eq!(message, "technologies[0].params: entry \"x\" has no '='");
+    assert_eq!(
+        rr.status.as_ref().and_then(|s| s.run_id.as_deref()),
+        None,
+        "nothing submitted"
+    );
+
+    // Fixing the override (a new generation) submits it.
+    api.patch(
+        "broken",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"technologies": [{"id": "build", "kind": "docker", "params": "tag=v1"}]}})),
+    )
+    .await
+    .expect("fix");
+    let fixed = eventually("broken to succeed once fixed", || async {
+        let rr = api.get("broken").await.ok()?;
+        (rr.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(rr)
+    })
+    .await;
+    assert_eq!(fixed.metadata.generation, Some(2));
+    assert_eq!(
+        fixed.status.as_ref().and_then(|s| s.observed_generation),
+        Some(2)
+    );
+    assert!(
+        fixed
+            .status
+            .as_ref()
+            .and_then(|s| s.run_id.as_deref())
+            .is_some_and(|id| id.ends_with("-g2")),
+        "{:?}",
+        fixed.status
+    );
+    assert_eq!(
+        stack.pipelineruns().await.len(),
+        2,
+        "one PipelineRun each for orphan and broken, none for the invalid generations"
+    );
+    check_rbac(&stack).await;
+    stack.stop().await;
+}
