@@ -129,6 +129,11 @@ impl Rbac {
         self.docs.iter().filter(move |d| d["kind"] == kind)
     }
 
+    /// The documents of one kind.
+    pub fn documents(&self, kind: &str) -> impl Iterator<Item = &Value> {
+        self.kind(kind)
+    }
+
     /// The rules bound (RoleBinding / ClusterRoleBinding) to ServiceAccount `sa`.
     fn rules_of(&self, sa: &str) -> Vec<(String, Rule)> {
         let mut out = Vec::new();

@@ -1,0 +1,129 @@
+//! The RBAC in `deploy/` is exactly what the code needs: a RevisionRun that
+//! succeeds, one deleted while running (finalizer, cancel) and a
+//! housekeeping pass, on the emulator with the real operator and worker
+//! code; every call they make must be allowed by the rules bound to their
+//! ServiceAccounts, and every rule must have been needed by some call.
+
+mod support;
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::DeleteParams;
+use stagetime_core::Backend;
+use stagetime_core::backend::Housekeeping;
+use stagetime_kube::TektonBackend;
+use support::config;
+use support::operator::{Stack, eventually, tech};
+use support::rbac::{Rbac, assert_allowed, unused_rules};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_rbac_allows_every_call_and_nothing_more() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    stack.repo("app", "main").await;
+    stack.template("quick", 0, &["outcome=succeed"]).await;
+    stack.template("long", 1, &["outcome=hang"]).await;
+    let api = stack.revision_runs();
+
+    stack
+        .revision_run("fine", None, vec![tech("prepare", "quick")])
+        .await;
+    eventually("fine to succeed", || async {
+        let rr = api.get("fine").await.ok()?;
+        (rr.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(())
+    })
+    .await;
+
+    stack
+        .revision_run(
+            "doomed",
+            None,
+            vec![tech("prepare", "quick"), tech("soak", "long")],
+        )
+        .await;
+    eventually("soak to run", || async {
+        let prs = stack.pipelineruns().await;
+        prs.iter()
+            .any(|p| {
+                p.labels().get("stagetime/task").map(String::as_str) == Some("soak")
+                    && p.status.as_ref().is_some_and(|s| !s.conditions.is_empty())
+            })
+            .then_some(())
+    })
+    .await;
+    api.delete("doomed", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("soak to be cancelled", || async {
+        let prs = stack.pipelineruns().await;
+        prs.iter()
+            .any(|p| {
+                p.labels().get("stagetime/task").map(String::as_str) == Some("soak")
+                    && p.spec.status.as_deref() == Some("Cancelled")
+                    && stagetime_kube::status::is_finished(p)
+            })
+            .then_some(())
+    })
+    .await;
+    eventually("doomed to be gone", || async {
+        api.get_opt("doomed").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    // The worker's housekeeping (deletes finished PipelineRuns), as the worker's client.
+    let worker = TektonBackend::new(stack.emu.client_as(&stack.ns, "worker"), config(&stack.ns));
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms")
+        + Duration::from_secs(3600).as_millis() as u64;
+    let report = worker
+        .housekeeping(&Housekeeping {
+            ttl: Duration::from_secs(1),
+            keep_last: 0,
+            now_ms,
+        })
+        .await
+        .expect("housekeeping");
+    assert!(
+        !report.deleted.is_empty(),
+        "housekeeping deleted finished PipelineRuns"
+    );
+    let (emu, ns) = (stack.emu, stack.ns.clone());
+    stack.stop().await;
+
+    let prefix = format!("/namespaces/{ns}/");
+    let requests: Vec<serde_json::Value> = emu
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(&prefix)))
+        .collect();
+    let rbac = Rbac::load();
+    for actor in ["operator", "worker"] {
+        assert_allowed(&rbac, &requests, actor);
+        let unused = unused_rules(&rbac, &requests, actor);
+        assert!(
+            unused.is_empty(),
+            "deploy/ RBAC of stagetime-{actor} grants what no call needed (least privilege): {unused:?}"
+        );
+    }
+    assert!(
+        rbac.granted("server").is_empty(),
+        "the server needs no Kubernetes API access"
+    );
+    // Each Deployment runs as its own ServiceAccount.
+    for d in rbac.documents("Deployment") {
+        let name = d["metadata"]["name"].as_str().unwrap_or("");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["serviceAccountName"], name,
+            "Deployment {name} runs as the ServiceAccount of the same name"
+        );
+    }
+    assert_eq!(rbac.documents("Deployment").count(), 3);
+}
