@@ -175,7 +175,10 @@ pub async fn serve(
             .await;
     };
     router
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
         .map_err(|e| Error::unavailable("grpc server", e))
 }
