@@ -163,6 +163,21 @@ impl Operator {
         }
     }
 
+    /// An operator with a client from `KUBECONFIG` (or `~/.kube/config`) or,
+    /// inside a pod, the in-cluster configuration.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when neither configuration is usable.
+    pub async fn try_default(store: Arc<dyn Store>, config: OperatorConfig) -> Result<Self, Error> {
+        let client = Client::try_default().await.map_err(|e| {
+            Error::unavailable(
+                "kubernetes",
+                format!("no usable kubeconfig or in-cluster config: {e}"),
+            )
+        })?;
+        Ok(Self::new(client, store, config))
+    }
+
     /// Replaces the metrics (e.g. with ones registered in a registry).
     pub fn with_metrics(mut self, metrics: OperatorMetrics) -> Self {
         self.metrics = metrics;
