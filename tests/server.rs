@@ -663,11 +663,34 @@ async fn with_auth_on_calls_need_the_token_while_health_and_reflection_answer() 
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
+    // Shutdown with a watch open (the run never starts: no worker sees a
+    // --memory server): the stream ends, the server exits 0.
+    let submitted = ok
+        .runs
+        .submit(v1::SubmitRequest {
+            document: "repo: r\ncommit: c\ntasks: [{name: a, command: 'true'}]\n".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = ok
+        .runs
+        .watch(v1::WatchRequest { id: submitted.id })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.state(), v1::RunState::Queued);
     assert_eq!(
         server.terminate(),
         Some(0),
         "clean shutdown: {}",
         server.log()
+    );
+    let end = stream.message().await;
+    assert!(
+        matches!(&end, Err(e) if e.code() == Code::Unavailable) || matches!(end, Ok(None)),
+        "{end:?}"
     );
 }
 

@@ -86,10 +86,12 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let limits = config.limits.clone();
     let max = limits.max_message_bytes;
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let runs = v1::runs_server::RunsServer::new(RunsService::new(
         Arc::clone(&store),
         limits.clone(),
         metrics.clone(),
+        stopping,
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
@@ -170,6 +172,7 @@ pub async fn serve(
     let shutdown = async move {
         shutdown.await;
         info!("gRPC server shutting down: refusing new calls, finishing those in progress");
+        let _ = stopping_tx.send(true);
         health_on_stop
             .set_service_status("", ServingStatus::NotServing)
             .await;

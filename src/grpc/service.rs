@@ -95,6 +95,7 @@ pub struct RunsService {
     api: Api,
     watch_poll: Duration,
     watches: Arc<Semaphore>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for RunsService {
@@ -105,8 +106,16 @@ impl std::fmt::Debug for RunsService {
 
 impl RunsService {
     /// The service over `store`; `metrics` counts requests when given.
-    pub fn new(store: Arc<dyn Store>, limits: Limits, metrics: Option<Metrics>) -> Self {
+    /// Open watches end (with `UNAVAILABLE`, so clients watch again
+    /// elsewhere) once `stopping` turns true.
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        metrics: Option<Metrics>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         RunsService {
+            stopping,
             watches: Arc::new(Semaphore::new(limits.max_watches)),
             watch_poll: limits.watch_poll,
             api: Api {
@@ -257,6 +266,7 @@ impl RunsService {
             next: Some(first),
             last_version: 0,
             done: false,
+            stopping: self.stopping.clone(),
             _permit: permit,
         };
         Ok(Box::pin(futures::stream::unfold(state, watch_step)))
@@ -273,12 +283,14 @@ struct WatchState {
     next: Option<RunRecord>,
     last_version: u64,
     done: bool,
+    stopping: tokio::sync::watch::Receiver<bool>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// One item of a watch: the next record whose version changed, polled from
 /// the store (the server runs no engine; any worker may change the run).
-/// The stream ends after a finished run was sent, or on the first error;
+/// The stream ends after a finished run was sent, on the first error, or
+/// when the server shuts down;
 /// when the client goes away, tonic drops the stream and polling stops.
 async fn watch_step(mut s: WatchState) -> Option<(Result<v1::Run, Status>, WatchState)> {
     if s.done {
@@ -289,7 +301,19 @@ async fn watch_step(mut s: WatchState) -> Option<(Result<v1::Run, Status>, Watch
         let record = match s.next.take() {
             Some(r) => r,
             None => {
-                tokio::time::sleep(s.poll).await;
+                let stopped = tokio::select! {
+                    _ = tokio::time::sleep(s.poll) => false,
+                    _ = s.stopping.wait_for(|stop| *stop) => true,
+                };
+                if stopped {
+                    s.done = true;
+                    return Some((
+                        Err(Status::unavailable(
+                            "the server is shutting down; watch again",
+                        )),
+                        s,
+                    ));
+                }
                 match s.store.load_run(&s.id).await {
                     Ok(r) => r,
                     Err(e) if e.kind() == ErrorKind::Unavailable && unavailable < 20 => {
