@@ -65,3 +65,52 @@ fn generated_crds_read_back_as_crds() {
         assert_eq!(back, crd);
     }
 }
+
+#[test]
+fn the_example_resolves_to_a_valid_run() {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+    use stagetime_kube::crd::{PipelineRunTemplate, Repo, RevisionRun};
+    use stagetime_kube::operator::{RunIdentity, build_run_spec};
+
+    let path = dir().join("..").join("examples").join("revisionrun.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/examples/revisionrun.yaml");
+    let (mut repos, mut templates, mut runs) = (Vec::new(), BTreeMap::new(), Vec::new());
+    for doc in yaml_serde::Deserializer::from_str(&text) {
+        let v = serde_json::Value::deserialize(doc).expect("yaml");
+        let with_ns = |mut v: serde_json::Value| {
+            v["metadata"]["namespace"] = "stagetime".into();
+            v["metadata"]["uid"] = "0b7c2a9e-1111-2222-3333-444455556666".into();
+            v
+        };
+        match v["kind"].as_str() {
+            Some("Repo") => repos.push(serde_json::from_value::<Repo>(with_ns(v)).expect("Repo")),
+            Some("PipelineRunTemplate") => {
+                let t: PipelineRunTemplate =
+                    serde_json::from_value(with_ns(v)).expect("PipelineRunTemplate");
+                templates.insert(t.metadata.name.clone().expect("name"), t);
+            }
+            Some("RevisionRun") => {
+                runs.push(serde_json::from_value::<RevisionRun>(with_ns(v)).expect("RevisionRun"))
+            }
+            other => panic!("unexpected kind {other:?}"),
+        }
+    }
+    assert_eq!((repos.len(), templates.len(), runs.len()), (1, 2, 1));
+    let id = RunIdentity::of(&runs[0]).expect("identity");
+    let spec = build_run_spec(&runs[0], &repos[0], &templates, &id, "stagetime")
+        .unwrap_or_else(|e| panic!("the example is valid: {e}"));
+    let stages: Vec<(&str, Option<u32>)> = spec
+        .tasks
+        .iter()
+        .map(|t| (t.name.as_str(), t.stage.and_then(|s| s.whole())))
+        .collect();
+    assert_eq!(
+        stages,
+        [("lint", Some(0)), ("unit", Some(0)), ("app-image", Some(1))]
+    );
+    let image = spec.tasks[2].pipeline.as_ref().expect("pipeline");
+    assert_eq!(image.params["tag"], "4f1c2e9a77");
+    assert_eq!(image.params["path"], "services/app");
+}
