@@ -19,7 +19,7 @@ pub use stagetime_core::*;
 pub use stagetime_kube as kube;
 #[cfg(feature = "redis")]
 pub use stagetime_redis as redis;
-#[cfg(feature = "telemetry")]
-pub mod telemetry;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
