@@ -14,6 +14,10 @@
 //! The CRD manifests in `deploy/crds/` are generated from these types
 //! ([`crds`], [`crd_yaml`]); a test fails when they drift.
 
+// `printcolumn(type_ = "string", ...)` repeats per column inside `#[kube(...)]`,
+// which clippy's duplicated_attributes lint mistakes for a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt};

@@ -4,7 +4,7 @@
 //! * [`merge`]: overrides laid over template defaults, and the whole
 //!   RevisionRun as a [`stagetime_core::RevisionRunSpec`] — pure;
 //! * [`status`]: a RevisionRun's status from its run's record — pure;
-//! * [`reconcile`]: the kube-runtime controller ([`Operator`]).
+//! * [`mod@reconcile`]: the kube-runtime controller ([`Operator`]).
 //!
 //! The operator submits runs; it never runs tasks. Workers sharing the same
 //! store (Redis) pick the runs up and create the PipelineRuns, which carry
