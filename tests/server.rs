@@ -146,17 +146,53 @@ impl Drop for Proc {
 
 /// A server (and its gRPC URL).
 fn server(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Proc, String) {
+    let (p, addr, _) = server_at(dir, args, env);
+    (p, format!("http://{addr}"))
+}
+
+/// A server, its gRPC address and its metrics address.
+fn server_at(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Proc, String, String) {
     let mut all = vec!["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let mut p = Proc::start("server", &all, env, dir);
     let addr = p.wait_line("grpc listening on ");
-    p.wait_line("metrics listening on ");
-    (p, format!("http://{addr}"))
+    let metrics = p.wait_line("metrics listening on ");
+    (p, addr, metrics)
+}
+
+/// `GET path` over plain HTTP/1.1; the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics port");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of a sample line `name{...} value` (summed over label sets).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A worker with the local backend on `workdir` (shared by the workers of
 /// one test: an attempt's directory marks its launch).
 fn worker(dir: &Path, redis_url: &str, prefix: &str, workdir: &Path) -> Proc {
+    worker_at(dir, redis_url, prefix, workdir).0
+}
+
+/// A worker and its metrics address.
+fn worker_at(dir: &Path, redis_url: &str, prefix: &str, workdir: &Path) -> (Proc, String) {
     let mut p = Proc::start(
         "worker",
         &[
@@ -178,8 +214,9 @@ fn worker(dir: &Path, redis_url: &str, prefix: &str, workdir: &Path) -> Proc {
         &[],
         dir,
     );
+    let metrics = p.wait_line("metrics listening on ");
     p.wait_line("worker ");
-    p
+    (p, metrics)
 }
 
 fn cli(dir: &Path, server: &str, args: &[&str], token: Option<&str>) -> Output {
@@ -259,10 +296,12 @@ async fn submit_watch_cancel_rerun_and_legacy_through_server_and_two_workers() {
     let d = dir.path();
     let prefix = redis.config("e2e").prefix;
     let url = redis.url();
-    let (_server, api) = server(d, &["--redis-url", &url, "--redis-prefix", &prefix], &[]);
+    let (_server, addr, server_metrics) =
+        server_at(d, &["--redis-url", &url, "--redis-prefix", &prefix], &[]);
+    let api = format!("http://{addr}");
     let workdir = d.join("work");
-    let _w1 = worker(d, &url, &prefix, &workdir);
-    let _w2 = worker(d, &url, &prefix, &workdir);
+    let (_w1, w1_metrics) = worker_at(d, &url, &prefix, &workdir);
+    let (_w2, w2_metrics) = worker_at(d, &url, &prefix, &workdir);
 
     // 1. Submit through the CLI and wait: `b` fails the first time.
     let events = d.join("events");
@@ -478,6 +517,31 @@ finally:
     let rows = json(&out);
     assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
     assert_eq!(rows[0]["id"], id.as_str());
+
+    // Metrics: the server counts requests by method and code; the workers
+    // count transitions and task durations; probes answer.
+    let m = http_get(&server_metrics, "/metrics");
+    assert!(
+        m.contains("stagetime_grpc_requests_total{method=\"Submit\",code=\"Ok\"}"),
+        "{m}"
+    );
+    assert!(metric(&m, "stagetime_grpc_requests_total") >= 5.0, "{m}");
+    assert!(http_get(&server_metrics, "/readyz").contains("200 OK"));
+    let transitions: f64 = [&w1_metrics, &w2_metrics]
+        .iter()
+        .map(|a| metric(&http_get(a, "/metrics"), "stagetime_transitions_total"))
+        .sum();
+    assert!(transitions >= 10.0, "transitions counted: {transitions}");
+    let durations: f64 = [&w1_metrics, &w2_metrics]
+        .iter()
+        .map(|a| {
+            metric(
+                &http_get(a, "/metrics"),
+                "stagetime_task_duration_seconds_count",
+            )
+        })
+        .sum();
+    assert!(durations >= 3.0, "task durations observed: {durations}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -975,6 +1039,104 @@ async fn bad_input_on_every_rpc_is_refused_naming_the_field_and_stores_nothing()
         .unwrap()
         .into_inner();
     assert!(listed.runs.is_empty(), "{listed:?}");
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it (openssl), or false.
+fn make_certs(dir: &Path) -> bool {
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=stagetime-test-ca",
+    ]) && openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]) && openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])
+}
+
+#[test]
+fn tls_serves_https_clients_that_trust_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if !make_certs(d) {
+        stagetime_core::testkit::skip_or_fail("openssl (to make test certificates)");
+        return;
+    }
+    let cert = d.join("server.pem");
+    let key = d.join("server.key");
+    let (_server, addr, _) = server_at(
+        d,
+        &[
+            "--memory",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let https = format!("https://{addr}");
+    let ca = d.join("ca.pem");
+    let out = cli(
+        d,
+        &https,
+        &["list", "--ca-cert", ca.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Without trusting the CA, or in plaintext, the client cannot talk to it.
+    let out = cli(d, &https, &["list"], None);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let out = cli(d, &format!("http://{addr}"), &["list"], None);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
 }
 
 #[test]
