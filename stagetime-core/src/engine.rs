@@ -124,7 +124,8 @@ pub trait EngineListener: Send + Sync + 'static {
         let _ = (before, after);
     }
 
-    /// A backend call failed (`op`: `launch` or `cancel`); retryable or not.
+    /// A backend call failed (`op`: `launch` or `cancel`), retryable or
+    /// not; every failed call is reported, retries included.
     fn backend_error(&self, op: &'static str, error: &Error) {
         let _ = (op, error);
     }
@@ -498,7 +499,6 @@ impl Engine {
                     }
                     Ok(None) => executed.push(command),
                     Err(e) => {
-                        self.listener.backend_error(command_op(&command), &e);
                         warn!(run = %id, error = %e, ?command, "backend unavailable; will retry");
                         remaining.push(command);
                     }
@@ -593,14 +593,20 @@ impl Engine {
         match *command {
             Command::Launch { task, attempt } => {
                 let request = LaunchRequest::for_task(id, plan, task, attempt);
-                match retry(|| self.backend.launch(request.clone())).await {
+                let launch = || async {
+                    let r = self.backend.launch(request.clone()).await;
+                    if let Err(e) = &r {
+                        self.listener.backend_error("launch", e);
+                    }
+                    r
+                };
+                match retry(launch).await {
                     Ok(l) => Ok(Some(Executed {
                         event: Event::TaskStarted { task, attempt },
                         handle: Some(l.handle),
                     })),
                     Err(e) if e.is_retryable() => Err(e),
                     Err(e) => {
-                        self.listener.backend_error("launch", &e);
                         warn!(run = %id, task = plan.task(task).name(), attempt, error = %e, "launch failed");
                         Ok(Some(Executed {
                             event: Event::TaskFinished {
@@ -621,11 +627,17 @@ impl Engine {
                     task: plan.task(task).name().to_string(),
                     attempt,
                 };
-                match retry(|| self.backend.cancel(&key)).await {
+                let cancel = || async {
+                    let r = self.backend.cancel(&key).await;
+                    if let Err(e) = &r {
+                        self.listener.backend_error("cancel", e);
+                    }
+                    r
+                };
+                match retry(cancel).await {
                     Ok(()) => Ok(None),
                     Err(e) if e.is_retryable() => Err(e),
                     Err(e) => {
-                        self.listener.backend_error("cancel", &e);
                         warn!(%key, error = %e, "cancel failed; giving up on it");
                         Ok(None)
                     }
@@ -756,13 +768,6 @@ impl Engine {
                 }
             }
         }
-    }
-}
-
-fn command_op(c: &Command) -> &'static str {
-    match c {
-        Command::Cancel { .. } => "cancel",
-        _ => "launch",
     }
 }
 

@@ -480,3 +480,146 @@ async fn claim_failures_do_not_stop_the_engine() {
     assert_created_once(&backend, &id, &[("a", 1), ("b", 1)]);
     running.shutdown().await;
 }
+
+/// Delegates to an `InstantBackend`, but `launch` waits for `gate` (after
+/// signalling `entered`), so a test can stop the engine mid-batch.
+struct GatedBackend {
+    inner: InstantBackend,
+    entered: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl Backend for GatedBackend {
+    fn name(&self) -> &str {
+        "gated"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn launch(&self, request: LaunchRequest) -> Result<Launched> {
+        self.entered.notify_one();
+        self.gate.notified().await;
+        self.inner.launch(request).await
+    }
+
+    async fn cancel(&self, key: &LaunchKey) -> Result<()> {
+        self.inner.cancel(key).await
+    }
+
+    fn observe(&self) -> BoxStream<'static, Observation> {
+        self.inner.observe()
+    }
+
+    async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>> {
+        self.inner.reconcile(run).await
+    }
+
+    async fn housekeeping(&self, policy: &Housekeeping) -> Result<HousekeepingReport> {
+        self.inner.housekeeping(policy).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_the_batch_in_hand_and_leaves_nothing_claimed() {
+    let inner = InstantBackend::new();
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let backend = GatedBackend {
+        inner: inner.clone(),
+        entered: Arc::clone(&entered),
+        gate: Arc::clone(&gate),
+    };
+    let store = Arc::new(MemoryStore::new());
+    let running = start(store.clone(), Arc::new(backend));
+    let id = running
+        .engine
+        .submit(yaml(
+            "{repo: r, commit: c, tasks: [{name: a, command: 'sleep 1'}]}",
+        ))
+        .await
+        .unwrap()
+        .id;
+    // The batch is in the middle of launching `a`: ask the engine to stop.
+    entered.notified().await;
+    let _ = running.stop.send(());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !running.handle.is_finished(),
+        "the engine waits for the batch in hand"
+    );
+    gate.notify_one();
+    running.handle.await.unwrap().unwrap();
+    let record = store.load_run(&id).await.unwrap();
+    assert_eq!(
+        status(&record, 0),
+        TaskStatus::Running,
+        "the launch was committed"
+    );
+    assert!(record.outbox.is_empty(), "{:?}", record.outbox);
+    let stats = store.stats(u64::MAX / 2).await.unwrap().unwrap();
+    assert_eq!(
+        stats.queue.in_flight, 0,
+        "the batch was acknowledged: {stats:?}"
+    );
+    assert_created_once(&inner, &id, &[("a", 1)]);
+}
+
+/// Counts what an engine reports to its listener.
+#[derive(Default)]
+struct Counting {
+    committed: AtomicU32,
+    finished: AtomicU32,
+    backend_errors: AtomicU32,
+}
+
+impl stagetime_core::engine::EngineListener for Counting {
+    fn committed(&self, before: &RunRecord, after: &RunRecord) {
+        self.committed.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(after.version, before.version + 1);
+        if after.state.is_finished() && !before.state.is_finished() {
+            self.finished.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn backend_error(&self, op: &'static str, _error: &Error) {
+        assert_eq!(op, "launch");
+        self.backend_errors.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_listener_sees_transitions_finishes_and_backend_errors() {
+    let inner = InstantBackend::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let backend = faulty_backend(inner.clone(), Arc::clone(&calls), |n| {
+        (n <= 2).then(|| Error::unavailable("cluster", "connection refused"))
+    });
+    let listener = Arc::new(Counting::default());
+    let engine = Arc::new(
+        Engine::new(Arc::new(MemoryStore::new()), Arc::new(backend))
+            .with_config(config())
+            .with_clock(Arc::new(TokioClock::new()))
+            .with_listener(listener.clone()),
+    );
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(Arc::clone(&engine).run(async {
+        let _ = rx.await;
+    }));
+    let id = engine
+        .submit(yaml(
+            "{repo: r, commit: c, tasks: [{name: a, command: 'true'}, {name: b, stage: 1, command: 'true'}]}",
+        ))
+        .await
+        .unwrap()
+        .id;
+    let record = engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Succeeded);
+    let _ = stop.send(());
+    handle.await.unwrap().unwrap();
+    assert!(listener.committed.load(Ordering::SeqCst) >= 3);
+    assert_eq!(listener.finished.load(Ordering::SeqCst), 1);
+    assert_eq!(listener.backend_errors.load(Ordering::SeqCst), 2);
+}
