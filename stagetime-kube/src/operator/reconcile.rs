@@ -443,7 +443,7 @@ impl Operator {
     ) -> Result<(), Error> {
         let ns = rr.namespace().unwrap_or_default();
         let name = rr.name_any();
-        let patch = serde_json::json!({ "status": status });
+        let patch = serde_json::json!({ "status": status_patch(status) });
         self.api::<RevisionRun>(&ns)
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -483,6 +483,28 @@ impl Operator {
     }
 }
 
+/// `status` as a merge patch: fields it leaves out are written as `null`,
+/// so that a merge patch removes what an earlier status had (a merge patch
+/// replaces arrays whole, so only the top level needs this).
+pub fn status_patch(status: &RevisionRunStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(status).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        for key in [
+            "phase",
+            "stage",
+            "runId",
+            "revision",
+            "observedGeneration",
+            "stages",
+            "tasks",
+            "conditions",
+        ] {
+            map.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+    v
+}
+
 /// One reconcile of `rr` (the finalizer flow around [`Operator`]'s apply and
 /// cleanup).
 ///
@@ -519,4 +541,35 @@ pub fn error_policy(rr: Arc<RevisionRun>, err: &Error, op: Arc<Operator>) -> Act
     let delay = op.failed(&key);
     warn!(revisionrun = %key, error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_patches_remove_fields_the_new_status_lacks() {
+        let status = RevisionRunStatus {
+            phase: Some("Error".into()),
+            ..RevisionRunStatus::default()
+        };
+        let patch = status_patch(&status);
+        assert_eq!(patch["phase"], "Error");
+        assert!(patch["stage"].is_null() && patch.get("stage").is_some());
+        assert!(patch.get("tasks").is_some_and(serde_json::Value::is_null));
+        let full = status_patch(&RevisionRunStatus {
+            stage: Some("1".into()),
+            ..status
+        });
+        assert_eq!(full["stage"], "1");
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let c = OperatorConfig::default();
+        assert_eq!(c.backoff(1), Duration::from_secs(2));
+        assert_eq!(c.backoff(2), Duration::from_secs(4));
+        assert_eq!(c.backoff(9), Duration::from_secs(300));
+        assert_eq!(c.backoff(u32::MAX), Duration::from_secs(300));
+    }
 }
