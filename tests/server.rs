@@ -625,7 +625,7 @@ async fn with_auth_on_calls_need_the_token_while_health_and_reflection_answer() 
     let d = dir.path();
     let token_file = d.join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let (mut server, api) = server(
+    let (mut server, addr, metrics_addr) = server_at(
         d,
         &[
             "--memory",
@@ -634,6 +634,7 @@ async fn with_auth_on_calls_need_the_token_while_health_and_reflection_answer() 
         ],
         &[],
     );
+    let api = format!("http://{addr}");
 
     // The CLI without and with a wrong token is refused; with it, served.
     let out = cli(d, &api, &["list"], None);
@@ -678,6 +679,13 @@ async fn with_auth_on_calls_need_the_token_while_health_and_reflection_answer() 
         .unwrap()
         .into_inner();
     assert!(listed.runs.is_empty(), "refused calls stored nothing");
+
+    // Refusals are counted.
+    let m = http_get(&metrics_addr, "/metrics");
+    assert!(
+        m.contains("method=\"stagetime.v1.Runs/*\",code=\"Unauthenticated\"}"),
+        "{m}"
+    );
 
     // Health and reflection answer without a token.
     let channel = tonic::transport::Endpoint::from_shared(api.clone())

@@ -13,6 +13,9 @@
 //! | `stagetime_commit_conflicts_total` | counter | | worker |
 //! | `stagetime_grpc_requests_total` | counter | `method`, `code` | server |
 //!
+//! Calls refused for want of a valid token are counted with `method` =
+//! `<service>/*` (they never reach a method).
+//!
 //! `rate(stagetime_transitions_total[1m])` is the transitions per second.
 
 use std::sync::Arc;

@@ -147,18 +147,32 @@ pub async fn serve(
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
             .map_err(|e| bad("certificate or key unusable", &e))?;
     }
-    let auth = config.auth.clone();
-    let check = move |req: tonic::Request<()>| match &auth {
-        Some(token) => token.check(req),
-        None => Ok(req),
+    // Refused calls never reach a handler: count them here, by service.
+    let check = |service: &'static str| {
+        let auth = config.auth.clone();
+        let metrics = metrics.clone();
+        move |req: tonic::Request<()>| match &auth {
+            Some(token) => token.check(req).inspect_err(|s| {
+                if let Some(m) = &metrics {
+                    m.grpc_request(service, s.code());
+                }
+            }),
+            None => Ok(req),
+        }
     };
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InterceptedService::new(runs, check.clone()))
-        .add_service(InterceptedService::new(create, check.clone()))
-        .add_service(InterceptedService::new(statuses, check));
+        .add_service(InterceptedService::new(runs, check("stagetime.v1.Runs/*")))
+        .add_service(InterceptedService::new(
+            create,
+            check("revisionrun.StageTimeApplicationService/*"),
+        ))
+        .add_service(InterceptedService::new(
+            statuses,
+            check("revisionrun.Statuses/*"),
+        ));
     let addr = listener
         .local_addr()
         .map_err(|e| Error::unavailable("grpc server", e))?;
