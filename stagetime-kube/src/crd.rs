@@ -35,7 +35,7 @@ fn template_stage() -> i64 {
     TEMPLATE_STAGE
 }
 
-/// `spec` of a [`RevisionRun`]: which repository, which commit, and which
+/// `spec` of a `RevisionRun`: which repository, which commit, and which
 /// technologies (pipelines) to run for it.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -74,7 +74,7 @@ fn template_stage() -> i64 {
     )
 )]
 pub struct RevisionRunSpec {
-    /// Name of the [`Repo`] (in the same namespace).
+    /// Name of the `Repo` (in the same namespace).
     pub repository: String,
     /// The commit to run; empty or absent: the Repo's `branch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,12 +84,12 @@ pub struct RevisionRunSpec {
     pub technologies: Vec<Technology>,
 }
 
-/// One entry of `spec.technologies`: a task made from a [`PipelineRunTemplate`].
+/// One entry of `spec.technologies`: a task made from a `PipelineRunTemplate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Technology {
     /// The task's name (a DNS-1123 label, unique within the RevisionRun).
     pub id: String,
-    /// Name of the [`PipelineRunTemplate`] (in the same namespace).
+    /// Name of the `PipelineRunTemplate` (in the same namespace).
     pub kind: String,
     /// Location of the technology in the repository; passed as the param
     /// `path` (unless `params` sets `path` itself).
@@ -131,7 +131,7 @@ impl Default for Technology {
     }
 }
 
-/// `status` of a [`RevisionRun`], written by the operator.
+/// `status` of a `RevisionRun`, written by the operator.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionRunStatus {
@@ -164,7 +164,7 @@ pub struct RevisionRunStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// One stage in [`RevisionRunStatus::stages`].
+/// One stage in `status.stages`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageSummary {
@@ -183,7 +183,7 @@ pub struct StageSummary {
     pub running: u32,
 }
 
-/// One task in [`RevisionRunStatus::tasks`].
+/// One task in `status.tasks`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskSummary {
@@ -204,7 +204,7 @@ pub struct TaskSummary {
     pub message: Option<String>,
 }
 
-/// `spec` of a [`Repo`]: a source repository.
+/// `spec` of a `Repo`: a source repository.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "stagetime.sthings.tiab.ssc.sva.de",
@@ -236,7 +236,7 @@ pub struct RepoSpec {
     pub branch: String,
 }
 
-/// `spec` of a [`PipelineRunTemplate`]: a pipeline and its defaults.
+/// `spec` of a `PipelineRunTemplate`: a pipeline and its defaults.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "stagetime.sthings.tiab.ssc.sva.de",

@@ -38,6 +38,51 @@ fn cond(rr: &RevisionRun, t: &str) -> Option<(String, String, String)> {
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
+/// From the emulator's request log (in serving order): PipelineRun creations
+/// as (request index, name, stage label), and for each PipelineRun the index
+/// of the status patch that ended it (Succeeded True or False).
+async fn pipelinerun_history(
+    stack: &Stack,
+) -> (
+    Vec<(usize, String, String)>,
+    std::collections::BTreeMap<String, usize>,
+) {
+    let base = format!("/namespaces/{}/pipelineruns", stack.ns);
+    let mut created = Vec::new();
+    let mut finished = std::collections::BTreeMap::new();
+    for (i, r) in stack.emu.requests().await.iter().enumerate() {
+        let path = r["path"].as_str().unwrap_or("");
+        if !path.contains(&base) {
+            continue;
+        }
+        let body: serde_json::Value =
+            serde_json::from_str(r["body"].as_str().unwrap_or("")).unwrap_or_default();
+        if r["method"] == "POST" {
+            let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let stage = body["metadata"]["labels"]["stagetime/stage"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            created.push((i, name, stage));
+        } else if r["method"] == "PATCH" && path.ends_with("/status") {
+            let ended = body["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["status"] == "True" || c["status"] == "False")
+            });
+            if ended {
+                let name = path
+                    .trim_end_matches("/status")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                finished.entry(name).or_insert(i);
+            }
+        }
+    }
+    (created, finished)
+}
+
 async fn check_rbac(stack: &Stack) {
     let prefix = format!("/namespaces/{}/", stack.ns);
     let requests: Vec<serde_json::Value> = stack
@@ -91,7 +136,6 @@ async fn revision_run_runs_stage_by_stage_and_succeeds() {
     // Stage by stage: whenever a stage-1 PipelineRun exists, every stage-0
     // one has finished (and stage 1 starts only once stage 0 is complete).
     let api = stack.revision_runs();
-    let saw_stage0_alone = std::sync::atomic::AtomicBool::new(false);
     let done = eventually("the RevisionRun to finish", || async {
         let prs = stack.pipelineruns().await;
         let stage0: Vec<&PipelineRun> = prs.iter().filter(|p| label(p, "stage") == "0").collect();
@@ -104,17 +148,36 @@ async fn revision_run_runs_stage_by_stage_and_succeeds() {
                     .all(|p| stagetime_kube::status::is_finished(p)),
                 "stage 1 started before stage 0 finished"
             );
-        } else if !stage0.is_empty() {
-            saw_stage0_alone.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let rr = api.get("demo").await.ok()?;
         let phase = rr.status.as_ref()?.phase.clone()?;
         (phase == "Succeeded" || phase == "Failed").then_some(rr)
     })
     .await;
+    // The same from the API server's request log, in the order it served
+    // them: every stage-1 PipelineRun was created after the last stage-0 one
+    // was completed by (simulated) Tekton.
+    let (created, finished) = pipelinerun_history(&stack).await;
+    let last_stage0_end = created
+        .iter()
+        .filter(|(_, _, stage)| stage == "0")
+        .map(|(_, name, _)| {
+            finished
+                .get(name)
+                .copied()
+                .expect("stage-0 PipelineRun finished")
+        })
+        .max()
+        .expect("stage-0 PipelineRuns");
+    let first_stage1_create = created
+        .iter()
+        .filter(|(_, _, stage)| stage == "1")
+        .map(|(i, _, _)| *i)
+        .min()
+        .expect("stage-1 PipelineRuns");
     assert!(
-        saw_stage0_alone.load(std::sync::atomic::Ordering::Relaxed),
-        "stage 0 ran on its own first"
+        last_stage0_end < first_stage1_create,
+        "stage 1 was created (request {first_stage1_create}) only after stage 0 completed (request {last_stage0_end})"
     );
     let status = done.status.clone().expect("status");
     assert_eq!(status.phase.as_deref(), Some("Succeeded"), "{status:#?}");
