@@ -314,6 +314,25 @@ async fn watch_step(mut s: WatchState) -> Option<(Result<v1::Run, Status>, Watch
                         s,
                     ));
                 }
+                // A cheap version check first; the record only when it moved.
+                let changed = match s.store.run_version(&s.id).await {
+                    Ok(v) => {
+                        unavailable = 0;
+                        v != s.last_version
+                    }
+                    Err(e) if e.kind() == ErrorKind::Unavailable && unavailable < 20 => {
+                        unavailable += 1;
+                        warn!(run = %s.id, error = %e, "watch: store unavailable; retrying");
+                        continue;
+                    }
+                    Err(e) => {
+                        s.done = true;
+                        return Some((Err(status_of(&e)), s));
+                    }
+                };
+                if !changed {
+                    continue;
+                }
                 match s.store.load_run(&s.id).await {
                     Ok(r) => r,
                     Err(e) if e.kind() == ErrorKind::Unavailable && unavailable < 20 => {

@@ -461,6 +461,16 @@ pub trait Store: Send + Sync + 'static {
     /// [`Error::Unavailable`].
     async fn purge_expired(&self, now_ms: u64) -> Result<u64>;
 
+    /// The stored version of a run, for pollers that only want to know
+    /// whether it changed (a server's watch). The default loads the record;
+    /// stores answer it cheaper when they can.
+    ///
+    /// # Errors
+    /// As [`Store::load_run`].
+    async fn run_version(&self, id: &RunId) -> Result<u64> {
+        Ok(self.load_run(id).await?.version)
+    }
+
     /// Queue figures and run counts by state at `now_ms`, for metrics.
     ///
     /// The default answers `Ok(None)`: a store that keeps no such figures

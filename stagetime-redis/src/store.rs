@@ -645,6 +645,24 @@ impl Store for RedisStore {
         }
     }
 
+    /// `HGET v`: the version without reading the record.
+    async fn run_version(&self, id: &RunId) -> Result<u64> {
+        let what = format!("run {id}");
+        let mut con = self.con.clone();
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.run(id))
+            .arg("v")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, &what))?;
+        match v {
+            None => Err(Error::not_found(what)),
+            Some(v) => v
+                .parse()
+                .map_err(|_| Error::corrupt(what, format!("version {v:?} is not a number"))),
+        }
+    }
+
     async fn commit(&self, commit: Commit) -> Result<()> {
         let Commit {
             record,

@@ -519,6 +519,29 @@ pub async fn stats_count_work_and_states(t: StoreUnderTest) {
     s.ack(&tokens).await.unwrap();
 }
 
+/// `run_version` follows commits and knows no unknown run.
+pub async fn run_version_follows_commits(t: StoreUnderTest) {
+    let s = &*t.store;
+    let rec = new_record("version", "repo", "c", now());
+    s.create_run(rec.clone(), vec![]).await.unwrap();
+    assert_eq!(s.run_version(&rec.id).await.unwrap(), 1);
+    let mut next = rec.clone();
+    next.version = 2;
+    next.state = RunState::Running;
+    s.commit(Commit {
+        record: next,
+        expected_version: 1,
+        enqueue: vec![],
+        ack: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.run_version(&rec.id).await.unwrap(), 2);
+    let unknown = RunId::new(super::unique("version-unknown")).unwrap();
+    let err = s.run_version(&unknown).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
 /// Expands to one `#[tokio::test]` per store conformance case. The argument
 /// is an expression (usually an `async` block) yielding
 /// `Option<StoreUnderTest>`; `None` skips.
@@ -530,7 +553,7 @@ macro_rules! store_conformance_tests {
             concurrent_commits_one_wins, commit_enqueues_and_acks, unacknowledged_work_is_reclaimed,
             delayed_work_waits_until_due, waiting_claim_wakes_on_enqueue, list_filters_and_pages,
             list_follows_state_changes, purge_removes_only_expired_finished_runs,
-            stats_count_work_and_states);
+            stats_count_work_and_states, run_version_follows_commits);
     };
     (@cases $make:expr; $($case:ident),*) => {
         mod store_conformance {
