@@ -6,6 +6,7 @@
 //!   stage, each owned by the RevisionRun; the status ends Succeeded with its
 //!   conditions; reconciling again submits nothing new;
 //! * deleting a running RevisionRun cancels its PipelineRuns (finalizer);
+//! * changing a running RevisionRun submits a new run and cancels the old one;
 //! * invalid RevisionRuns (missing Repo, missing template, bad override) get
 //!   a `Ready=False` condition with the reason, and recover when fixed.
 //!
@@ -464,6 +465,66 @@ async fn invalid_revision_runs_get_a_failure_condition() {
         2,
         "one PipelineRun each for orphan and broken, none for the invalid generations"
     );
+    check_rbac(&stack).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_a_running_revision_run_supersedes_its_run() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    stack.repo("app", "main").await;
+    stack.template("long", 0, &["outcome=hang"]).await;
+    stack.template("quick", 0, &["outcome=succeed"]).await;
+    stack
+        .revision_run("evolving", None, vec![tech("soak", "long")])
+        .await;
+    let api = stack.revision_runs();
+    let first = eventually("generation 1 to run", || async {
+        let rr = api.get("evolving").await.ok()?;
+        let st = rr.status.as_ref()?;
+        (st.phase.as_deref() == Some("Running") && st.tasks.first()?.status == "running")
+            .then(|| st.run_id.clone())
+            .flatten()
+    })
+    .await;
+    api.patch(
+        "evolving",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"technologies": [{"id": "check", "kind": "quick"}]}})),
+    )
+    .await
+    .expect("change the spec");
+    let done = eventually("generation 2 to succeed", || async {
+        let rr = api.get("evolving").await.ok()?;
+        (rr.status.as_ref()?.phase.as_deref() == Some("Succeeded")).then_some(rr)
+    })
+    .await;
+    let second = done
+        .status
+        .as_ref()
+        .and_then(|s| s.run_id.clone())
+        .expect("run id");
+    assert_ne!(first, second, "a new generation is a new run");
+    assert!(second.ends_with("-g2"), "{second}");
+    assert_eq!(
+        done.status.as_ref().and_then(|s| s.observed_generation),
+        Some(2)
+    );
+    let old = eventually("generation 1's run to be cancelled", || async {
+        let r = stack.run(&first).await;
+        r.state.is_finished().then_some(r)
+    })
+    .await;
+    assert_eq!(old.state, RunState::Cancelled, "superseded");
+    eventually("generation 1's PipelineRun to be cancelled", || async {
+        let prs = stack.pipelineruns().await;
+        prs.iter()
+            .any(|p| label(p, "task") == "soak" && p.spec.status.as_deref() == Some("Cancelled"))
+            .then_some(())
+    })
+    .await;
     check_rbac(&stack).await;
     stack.stop().await;
 }
