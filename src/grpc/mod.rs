@@ -30,14 +30,28 @@ pub use service::{LegacyService, RunsService, StatusService};
 
 /// The earlier system's messages and services (package `revisionrun`),
 /// generated from `proto/revisionrun.proto`.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    rustdoc::invalid_html_tags,
+    rustdoc::bare_urls,
+    rustdoc::broken_intra_doc_links
+)]
 pub mod legacy {
     include!(concat!(env!("OUT_DIR"), "/revisionrun.rs"));
 }
 
 /// The current API (package `stagetime.v1`), generated from
 /// `proto/stagetime/v1/stagetime.proto`.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    rustdoc::invalid_html_tags,
+    rustdoc::bare_urls,
+    rustdoc::broken_intra_doc_links
+)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/stagetime.v1.rs"));
 }
