@@ -86,6 +86,9 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         std::env::var("STAGETIME_AUTH_TOKEN").ok().as_deref(),
     )
     .map_err(|e| (2, e))?;
+    if token.is_none() {
+        tracing::warn!("no auth token configured: the API is open to anyone who can reach it");
+    }
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,

@@ -68,8 +68,13 @@ impl AuthToken {
     }
 }
 
-/// The token from `file` (when given) or else `env_value` (when non-empty);
-/// `None` when neither is set (authentication off).
+/// The token from `file` (when given and present) or else `env_value`
+/// (when non-empty); `None` when neither is set (authentication off).
+///
+/// A `file` that does not exist counts as not set, with a warning: the
+/// deployment mounts the token from an *optional* Secret, so a cluster
+/// without that Secret runs the API open. Any other problem with the file
+/// (unreadable, empty, malformed) is an error, never a silent "no auth".
 ///
 /// # Errors
 /// A message when the file cannot be read or the token is malformed.
@@ -78,11 +83,25 @@ pub fn load_token(
     env_value: Option<&str>,
 ) -> Result<Option<AuthToken>, String> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the auth token file {}: {e}", path.display()))?;
-        return AuthToken::new(&text)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display()));
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                return AuthToken::new(&text)
+                    .map(Some)
+                    .map_err(|e| format!("{}: {e}", path.display()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the auth token file does not exist; falling back to STAGETIME_AUTH_TOKEN"
+                );
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot read the auth token file {}: {e}",
+                    path.display()
+                ));
+            }
+        }
     }
     match env_value {
         Some(v) if !v.trim().is_empty() => AuthToken::new(v).map(Some),
@@ -104,5 +123,30 @@ mod tests {
         assert!(!t.accepts(b"Basic s3cret"));
         assert!(AuthToken::new("  ").is_err());
         assert!(AuthToken::new("a b").is_err());
+    }
+
+    #[test]
+    fn a_missing_file_is_no_token_but_a_bad_one_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("stagetime-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing");
+        assert!(load_token(Some(&missing), None).unwrap().is_none());
+        let t = load_token(Some(&missing), Some("from-env"))
+            .unwrap()
+            .unwrap();
+        assert!(t.accepts(b"Bearer from-env"));
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        assert!(load_token(Some(&empty), Some("from-env")).is_err());
+        let good = dir.join("good");
+        std::fs::write(&good, "file-token\n").unwrap();
+        let t = load_token(Some(&good), Some("from-env")).unwrap().unwrap();
+        assert!(t.accepts(b"Bearer file-token"));
+        assert!(
+            load_token(Some(&dir), None).is_err(),
+            "a directory is unreadable"
+        );
+        assert!(load_token(None, Some("  ")).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
