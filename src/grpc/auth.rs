@@ -68,40 +68,25 @@ impl AuthToken {
     }
 }
 
-/// The token from `file` (when given and present) or else `env_value`
-/// (when non-empty); `None` when neither is set (authentication off).
+/// The token from `file` (when given) or else `env_value` (when non-empty);
+/// `None` when neither is set (authentication off).
 ///
-/// A `file` that does not exist counts as not set, with a warning: the
-/// deployment mounts the token from an *optional* Secret, so a cluster
-/// without that Secret runs the API open. Any other problem with the file
-/// (unreadable, empty, malformed) is an error, never a silent "no auth".
+/// A configured `file` must exist: a missing file is an error, never a
+/// silent "no auth" — a server that was meant to require a token must not
+/// start open because a Secret was not mounted.
 ///
 /// # Errors
-/// A message when the file cannot be read or the token is malformed.
+/// A message when the file is missing or unreadable, or the token is malformed.
 pub fn load_token(
     file: Option<&Path>,
     env_value: Option<&str>,
 ) -> Result<Option<AuthToken>, String> {
     if let Some(path) = file {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                return AuthToken::new(&text)
-                    .map(Some)
-                    .map_err(|e| format!("{}: {e}", path.display()));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(
-                    file = %path.display(),
-                    "the auth token file does not exist; falling back to STAGETIME_AUTH_TOKEN"
-                );
-            }
-            Err(e) => {
-                return Err(format!(
-                    "cannot read the auth token file {}: {e}",
-                    path.display()
-                ));
-            }
-        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the auth token file {}: {e}", path.display()))?;
+        return AuthToken::new(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()));
     }
     match env_value {
         Some(v) if !v.trim().is_empty() => AuthToken::new(v).map(Some),
@@ -126,14 +111,13 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_file_is_no_token_but_a_bad_one_is_an_error() {
+    fn a_configured_token_file_must_exist_and_hold_a_token() {
         let dir = std::env::temp_dir().join(format!("stagetime-auth-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let missing = dir.join("missing");
-        assert!(load_token(Some(&missing), None).unwrap().is_none());
-        let t = load_token(Some(&missing), Some("from-env"))
-            .unwrap()
-            .unwrap();
+        let err = load_token(Some(&missing), Some("from-env")).unwrap_err();
+        assert!(err.contains("missing"), "the error names the file: {err}");
+        let t = load_token(None, Some("from-env")).unwrap().unwrap();
         assert!(t.accepts(b"Bearer from-env"));
         let empty = dir.join("empty");
         std::fs::write(&empty, "\n").unwrap();
