@@ -35,7 +35,7 @@ use stagetime_core::{Error, ErrorKind, RunId, RunRecord, Store};
 use tracing::{info, warn};
 
 use super::merge::{RunIdentity, build_run_spec, missing_templates};
-use super::status::{error_status, reason, status_from_record};
+use super::status::{error_status, phase, reason, status_from_record};
 use crate::crd::{PipelineRunTemplate, Repo, RevisionRun, RevisionRunStatus};
 use crate::error::classify_resource;
 
@@ -86,7 +86,9 @@ impl OperatorConfig {
 /// Label set of [`OperatorMetrics::reconciles`].
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// `submitted`, `updated`, `unchanged`, `invalid`, `error`, `cleanup`.
+    /// `submitted`, `updated`, `unchanged`, `expired` (a finished run past the
+    /// store's retention: its status is kept as it is), `invalid`, `error`,
+    /// `cleanup`.
     pub result: String,
 }
 
@@ -285,7 +287,16 @@ impl Operator {
             match self.control.get(&RunId::new(id.run_id.clone())?).await {
                 Ok(record) => return self.follow(&rr, &id, &record).await,
                 Err(e) if e.kind() == ErrorKind::NotFound => {
-                    warn!(revisionrun = %key, run = %id.run_id, "the run is gone from the store; submitting it again");
+                    let finished = previous.and_then(|s| s.phase.as_deref()).is_some_and(|p| {
+                        [phase::SUCCEEDED, phase::FAILED, phase::CANCELLED].contains(&p)
+                    });
+                    if finished {
+                        // Past the store's retention: the status is the record now.
+                        self.metrics.count("expired");
+                        self.succeeded(&key);
+                        return Ok(Action::await_change());
+                    }
+                    warn!(revisionrun = %key, run = %id.run_id, "the unfinished run is gone from the store; submitting it again");
                 }
                 Err(e) => return Err(e),
             }
