@@ -127,3 +127,83 @@ async fn deploy_rbac_allows_every_call_and_nothing_more() {
     }
     assert_eq!(rbac.documents("Deployment").count(), 3);
 }
+
+#[test]
+fn deployments_have_probes_the_redis_secret_and_a_service() {
+    let rbac = Rbac::load();
+    let mut seen = Vec::new();
+    for d in rbac.documents("Deployment") {
+        let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{name}");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{name}");
+        let ports: Vec<i64> = c["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .filter_map(|p| p["containerPort"].as_i64())
+            .collect();
+        assert!(ports.contains(&9090), "{name}: metrics port");
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--metrics-listen", "0.0.0.0:9090"]),
+            "{name}: {args:?}"
+        );
+        let redis = c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == "REDIS_URL")
+            .unwrap_or_else(|| panic!("{name}: REDIS_URL"));
+        assert_eq!(
+            redis["valueFrom"]["secretKeyRef"]["name"], "stagetime-redis",
+            "{name}: the Redis URL comes from the Secret"
+        );
+        assert!(
+            c["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("ghcr.io/stagetime/stagetime:")),
+            "{name}"
+        );
+        assert_eq!(
+            c["command"][0],
+            format!("/usr/local/bin/{}", name.trim_start_matches("stagetime-")),
+            "{name}: the binary of the Dockerfile"
+        );
+        seen.push(name);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["stagetime-operator", "stagetime-server", "stagetime-worker"]
+    );
+    let svc = rbac
+        .documents("Service")
+        .find(|s| s["metadata"]["name"] == "stagetime-server")
+        .expect("the server's Service");
+    let ports: Vec<(i64, &str)> = svc["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["port"].as_i64().unwrap_or(0),
+                p["name"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(ports, [(50051, "grpc"), (9090, "metrics")]);
+    let dockerfile = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Dockerfile"),
+    )
+    .expect("deploy/Dockerfile");
+    for bin in ["server", "worker", "operator", "stagetime"] {
+        assert!(dockerfile.contains(&format!("--example {bin}")), "{bin}");
+    }
+}
