@@ -183,6 +183,29 @@ fn deployments_have_probes_the_redis_secret_and_a_service() {
         seen,
         ["stagetime-operator", "stagetime-server", "stagetime-worker"]
     );
+    // The server requires its token: the file comes from a required Secret.
+    let server = rbac
+        .documents("Deployment")
+        .find(|d| d["metadata"]["name"] == "stagetime-server")
+        .expect("server");
+    let pod = &server["spec"]["template"]["spec"];
+    let token_env = pod["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "STAGETIME_AUTH_TOKEN_FILE")
+        .expect("STAGETIME_AUTH_TOKEN_FILE");
+    assert_eq!(token_env["value"], "/var/run/stagetime/auth/token");
+    let auth = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["secret"]["secretName"] == "stagetime-auth")
+        .expect("the auth Secret volume");
+    assert_eq!(
+        auth["secret"]["optional"], false,
+        "a missing token file stops the server"
+    );
     let svc = rbac
         .documents("Service")
         .find(|s| s["metadata"]["name"] == "stagetime-server")
