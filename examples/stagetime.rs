@@ -5,7 +5,6 @@
 //! failed or was cancelled, 2 invalid input or usage, 3 an infrastructure
 //! error (cluster, Redis, processes unavailable).
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,10 +18,11 @@ use stagetime::grpc::{self, client, v1};
 use stagetime::kube::{TektonBackend, TektonConfig};
 use stagetime::local::LocalBackend;
 use stagetime::memory::MemoryStore;
-use stagetime::plan::{Plan, TaskIndex};
+use stagetime::plan::Plan;
+use stagetime::report::{GraphFormat, RunView, graph, plan_table, progress_line, summary};
 use stagetime::scheduler::TaskStatus;
 use stagetime::spec::parse_document;
-use stagetime::store::{RunId, RunRecord, RunState};
+use stagetime::store::{RunId, RunState};
 use stagetime::{Error, ErrorKind, RevisionRunSpec};
 
 #[derive(Parser)]
@@ -75,12 +75,6 @@ struct ServerArgs {
     ca_cert: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum GraphFormat {
-    Dot,
-    Mermaid,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a revision run embedded: in-memory store, local processes (or Tekton).
@@ -109,11 +103,17 @@ enum Cmd {
         #[arg(long, default_value = "default")]
         namespace: String,
     },
-    /// Print the dependency graph.
+    /// Print the dependency graph (dot or mermaid); with --run, coloured
+    /// with the statuses of that run of the file, as the server reports them.
     Graph {
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "dot")]
+        #[arg(long, default_value = "dot")]
         format: GraphFormat,
+        /// A run of this file on the server.
+        #[arg(long)]
+        run: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Submit a native or legacy file to the server; --wait follows it to the end.
     Submit {
@@ -281,10 +281,39 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        Cmd::Graph { file, format } => {
+        Cmd::Graph {
+            file,
+            format,
+            run,
+            server,
+        } => {
             let (spec, _) = read(&file)?;
             let plan = Plan::build(spec)?;
-            print!("{}", graph(&plan, format));
+            let view = match run {
+                None => None,
+                Some(id) => {
+                    let mut c = connect(&server).await?;
+                    let run = c
+                        .runs
+                        .get(v1::GetRequest { id: id.clone() })
+                        .await
+                        .map_err(rpc_failure)?
+                        .into_inner();
+                    let view = RunView::from(&run);
+                    if let Some(t) = view.tasks.iter().find(|t| plan.index_of(&t.name).is_none()) {
+                        return Err(fail(
+                            2,
+                            format!(
+                                "run {id} is not a run of {}: it has a task {:?} the file lacks",
+                                file.display(),
+                                t.name
+                            ),
+                        ));
+                    }
+                    Some(view)
+                }
+            };
+            print!("{}", graph(&plan, format, view.as_ref()));
             Ok(0)
         }
         Cmd::Run {
@@ -368,7 +397,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 .await
                 .map_err(rpc_failure)?
                 .into_inner();
-            let view = RunView::from_proto(&run);
+            let view = RunView::from(&run);
             match output {
                 Output::Text => print!("{}", summary(&view)),
                 _ => emit(output, &view)?,
@@ -577,7 +606,7 @@ async fn watch(c: &mut client::Client, id: &str, after_version: u64) -> Result<u
         loop {
             match stream.message().await {
                 Ok(Some(run)) => {
-                    let view = RunView::from_proto(&run);
+                    let view = RunView::from(&run);
                     if view.state.is_finished() && run.version <= after_version {
                         // The rerun request is not applied yet: look again shortly.
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -702,106 +731,6 @@ async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Fai
     })
 }
 
-/// What progress and summaries show of a run: built from a stored record
-/// (embedded `run`) or from the server's answer (`status`, `watch`).
-#[derive(serde::Serialize)]
-struct RunView {
-    id: String,
-    repo: String,
-    commit: String,
-    state: RunState,
-    created_ms: u64,
-    updated_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    finished_ms: Option<u64>,
-    tasks: Vec<TaskView>,
-}
-
-#[derive(serde::Serialize)]
-struct TaskView {
-    name: String,
-    /// `None` for finally tasks.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stage: Option<u32>,
-    can_fail: bool,
-    status: TaskStatus,
-    attempt: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    first_launch_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    finished_ms: Option<u64>,
-    /// PipelineRun name (Tekton) or log file (local).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    handle: Option<String>,
-}
-
-impl RunView {
-    fn from_record(record: &RunRecord) -> Result<Self, Failure> {
-        let plan = Plan::build(record.spec.clone())
-            .map_err(|e| fail(3, format!("run {}: stored spec is invalid: {e}", record.id)))?;
-        let tasks = plan
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let st = &record.scheduler.tasks()[i];
-                let timing = record.timings.get(i).cloned().unwrap_or_default();
-                TaskView {
-                    name: t.name().to_string(),
-                    stage: t.stage,
-                    can_fail: t.spec.can_fail,
-                    status: st.status,
-                    attempt: st.attempt,
-                    message: st.message.clone(),
-                    first_launch_ms: timing.first_launch_ms,
-                    finished_ms: timing.finished_ms,
-                    handle: timing.handle,
-                }
-            })
-            .collect();
-        Ok(RunView {
-            id: record.id.to_string(),
-            repo: record.spec.repo.clone(),
-            commit: record.spec.commit.clone(),
-            state: record.state,
-            created_ms: record.created_ms,
-            updated_ms: record.updated_ms,
-            finished_ms: record.finished_ms,
-            tasks,
-        })
-    }
-
-    fn from_proto(run: &v1::Run) -> Self {
-        let nonzero = |ms: u64| (ms != 0).then_some(ms);
-        RunView {
-            id: run.id.clone(),
-            repo: run.repo.clone(),
-            commit: run.commit.clone(),
-            state: grpc::run_state_from_proto(run.state()).unwrap_or(RunState::Queued),
-            created_ms: run.created_ms,
-            updated_ms: run.updated_ms,
-            finished_ms: nonzero(run.finished_ms),
-            tasks: run
-                .tasks
-                .iter()
-                .map(|t| TaskView {
-                    name: t.name.clone(),
-                    stage: if t.r#finally { None } else { t.stage },
-                    can_fail: t.can_fail,
-                    status: grpc::task_status_from_proto(t.status()).unwrap_or(TaskStatus::Waiting),
-                    attempt: t.attempt,
-                    message: (!t.message.is_empty()).then(|| t.message.clone()),
-                    first_launch_ms: nonzero(t.first_launch_ms),
-                    finished_ms: nonzero(t.finished_ms),
-                    handle: (!t.handle.is_empty()).then(|| t.handle.clone()),
-                })
-                .collect(),
-        }
-    }
-}
-
 /// Live progress: an indicatif bar on a terminal, plain lines otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
@@ -851,22 +780,9 @@ impl Progress {
                 continue;
             }
             self.last[i] = now;
-            if matches!(t.status, TaskStatus::Waiting | TaskStatus::Ready) {
+            let Some(line) = progress_line(t) else {
                 continue;
-            }
-            let stage = t
-                .stage
-                .map(|s| format!("stage {s}"))
-                .unwrap_or_else(|| "finally".into());
-            let mut line = format!("{stage:>9}  {:<24} {}", t.name, status_name(t.status));
-            if t.attempt > 1 || t.status == TaskStatus::Backoff {
-                line.push_str(&format!(" (attempt {})", t.attempt));
-            }
-            if let Some(m) = &t.message
-                && !matches!(t.status, TaskStatus::Succeeded | TaskStatus::Running)
-            {
-                line.push_str(&format!(": {m}"));
-            }
+            };
             match &self.bar {
                 Some(bar) => bar.println(line),
                 None => println!("{line}"),
@@ -887,199 +803,4 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
-}
-
-fn status_name(s: TaskStatus) -> &'static str {
-    match s {
-        TaskStatus::Waiting => "waiting",
-        TaskStatus::Ready => "ready",
-        TaskStatus::Running => "running",
-        TaskStatus::Backoff => "retrying after backoff",
-        TaskStatus::Succeeded => "succeeded",
-        TaskStatus::Failed => "failed",
-        TaskStatus::TimedOut => "timed out",
-        TaskStatus::Cancelled => "cancelled",
-        TaskStatus::Skipped => "skipped",
-    }
-}
-
-fn fmt_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    }
-}
-
-/// The final summary per stage and task, with the logs of failed tasks.
-fn summary(run: &RunView) -> String {
-    let mut out = String::new();
-    let total = run
-        .finished_ms
-        .unwrap_or(run.updated_ms)
-        .saturating_sub(run.created_ms);
-    out.push_str(&format!(
-        "\nrun {} {} in {}\n",
-        run.id,
-        run.state.as_str(),
-        fmt_ms(total)
-    ));
-    let mut groups: BTreeMap<(u8, u32), Vec<&TaskView>> = BTreeMap::new();
-    for t in &run.tasks {
-        let key = match t.stage {
-            Some(s) => (0, s),
-            None => (1, 0),
-        };
-        groups.entry(key).or_default().push(t);
-    }
-    let mut failed_logs = Vec::new();
-    for ((kind, stage), members) in groups {
-        out.push_str(&if kind == 0 {
-            format!("stage {stage}\n")
-        } else {
-            "finally\n".to_string()
-        });
-        for t in members {
-            let duration = match (t.first_launch_ms, t.finished_ms) {
-                (Some(a), Some(b)) => fmt_ms(b.saturating_sub(a)),
-                _ => "-".into(),
-            };
-            let can_fail = if t.can_fail { " (can fail)" } else { "" };
-            out.push_str(&format!(
-                "  {:<24} {:<10} {:>8}  attempts {}{can_fail}\n",
-                t.name,
-                status_name(t.status),
-                duration,
-                t.attempt
-            ));
-            if matches!(t.status, TaskStatus::Failed | TaskStatus::TimedOut)
-                && let Some(log) = &t.handle
-            {
-                failed_logs.push(format!("  {}: {log}", t.name));
-            }
-        }
-    }
-    if !failed_logs.is_empty() {
-        out.push_str("logs of failed tasks:\n");
-        for l in failed_logs {
-            out.push_str(&l);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-fn plan_table(plan: &Plan) -> String {
-    let mut out = format!(
-        "{:<8} {:<24} {:<20} {:<8} {:<7} {:<8} TARGET\n",
-        "STAGE", "TASK", "NEEDS", "CANFAIL", "RETRIES", "TIMEOUT"
-    );
-    let mut order: Vec<&stagetime::plan::PlannedTask> = plan.tasks.iter().collect();
-    order.sort_by_key(|t| (t.is_finally, t.stage));
-    for t in order {
-        let stage = t
-            .stage
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "finally".into());
-        let needs = match &t.spec.needs {
-            Some(n) if n.is_empty() => "(none)".into(),
-            Some(n) => n.join(","),
-            None => "-".into(),
-        };
-        let timeout = t
-            .timeout
-            .map(|d| humantime::format_duration(d).to_string())
-            .unwrap_or_else(|| "-".into());
-        let target = match (&t.spec.command, &t.spec.pipeline) {
-            (Some(c), _) => format!("sh -c {c:?}"),
-            (None, Some(p)) => match (&p.pipeline_ref, &p.resolver) {
-                (Some(r), _) => format!("pipeline {r}"),
-                (None, Some(r)) => format!("pipeline via {r} resolver"),
-                _ => "pipeline".into(),
-            },
-            (None, None) => "-".into(),
-        };
-        out.push_str(&format!(
-            "{stage:<8} {:<24} {needs:<20} {:<8} {:<7} {timeout:<8} {target}\n",
-            t.name(),
-            t.spec.can_fail,
-            t.spec.retries
-        ));
-    }
-    out
-}
-
-fn graph(plan: &Plan, format: GraphFormat) -> String {
-    let mut edges = Vec::new();
-    for i in 0..plan.len() as TaskIndex {
-        for d in plan.direct_dependencies(i) {
-            edges.push((
-                plan.task(d).name().to_string(),
-                plan.task(i).name().to_string(),
-            ));
-        }
-    }
-    let finally: Vec<&str> = plan
-        .tasks
-        .iter()
-        .filter(|t| t.is_finally)
-        .map(|t| t.name())
-        .collect();
-    let mut out = String::new();
-    match format {
-        GraphFormat::Dot => {
-            out.push_str("digraph revision_run {\n  rankdir=LR;\n");
-            for (g, stage) in plan.stages.iter().enumerate() {
-                out.push_str(&format!(
-                    "  subgraph cluster_{g} {{\n    label=\"stage {}\";\n",
-                    stage.number
-                ));
-                for &m in &stage.members {
-                    out.push_str(&format!("    \"{}\";\n", plan.task(m).name()));
-                }
-                out.push_str("  }\n");
-            }
-            if !finally.is_empty() {
-                out.push_str(
-                    "  subgraph cluster_finally {\n    label=\"finally\";\n    style=dashed;\n",
-                );
-                for f in &finally {
-                    out.push_str(&format!("    \"{f}\";\n"));
-                }
-                out.push_str("  }\n");
-            }
-            for (a, b) in &edges {
-                out.push_str(&format!("  \"{a}\" -> \"{b}\";\n"));
-            }
-            out.push_str("}\n");
-        }
-        GraphFormat::Mermaid => {
-            out.push_str("flowchart LR\n");
-            for stage in &plan.stages {
-                out.push_str(&format!(
-                    "  subgraph stage{0}[\"stage {0}\"]\n",
-                    stage.number
-                ));
-                for &m in &stage.members {
-                    out.push_str(&format!("    {}\n", mermaid_id(plan.task(m).name())));
-                }
-                out.push_str("  end\n");
-            }
-            if !finally.is_empty() {
-                out.push_str("  subgraph finally\n");
-                for f in &finally {
-                    out.push_str(&format!("    {}\n", mermaid_id(f)));
-                }
-                out.push_str("  end\n");
-            }
-            for (a, b) in &edges {
-                out.push_str(&format!("  {} --> {}\n", mermaid_id(a), mermaid_id(b)));
-            }
-        }
-    }
-    out
-}
-
-fn mermaid_id(name: &str) -> String {
-    format!("{}[\"{name}\"]", name.replace('-', "_"))
 }

@@ -10,7 +10,8 @@
 //! - `kube` (feature `kube`): the Tekton backend and operator logic;
 //! - `redis` (feature `redis`): the Redis-backed shared store;
 //! - `telemetry` (feature `telemetry`): logging, metrics and probe endpoint of the binaries;
-//! - `grpc` (feature `grpc`): the gRPC server (legacy and `stagetime.v1` services) and client.
+//! - `grpc` (feature `grpc`): the gRPC server (legacy and `stagetime.v1` services) and client;
+//! - [`report`]: plan tables, dependency graphs and run summaries as text.
 
 pub use stagetime_core as core;
 pub use stagetime_core::*;
@@ -21,5 +22,6 @@ pub use stagetime_kube as kube;
 pub use stagetime_redis as redis;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+pub mod report;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

@@ -215,7 +215,8 @@ fn graph_prints_dot_and_mermaid() {
     let m = String::from_utf8_lossy(&out.stdout);
     assert!(
         m.starts_with("flowchart")
-            && m.contains("flaky_integration[\"flaky-integration\"] --> package"),
+            && m.contains("    flaky_integration[\"flaky-integration\"]\n")
+            && m.contains("  flaky_integration --> package\n"),
         "{m}"
     );
 }

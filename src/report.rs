@@ -1,0 +1,589 @@
+//! What the CLI shows of plans and runs, as pure functions from data to text:
+//! the plan table, the dependency graph (DOT or Mermaid, with task statuses
+//! when a run is given), the per-stage summary of a run, and the view of a
+//! run those are built from — whether the run comes from an embedded store or
+//! from the server.
+//!
+//! ```
+//! use stagetime::plan::Plan;
+//! use stagetime::report::{GraphFormat, graph};
+//!
+//! let spec = yaml_serde::from_str(
+//!     "repo: demo\ncommit: abc1\ntasks:\n  - {name: build, command: make}\n  - {name: test, stage: 1, command: make test}\n",
+//! )
+//! .unwrap();
+//! let plan = Plan::build(spec).unwrap();
+//! let dot = graph(&plan, GraphFormat::Dot, None);
+//! assert!(dot.contains("\"build\" -> \"test\""));
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use stagetime_core::plan::{Plan, PlannedTask, TaskIndex};
+use stagetime_core::scheduler::TaskStatus;
+use stagetime_core::store::{RunRecord, RunState};
+use stagetime_core::{Error, Result};
+
+/// A run as progress lines and summaries show it: built from a stored
+/// record ([`RunView::from_record`]) or from the server's answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunView {
+    /// Run id.
+    pub id: String,
+    /// Repository name.
+    pub repo: String,
+    /// Commit id.
+    pub commit: String,
+    /// State of the run.
+    pub state: RunState,
+    /// When the run was created (ms since the epoch).
+    pub created_ms: u64,
+    /// Last change (ms since the epoch).
+    pub updated_ms: u64,
+    /// When the run finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// Main tasks in plan order, then finally tasks.
+    pub tasks: Vec<TaskView>,
+}
+
+/// One task of a [`RunView`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskView {
+    /// Task name.
+    pub name: String,
+    /// Stage number; `None` for finally tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<u32>,
+    /// Whether a failure of the task is allowed.
+    pub can_fail: bool,
+    /// Current status.
+    pub status: TaskStatus,
+    /// Attempts launched so far.
+    pub attempt: u32,
+    /// Last failure or skip reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Launch of the first attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_launch_ms: Option<u64>,
+    /// When the task finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// PipelineRun name (Tekton) or log file (local) of the last attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+}
+
+impl RunView {
+    /// The view of a stored run.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the stored spec no longer builds a plan.
+    pub fn from_record(record: &RunRecord) -> Result<Self> {
+        let plan = Plan::build(record.spec.clone()).map_err(|e| {
+            Error::corrupt(
+                format!("run {}", record.id),
+                format!("the stored spec is invalid: {e}"),
+            )
+        })?;
+        let tasks = plan
+            .tasks
+            .iter()
+            .zip(record.scheduler.tasks())
+            .enumerate()
+            .map(|(i, (t, st))| {
+                let timing = record.timings.get(i).cloned().unwrap_or_default();
+                TaskView {
+                    name: t.name().to_string(),
+                    stage: t.stage,
+                    can_fail: t.spec.can_fail,
+                    status: st.status,
+                    attempt: st.attempt,
+                    message: st.message.clone(),
+                    first_launch_ms: timing.first_launch_ms,
+                    finished_ms: timing.finished_ms,
+                    handle: timing.handle,
+                }
+            })
+            .collect();
+        Ok(RunView {
+            id: record.id.to_string(),
+            repo: record.spec.repo.clone(),
+            commit: record.spec.commit.clone(),
+            state: record.state,
+            created_ms: record.created_ms,
+            updated_ms: record.updated_ms,
+            finished_ms: record.finished_ms,
+            tasks,
+        })
+    }
+}
+
+#[cfg(feature = "grpc")]
+impl From<&crate::grpc::v1::Run> for RunView {
+    /// The view of a run as the server answers it (`Get`, `Watch`); zero
+    /// times mean "not yet".
+    fn from(run: &crate::grpc::v1::Run) -> Self {
+        use crate::grpc::{run_state_from_proto, task_status_from_proto};
+        let nonzero = |ms: u64| (ms != 0).then_some(ms);
+        RunView {
+            id: run.id.clone(),
+            repo: run.repo.clone(),
+            commit: run.commit.clone(),
+            state: run_state_from_proto(run.state()).unwrap_or(RunState::Queued),
+            created_ms: run.created_ms,
+            updated_ms: run.updated_ms,
+            finished_ms: nonzero(run.finished_ms),
+            tasks: run
+                .tasks
+                .iter()
+                .map(|t| TaskView {
+                    name: t.name.clone(),
+                    stage: if t.r#finally { None } else { t.stage },
+                    can_fail: t.can_fail,
+                    status: task_status_from_proto(t.status()).unwrap_or(TaskStatus::Waiting),
+                    attempt: t.attempt,
+                    message: (!t.message.is_empty()).then(|| t.message.clone()),
+                    first_launch_ms: nonzero(t.first_launch_ms),
+                    finished_ms: nonzero(t.finished_ms),
+                    handle: (!t.handle.is_empty()).then(|| t.handle.clone()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How a status reads in progress lines and summaries.
+pub fn status_name(s: TaskStatus) -> &'static str {
+    match s {
+        TaskStatus::Waiting => "waiting",
+        TaskStatus::Ready => "ready",
+        TaskStatus::Running => "running",
+        TaskStatus::Backoff => "retrying after backoff",
+        TaskStatus::Succeeded => "succeeded",
+        TaskStatus::Failed => "failed",
+        TaskStatus::TimedOut => "timed out",
+        TaskStatus::Cancelled => "cancelled",
+        TaskStatus::Skipped => "skipped",
+    }
+}
+
+/// A duration for people: `850ms`, `12.3s`.
+pub fn fmt_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// The progress line of a task that changed (`None` while it is only
+/// waiting or ready: those are not news).
+pub fn progress_line(t: &TaskView) -> Option<String> {
+    if matches!(t.status, TaskStatus::Waiting | TaskStatus::Ready) {
+        return None;
+    }
+    let stage = t
+        .stage
+        .map(|s| format!("stage {s}"))
+        .unwrap_or_else(|| "finally".into());
+    let mut line = format!("{stage:>9}  {:<24} {}", t.name, status_name(t.status));
+    if t.attempt > 1 || t.status == TaskStatus::Backoff {
+        line.push_str(&format!(" (attempt {})", t.attempt));
+    }
+    if let Some(m) = &t.message
+        && !matches!(t.status, TaskStatus::Succeeded | TaskStatus::Running)
+    {
+        line.push_str(&format!(": {m}"));
+    }
+    Some(line)
+}
+
+/// The summary of a run: its state and duration, each stage with its tasks
+/// (status, duration, attempts), then the logs (handles) of failed tasks.
+pub fn summary(run: &RunView) -> String {
+    let mut out = String::new();
+    let total = run
+        .finished_ms
+        .unwrap_or(run.updated_ms)
+        .saturating_sub(run.created_ms);
+    out.push_str(&format!(
+        "\nrun {} {} in {}\n",
+        run.id,
+        run.state.as_str(),
+        fmt_ms(total)
+    ));
+    // Stages in order, finally last.
+    let mut groups: BTreeMap<(bool, u32), Vec<&TaskView>> = BTreeMap::new();
+    for t in &run.tasks {
+        groups
+            .entry((t.stage.is_none(), t.stage.unwrap_or(0)))
+            .or_default()
+            .push(t);
+    }
+    let mut failed_logs = Vec::new();
+    for ((is_finally, stage), members) in groups {
+        out.push_str(&if is_finally {
+            "finally\n".to_string()
+        } else {
+            format!("stage {stage}\n")
+        });
+        for t in members {
+            let duration = match (t.first_launch_ms, t.finished_ms) {
+                (Some(a), Some(b)) => fmt_ms(b.saturating_sub(a)),
+                _ => "-".into(),
+            };
+            let can_fail = if t.can_fail { " (can fail)" } else { "" };
+            out.push_str(&format!(
+                "  {:<24} {:<10} {:>8}  attempts {}{can_fail}\n",
+                t.name,
+                status_name(t.status),
+                duration,
+                t.attempt
+            ));
+            if matches!(t.status, TaskStatus::Failed | TaskStatus::TimedOut)
+                && let Some(log) = &t.handle
+            {
+                failed_logs.push(format!("  {}: {log}", t.name));
+            }
+        }
+    }
+    if !failed_logs.is_empty() {
+        out.push_str("logs of failed tasks:\n");
+        for l in failed_logs {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The plan as a table: stage, task, needs, can-fail, retries, timeout and
+/// what runs (command or pipeline).
+pub fn plan_table(plan: &Plan) -> String {
+    let mut out = format!(
+        "{:<8} {:<24} {:<20} {:<8} {:<7} {:<8} TARGET\n",
+        "STAGE", "TASK", "NEEDS", "CANFAIL", "RETRIES", "TIMEOUT"
+    );
+    let mut order: Vec<&PlannedTask> = plan.tasks.iter().collect();
+    order.sort_by_key(|t| (t.is_finally, t.stage));
+    for t in order {
+        let stage = t
+            .stage
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "finally".into());
+        let needs = match &t.spec.needs {
+            Some(n) if n.is_empty() => "(none)".into(),
+            Some(n) => n.join(","),
+            None => "-".into(),
+        };
+        let timeout = t
+            .timeout
+            .map(|d| humantime::format_duration(d).to_string())
+            .unwrap_or_else(|| "-".into());
+        let target = match (&t.spec.command, &t.spec.pipeline) {
+            (Some(c), _) => format!("sh -c {c:?}"),
+            (None, Some(p)) => match (&p.pipeline_ref, &p.resolver) {
+                (Some(r), _) => format!("pipeline {r}"),
+                (None, Some(r)) => format!("pipeline via {r} resolver"),
+                _ => "pipeline".into(),
+            },
+            (None, None) => "-".into(),
+        };
+        out.push_str(&format!(
+            "{stage:<8} {:<24} {needs:<20} {:<8} {:<7} {timeout:<8} {target}\n",
+            t.name(),
+            t.spec.can_fail,
+            t.spec.retries
+        ));
+    }
+    out
+}
+
+/// The notation of [`graph`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GraphFormat {
+    /// Graphviz DOT.
+    #[default]
+    Dot,
+    /// Mermaid flowchart.
+    Mermaid,
+}
+
+impl FromStr for GraphFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "dot" => Ok(GraphFormat::Dot),
+            "mermaid" => Ok(GraphFormat::Mermaid),
+            other => Err(format!(
+                "graph format {other:?} is not one of \"dot\", \"mermaid\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for GraphFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GraphFormat::Dot => "dot",
+            GraphFormat::Mermaid => "mermaid",
+        })
+    }
+}
+
+/// The fill colour of a status in a graph (`None`: not coloured).
+fn status_colour(s: TaskStatus) -> Option<&'static str> {
+    match s {
+        TaskStatus::Waiting | TaskStatus::Ready => None,
+        TaskStatus::Running | TaskStatus::Backoff => Some("#9ecae1"),
+        TaskStatus::Succeeded => Some("#a1d99b"),
+        TaskStatus::Failed | TaskStatus::TimedOut => Some("#fc9272"),
+        TaskStatus::Cancelled | TaskStatus::Skipped => Some("#d9d9d9"),
+    }
+}
+
+/// The dependency graph of `plan`: one cluster per stage, finally tasks in a
+/// dashed cluster, an edge per direct dependency. With `run` (a run of this
+/// plan), each task is labelled and coloured with its status.
+pub fn graph(plan: &Plan, format: GraphFormat, run: Option<&RunView>) -> String {
+    let statuses: HashMap<&str, TaskStatus> = run
+        .map(|r| {
+            r.tasks
+                .iter()
+                .map(|t| (t.name.as_str(), t.status))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut edges = Vec::new();
+    for i in 0..plan.len() as TaskIndex {
+        for d in plan.direct_dependencies(i) {
+            edges.push((plan.task(d).name(), plan.task(i).name()));
+        }
+    }
+    let finally: Vec<&str> = plan
+        .tasks
+        .iter()
+        .filter(|t| t.is_finally)
+        .map(|t| t.name())
+        .collect();
+    let clusters = plan
+        .stages
+        .iter()
+        .map(|stage| {
+            let members = stage.members.iter().map(|&m| plan.task(m).name()).collect();
+            (format!("stage {}", stage.number), members)
+        })
+        .chain((!finally.is_empty()).then(|| ("finally".to_string(), finally)));
+    let label = |name: &str| match statuses.get(name) {
+        Some(&s) => format!("{name}\\n{}", status_name(s)),
+        None => name.to_string(),
+    };
+    let mut out = String::new();
+    match format {
+        GraphFormat::Dot => {
+            out.push_str("digraph revision_run {\n  rankdir=LR;\n");
+            for (g, (title, members)) in clusters.enumerate() {
+                let style = if title == "finally" {
+                    "    style=dashed;\n"
+                } else {
+                    ""
+                };
+                out.push_str(&format!(
+                    "  subgraph cluster_{g} {{\n    label=\"{title}\";\n{style}"
+                ));
+                for m in members {
+                    out.push_str(&format!("    \"{m}\""));
+                    if let Some(&s) = statuses.get(m) {
+                        out.push_str(&format!(" [label=\"{}\"", label(m)));
+                        if let Some(c) = status_colour(s) {
+                            out.push_str(&format!(", style=filled, fillcolor=\"{c}\""));
+                        }
+                        out.push(']');
+                    }
+                    out.push_str(";\n");
+                }
+                out.push_str("  }\n");
+            }
+            for (a, b) in &edges {
+                out.push_str(&format!("  \"{a}\" -> \"{b}\";\n"));
+            }
+            out.push_str("}\n");
+        }
+        GraphFormat::Mermaid => {
+            out.push_str("flowchart LR\n");
+            for (g, (title, members)) in clusters.enumerate() {
+                out.push_str(&format!("  subgraph group{g}[\"{title}\"]\n"));
+                for m in members {
+                    out.push_str(&format!(
+                        "    {}[\"{}\"]\n",
+                        mermaid_id(m),
+                        label(m).replace("\\n", "<br/>")
+                    ));
+                }
+                out.push_str("  end\n");
+            }
+            for (a, b) in &edges {
+                out.push_str(&format!("  {} --> {}\n", mermaid_id(a), mermaid_id(b)));
+            }
+            for (name, s) in &statuses {
+                if let Some(c) = status_colour(*s) {
+                    out.push_str(&format!("  style {} fill:{c}\n", mermaid_id(name)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A Mermaid node id for a task name (DNS-1123 names: `-` is the only
+/// character Mermaid ids do not take).
+fn mermaid_id(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        let spec = yaml_serde::from_str(
+            "repo: demo\ncommit: abc1\ntasks:\n  - {name: build, command: make}\n  - {name: unit-test, stage: 1, command: make test}\n  - {name: lint, stage: 1, can_fail: true, command: make lint}\nfinally:\n  - {name: notify, command: 'true'}\n",
+        )
+        .unwrap();
+        Plan::build(spec).unwrap()
+    }
+
+    fn view(statuses: &[(&str, TaskStatus)]) -> RunView {
+        RunView {
+            id: "r1".into(),
+            repo: "demo".into(),
+            commit: "abc1".into(),
+            state: RunState::Failed,
+            created_ms: 1_000,
+            updated_ms: 4_000,
+            finished_ms: Some(4_500),
+            tasks: statuses
+                .iter()
+                .map(|&(name, status)| TaskView {
+                    name: name.into(),
+                    stage: (name != "notify").then_some(u32::from(name != "build")),
+                    can_fail: name == "lint",
+                    status,
+                    attempt: 1,
+                    message: None,
+                    first_launch_ms: Some(1_000),
+                    finished_ms: Some(2_250),
+                    handle: Some(format!("/logs/{name}.log")),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn dot_graph_has_stage_clusters_finally_and_edges() {
+        let dot = graph(&plan(), GraphFormat::Dot, None);
+        assert!(dot.contains("label=\"stage 0\""), "{dot}");
+        assert!(
+            dot.contains("label=\"finally\";\n    style=dashed;"),
+            "{dot}"
+        );
+        assert!(dot.contains("\"build\" -> \"unit-test\";"), "{dot}");
+        assert!(dot.contains("\"build\" -> \"lint\";"), "{dot}");
+        assert!(
+            !dot.contains("fillcolor"),
+            "no statuses without a run: {dot}"
+        );
+    }
+
+    #[test]
+    fn graphs_with_a_run_show_each_status() {
+        let run = view(&[
+            ("build", TaskStatus::Succeeded),
+            ("unit-test", TaskStatus::Failed),
+            ("lint", TaskStatus::Running),
+            ("notify", TaskStatus::Waiting),
+        ]);
+        let dot = graph(&plan(), GraphFormat::Dot, Some(&run));
+        assert!(
+            dot.contains(
+                "\"unit-test\" [label=\"unit-test\\nfailed\", style=filled, fillcolor=\"#fc9272\"]"
+            ),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("\"notify\" [label=\"notify\\nwaiting\"];"),
+            "{dot}"
+        );
+        let mermaid = graph(&plan(), GraphFormat::Mermaid, Some(&run));
+        assert!(
+            mermaid.contains("unit_test[\"unit-test<br/>failed\"]"),
+            "{mermaid}"
+        );
+        assert!(mermaid.contains("build --> unit_test"), "{mermaid}");
+        assert!(mermaid.contains("style build fill:#a1d99b"), "{mermaid}");
+        assert!(!mermaid.contains("style notify"), "{mermaid}");
+    }
+
+    #[test]
+    fn summary_groups_by_stage_and_lists_logs_of_failed_tasks() {
+        let run = view(&[
+            ("build", TaskStatus::Succeeded),
+            ("unit-test", TaskStatus::Failed),
+            ("lint", TaskStatus::Skipped),
+            ("notify", TaskStatus::Succeeded),
+        ]);
+        let text = summary(&run);
+        assert!(text.contains("run r1 failed in 3.5s"), "{text}");
+        let stage1 = text.find("stage 1").unwrap();
+        let finally = text.find("finally").unwrap();
+        assert!(
+            text.find("stage 0").unwrap() < stage1 && stage1 < finally,
+            "{text}"
+        );
+        assert!(text.contains("(can fail)"), "{text}");
+        assert!(
+            text.contains("logs of failed tasks:\n  unit-test: /logs/unit-test.log"),
+            "{text}"
+        );
+        assert!(!text.contains("/logs/build.log"), "{text}");
+    }
+
+    #[test]
+    fn progress_lines_skip_waiting_tasks_and_name_retries() {
+        let mut t = view(&[("build", TaskStatus::Waiting)]).tasks.remove(0);
+        assert_eq!(progress_line(&t), None);
+        t.status = TaskStatus::Backoff;
+        t.attempt = 2;
+        t.message = Some("exit status 1".into());
+        assert_eq!(
+            progress_line(&t).unwrap(),
+            "  stage 0  build                    retrying after backoff (attempt 2): exit status 1"
+        );
+    }
+
+    #[test]
+    fn plan_table_lists_every_task_with_its_stage() {
+        let table = plan_table(&plan());
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5, "{table}");
+        assert!(lines[1].starts_with("0 "), "{table}");
+        assert!(lines[4].starts_with("finally"), "{table}");
+    }
+
+    #[test]
+    fn graph_format_parses_and_names_the_bad_value() {
+        assert_eq!("mermaid".parse::<GraphFormat>(), Ok(GraphFormat::Mermaid));
+        assert!(
+            "svg"
+                .parse::<GraphFormat>()
+                .unwrap_err()
+                .contains("\"svg\"")
+        );
+    }
+}
