@@ -20,9 +20,8 @@ use stagetime::grpc::{Limits, ServerConfig, TlsFiles, load_token};
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::store::Store;
-use stagetime::telemetry::{Health, LogFormat, init_logging, serve_http, shutdown_signal};
-use tokio::sync::watch;
-use tracing::{error, info};
+use stagetime::telemetry::{Endpoint, Failure, LogFormat, Shutdown, bind, run_main};
+use tracing::info;
 
 #[derive(Parser)]
 #[command(name = "server", version, about = "stagetime gRPC server")]
@@ -59,33 +58,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            error!(error = %e, "cannot start the runtime");
-            return ExitCode::from(3);
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err((code, message)) => {
-            error!("{message}");
-            eprintln!("error: {message}");
-            ExitCode::from(code)
-        }
-    }
+    run_main(args.log_format, run(args))
 }
 
-async fn run(args: Args) -> Result<(), (u8, String)> {
+async fn run(args: Args) -> Result<(), Failure> {
     let token = load_token(
         args.auth_token_file.as_deref(),
         std::env::var("STAGETIME_AUTH_TOKEN").ok().as_deref(),
     )
-    .map_err(|e| (2, e))?;
+    .map_err(Failure::invalid)?;
     if token.is_none() {
         tracing::warn!("no auth token configured: the API is open to anyone who can reach it");
     }
@@ -93,26 +74,15 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         _ => None,
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let shutdown = Shutdown::on_signal();
 
     let store: Arc<dyn Store> = match &args.redis_url {
         Some(url) if !args.memory => {
             let config = RedisConfig::new(url.clone()).with_prefix(args.redis_prefix.clone());
-            let store = tokio::select! {
-                s = RedisStore::connect(config) => s.map_err(|e| (3, format!("cannot use Redis: {e}")))?,
-                _ = stopped() => return Ok(()),
+            let Some(store) = shutdown.unless(RedisStore::connect(config)).await else {
+                return Ok(());
             };
-            Arc::new(store)
+            Arc::new(store.map_err(|e| Failure::unavailable(format!("cannot use Redis: {e}")))?)
         }
         _ => {
             info!("keeping runs in memory (--memory): no worker can see them");
@@ -122,28 +92,14 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let health = Health::default();
-    let metrics_listener = tokio::net::TcpListener::bind(&args.metrics_listen)
-        .await
-        .map_err(|e| (3, format!("cannot listen on {}: {e}", args.metrics_listen)))?;
-    let grpc_listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .map_err(|e| (3, format!("cannot listen on {}: {e}", args.listen)))?;
-    let grpc_addr = grpc_listener.local_addr().map_err(|e| (3, e.to_string()))?;
-    let metrics_addr = metrics_listener
-        .local_addr()
-        .map_err(|e| (3, e.to_string()))?;
+    let endpoint = Endpoint::start(&args.metrics_listen, registry, shutdown.wait()).await?;
+    let metrics_addr = endpoint.addr();
+    let (grpc_listener, grpc_addr) = bind(&args.listen).await?;
 
-    let http = tokio::spawn(serve_http(
-        metrics_listener,
-        Arc::new(registry),
-        health.clone(),
-        stopped(),
-    ));
     tokio::spawn(metrics.clone().refresh_store_every(
         Arc::clone(&store),
         Duration::from_secs(5),
-        stopped(),
+        shutdown.wait(),
     ));
     let config = ServerConfig {
         limits: Limits::default(),
@@ -153,19 +109,9 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
     println!("grpc listening on {grpc_addr}");
     println!("metrics listening on {metrics_addr}");
     info!(%grpc_addr, %metrics_addr, "listening");
-    health.set_ready(true);
-    let served =
-        stagetime::grpc::serve(grpc_listener, config, store, Some(metrics), stopped()).await;
-    health.set_ready(false);
-    let _ = http.await;
-    served.map_err(|e| {
-        let code = if e.kind() == stagetime::ErrorKind::Invalid {
-            2
-        } else {
-            3
-        };
-        (code, e.to_string())
-    })?;
+    let serve =
+        stagetime::grpc::serve(grpc_listener, config, store, Some(metrics), shutdown.wait());
+    endpoint.ready_while(serve).await?;
     info!("server stopped");
     Ok(())
 }

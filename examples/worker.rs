@@ -24,9 +24,8 @@ use stagetime::kube::{TektonBackend, TektonConfig};
 use stagetime::local::LocalBackend;
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::store::Store;
-use stagetime::telemetry::{Health, LogFormat, init_logging, serve_http, shutdown_signal};
-use tokio::sync::watch;
-use tracing::{error, info};
+use stagetime::telemetry::{Endpoint, Failure, LogFormat, Shutdown, parse_duration, run_main};
+use tracing::info;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendKind {
@@ -62,20 +61,20 @@ struct Args {
     /// How often to delete finished PipelineRuns / local attempt
     /// directories past --housekeeping-ttl beyond the newest
     /// --housekeeping-keep-last per repository (0s: never).
-    #[arg(long, env = "STAGETIME_HOUSEKEEPING_INTERVAL", default_value = "1h", value_parser = duration)]
+    #[arg(long, env = "STAGETIME_HOUSEKEEPING_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     housekeeping_interval: Duration,
     /// Age after which finished work may be deleted by housekeeping.
-    #[arg(long, env = "STAGETIME_HOUSEKEEPING_TTL", default_value = "7d", value_parser = duration)]
+    #[arg(long, env = "STAGETIME_HOUSEKEEPING_TTL", default_value = "7d", value_parser = parse_duration)]
     housekeeping_ttl: Duration,
     /// Finished runs per repository housekeeping always keeps.
     #[arg(long, env = "STAGETIME_HOUSEKEEPING_KEEP_LAST", default_value_t = 5)]
     housekeeping_keep_last: usize,
     /// A claimed item not acknowledged within this time (a dead worker) is
     /// handed to another worker.
-    #[arg(long, env = "STAGETIME_RECLAIM_AFTER", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "STAGETIME_RECLAIM_AFTER", default_value = "30s", value_parser = parse_duration)]
     reclaim_after: Duration,
     /// At shutdown, how long the batch in hand may take to finish.
-    #[arg(long, env = "STAGETIME_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "STAGETIME_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "STAGETIME_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
@@ -85,87 +84,36 @@ struct Args {
     log_format: LogFormat,
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            error!(error = %e, "cannot start the runtime");
-            return ExitCode::from(3);
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err((code, message)) => {
-            error!("{message}");
-            eprintln!("error: {message}");
-            ExitCode::from(code)
-        }
-    }
+    run_main(args.log_format, run(args))
 }
 
-async fn run(args: Args) -> Result<(), (u8, String)> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let invalid = |e: stagetime::Error| {
-        let code = if e.kind() == stagetime::ErrorKind::Invalid {
-            2
-        } else {
-            3
-        };
-        (code, e.to_string())
-    };
+async fn run(args: Args) -> Result<(), Failure> {
+    let shutdown = Shutdown::on_signal();
 
     let config = RedisConfig::new(args.redis_url.clone())
         .with_prefix(args.redis_prefix.clone())
         .with_reclaim_after(args.reclaim_after);
-    let store: Arc<dyn Store> = tokio::select! {
-        s = RedisStore::connect(config) => Arc::new(s.map_err(invalid)?),
-        _ = stopped() => return Ok(()),
+    let Some(store) = shutdown.unless(RedisStore::connect(config)).await else {
+        return Ok(());
     };
+    let store: Arc<dyn Store> = Arc::new(store?);
     let backend: Arc<dyn Backend> = match args.backend {
         BackendKind::Local => Arc::new(LocalBackend::new(args.workdir.join("runs"))),
-        BackendKind::Tekton => Arc::new(
-            TektonBackend::try_default(TektonConfig::new(args.namespace.clone()))
-                .await
-                .map_err(invalid)?,
-        ),
+        BackendKind::Tekton => {
+            Arc::new(TektonBackend::try_default(TektonConfig::new(args.namespace.clone())).await?)
+        }
     };
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let health = Health::default();
-    let listener = tokio::net::TcpListener::bind(&args.metrics_listen)
-        .await
-        .map_err(|e| (3, format!("cannot listen on {}: {e}", args.metrics_listen)))?;
-    let metrics_addr = listener.local_addr().map_err(|e| (3, e.to_string()))?;
-    let http = tokio::spawn(serve_http(
-        listener,
-        Arc::new(registry),
-        health.clone(),
-        stopped(),
-    ));
+    let endpoint = Endpoint::start(&args.metrics_listen, registry, shutdown.wait()).await?;
+    let metrics_addr = endpoint.addr();
     tokio::spawn(metrics.clone().refresh_store_every(
         Arc::clone(&store),
         Duration::from_secs(5),
-        stopped(),
+        shutdown.wait(),
     ));
 
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
@@ -189,11 +137,7 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
     println!("metrics listening on {metrics_addr}");
     println!("worker {consumer} started");
     info!(%consumer, %metrics_addr, concurrency = args.concurrency, "worker started");
-    health.set_ready(true);
-    let result = engine.run(stopped()).await;
-    health.set_ready(false);
-    let _ = http.await;
-    result.map_err(invalid)?;
+    endpoint.ready_while(engine.run(shutdown.wait())).await?;
     info!(%consumer, "worker stopped");
     Ok(())
 }
