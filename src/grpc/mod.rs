@@ -28,22 +28,10 @@ pub use convert::{
 pub use server::{Limits, ServerConfig, TlsFiles, serve};
 pub use service::{LegacyService, RunsService, StatusService};
 
-/// The earlier system's messages and services (package `revisionrun`),
-/// generated from `proto/revisionrun.proto`.
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    rustdoc::invalid_html_tags,
-    rustdoc::bare_urls,
-    rustdoc::broken_intra_doc_links
-)]
-pub mod legacy {
-    include!(concat!(env!("OUT_DIR"), "/revisionrun.rs"));
-}
+pub use generated::{legacy, v1};
 
-/// The current API (package `stagetime.v1`), generated from
-/// `proto/stagetime/v1/stagetime.proto`.
+/// The generated code, exempt from the crate's lints and rustdoc's checks
+/// of the proto comments.
 #[allow(
     missing_docs,
     clippy::all,
@@ -52,8 +40,18 @@ pub mod legacy {
     rustdoc::bare_urls,
     rustdoc::broken_intra_doc_links
 )]
-pub mod v1 {
-    include!(concat!(env!("OUT_DIR"), "/stagetime.v1.rs"));
+mod generated {
+    /// The earlier system's messages and services (package `revisionrun`),
+    /// generated from `proto/revisionrun.proto`.
+    pub mod legacy {
+        include!(concat!(env!("OUT_DIR"), "/revisionrun.rs"));
+    }
+
+    /// The current API (package `stagetime.v1`), generated from
+    /// `proto/stagetime/v1/stagetime.proto`.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/stagetime.v1.rs"));
+    }
 }
 
 /// The encoded file descriptor set of both packages, served by reflection.

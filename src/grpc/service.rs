@@ -29,17 +29,37 @@ struct Api {
     metrics: Option<Metrics>,
 }
 
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Api {
-    fn count<T>(&self, method: &'static str, r: &Result<T, Status>) {
+    fn new(store: Arc<dyn Store>, limits: Limits, metrics: Option<Metrics>) -> Self {
+        Api {
+            control: RunControl::new(Arc::clone(&store)),
+            store,
+            limits,
+            metrics,
+        }
+    }
+
+    /// Counts the answer to `method` (when metrics are kept) and wraps it.
+    #[allow(clippy::result_large_err)]
+    fn answer<T>(&self, method: &'static str, r: Result<T, Status>) -> Result<Response<T>, Status> {
         if let Some(m) = &self.metrics {
             m.grpc_request(
                 method,
-                match r {
+                match &r {
                     Ok(_) => Code::Ok,
                     Err(s) => s.code(),
                 },
             );
         }
+        r.map(Response::new)
     }
 
     #[allow(clippy::result_large_err)]
@@ -90,18 +110,12 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// `stagetime.v1.Runs`: submit, get, list, watch, cancel, rerun.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RunsService {
     api: Api,
     watch_poll: Duration,
     watches: Arc<Semaphore>,
     stopping: tokio::sync::watch::Receiver<bool>,
-}
-
-impl std::fmt::Debug for RunsService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunsService").finish_non_exhaustive()
-    }
 }
 
 impl RunsService {
@@ -118,12 +132,7 @@ impl RunsService {
             stopping,
             watches: Arc::new(Semaphore::new(limits.max_watches)),
             watch_poll: limits.watch_poll,
-            api: Api {
-                control: RunControl::new(Arc::clone(&store)),
-                store,
-                limits,
-                metrics,
-            },
+            api: Api::new(store, limits, metrics),
         }
     }
 
@@ -367,24 +376,21 @@ impl v1::runs_server::Runs for RunsService {
         &self,
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
-        let r = self.do_submit(request.into_inner()).await;
-        self.api.count("Submit", &r);
-        r.map(Response::new)
+        self.api
+            .answer("Submit", self.do_submit(request.into_inner()).await)
     }
 
     async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::Run>, Status> {
-        let r = self.do_get(request.into_inner()).await;
-        self.api.count("Get", &r);
-        r.map(Response::new)
+        self.api
+            .answer("Get", self.do_get(request.into_inner()).await)
     }
 
     async fn list(
         &self,
         request: Request<v1::ListRequest>,
     ) -> Result<Response<v1::ListResponse>, Status> {
-        let r = self.do_list(request.into_inner()).await;
-        self.api.count("List", &r);
-        r.map(Response::new)
+        self.api
+            .answer("List", self.do_list(request.into_inner()).await)
     }
 
     type WatchStream = WatchStream;
@@ -393,52 +399,38 @@ impl v1::runs_server::Runs for RunsService {
         &self,
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let r = self.do_watch(request.into_inner()).await;
-        self.api.count("Watch", &r);
-        r.map(Response::new)
+        self.api
+            .answer("Watch", self.do_watch(request.into_inner()).await)
     }
 
     async fn cancel(
         &self,
         request: Request<v1::CancelRequest>,
     ) -> Result<Response<v1::CancelResponse>, Status> {
-        let r = self.do_cancel(request.into_inner()).await;
-        self.api.count("Cancel", &r);
-        r.map(Response::new)
+        self.api
+            .answer("Cancel", self.do_cancel(request.into_inner()).await)
     }
 
     async fn rerun(
         &self,
         request: Request<v1::RerunRequest>,
     ) -> Result<Response<v1::RerunResponse>, Status> {
-        let r = self.do_rerun(request.into_inner()).await;
-        self.api.count("Rerun", &r);
-        r.map(Response::new)
+        self.api
+            .answer("Rerun", self.do_rerun(request.into_inner()).await)
     }
 }
 
 /// The earlier system's `StageTimeApplicationService`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct LegacyService {
     api: Api,
-}
-
-impl std::fmt::Debug for LegacyService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LegacyService").finish_non_exhaustive()
-    }
 }
 
 impl LegacyService {
     /// The service over `store`; `metrics` counts requests when given.
     pub fn new(store: Arc<dyn Store>, limits: Limits, metrics: Option<Metrics>) -> Self {
         LegacyService {
-            api: Api {
-                control: RunControl::new(Arc::clone(&store)),
-                store,
-                limits,
-                metrics,
-            },
+            api: Api::new(store, limits, metrics),
         }
     }
 
@@ -569,33 +561,21 @@ impl legacy::stage_time_application_service_server::StageTimeApplicationService 
                 }
             }
         });
-        self.api.count("CreateRevisionRun", &r);
-        r.map(Response::new)
+        self.api.answer("CreateRevisionRun", r)
     }
 }
 
 /// The earlier system's `Statuses` service.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct StatusService {
     api: Api,
-}
-
-impl std::fmt::Debug for StatusService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StatusService").finish_non_exhaustive()
-    }
 }
 
 impl StatusService {
     /// The service over `store`; `metrics` counts requests when given.
     pub fn new(store: Arc<dyn Store>, limits: Limits, metrics: Option<Metrics>) -> Self {
         StatusService {
-            api: Api {
-                control: RunControl::new(Arc::clone(&store)),
-                store,
-                limits,
-                metrics,
-            },
+            api: Api::new(store, limits, metrics),
         }
     }
 
@@ -658,8 +638,7 @@ impl legacy::statuses_server::Statuses for StatusService {
                     status: record.state.as_str().to_uppercase(),
                 }),
             });
-        self.api.count("GetStatus", &r);
-        r.map(Response::new)
+        self.api.answer("GetStatus", r)
     }
 }
 
@@ -690,6 +669,32 @@ fn rfc3339(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_counts_by_code_and_wraps() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let store: Arc<dyn Store> = Arc::new(stagetime_core::memory::MemoryStore::new());
+        let api = Api::new(store, Limits::default(), Some(metrics));
+        assert_eq!(api.answer("Get", Ok(7)).unwrap().into_inner(), 7);
+        let refused = api.answer::<()>("Get", Err(Status::not_found("no run")));
+        assert_eq!(refused.unwrap_err().code(), Code::NotFound);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for code in ["Ok", "NotFound"] {
+            assert!(
+                text.lines().any(|l| l.contains("method=\"Get\"")
+                    && l.contains(&format!("code=\"{code}\""))
+                    && l.ends_with(" 1")),
+                "{code}: {text}"
+            );
+        }
+        let quiet = Api::new(Arc::clone(&api.store), Limits::default(), None);
+        assert!(
+            quiet.answer("Get", Ok(())).is_ok(),
+            "no metrics: just wraps"
+        );
+    }
 
     #[test]
     fn rfc3339_formats_utc() {
