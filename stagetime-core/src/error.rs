@@ -116,15 +116,14 @@ pub enum Error {
         /// Why it cannot be adopted.
         message: String,
     },
-    /// Optimistic concurrency failed: the stored version moved on.
-    #[error("conflict on {what}: expected version {expected}, found {found}")]
+    /// Optimistic concurrency failed: someone changed the object first
+    /// (see [`Error::version_conflict`] for stores).
+    #[error("conflict on {what}: {detail}")]
     Conflict {
         /// The object.
         what: String,
-        /// The version the writer read.
-        expected: u64,
-        /// The version in the store.
-        found: u64,
+        /// What differed, e.g. `expected version 3, found 4`.
+        detail: String,
     },
     /// A service we depend on is unavailable; the operation may be retried.
     #[error("{service} unavailable: {message}")]
@@ -189,6 +188,15 @@ impl Error {
     /// True when trying the same operation again later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self.kind(), ErrorKind::Unavailable | ErrorKind::Conflict)
+    }
+
+    /// [`Error::Conflict`] of a versioned store: the writer read version
+    /// `expected`, the store holds `found`.
+    pub fn version_conflict(what: impl Into<String>, expected: u64, found: u64) -> Self {
+        Error::Conflict {
+            what: what.into(),
+            detail: format!("expected version {expected}, found {found}"),
+        }
     }
 
     /// Shorthand for [`Error::NotFound`].

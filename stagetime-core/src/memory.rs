@@ -207,11 +207,11 @@ impl Store for MemoryStore {
         if current.version != commit.expected_version
             || commit.record.version != commit.expected_version + 1
         {
-            return Err(Error::Conflict {
-                what: format!("run {id}"),
-                expected: commit.expected_version,
-                found: current.version,
-            });
+            return Err(Error::version_conflict(
+                format!("run {id}"),
+                commit.expected_version,
+                current.version,
+            ));
         }
         inner.runs.insert(id, commit.record);
         for item in commit.enqueue {

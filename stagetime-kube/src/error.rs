@@ -52,9 +52,8 @@ pub fn classify(err: kube::Error, call: Call<'_>) -> Error {
                 message: s.message.clone(),
             },
             409 => Error::Conflict {
-                what: format!("{} ({})", call.what(), s.message),
-                expected: 0,
-                found: 0,
+                what: call.what(),
+                detail: s.message.clone(),
             },
             401 | 403 => Error::Forbidden {
                 message: format!(
@@ -100,9 +99,8 @@ pub fn classify_resource(err: kube::Error, verb: &str, resource: &str, namespace
         kube::Error::Api(s) => match s.code {
             404 => Error::not_found(what),
             409 => Error::Conflict {
-                what: format!("{what} ({})", s.message),
-                expected: 0,
-                found: 0,
+                what,
+                detail: s.message.clone(),
             },
             401 | 403 => Error::Forbidden {
                 message: format!(

@@ -676,11 +676,11 @@ impl Store for RedisStore {
             // A malformed commit: report what is stored, like any conflict.
             return match self.stored_version(&id).await? {
                 None => Err(Error::not_found(what)),
-                Some(v) => Err(Error::Conflict {
+                Some(v) => Err(Error::version_conflict(
                     what,
-                    expected: expected_version,
-                    found: v.parse().unwrap_or(0),
-                }),
+                    expected_version,
+                    v.parse().unwrap_or(0),
+                )),
             };
         }
         let rec_json = to_json(&record, "record")?;
@@ -727,11 +727,7 @@ impl Store for RedisStore {
             Some("conflict") => {
                 let found = reply.get(1).and_then(as_string).unwrap_or_default();
                 match found.parse::<u64>() {
-                    Ok(found) => Err(Error::Conflict {
-                        what,
-                        expected: expected_version,
-                        found,
-                    }),
+                    Ok(found) => Err(Error::version_conflict(what, expected_version, found)),
                     Err(_) => Err(Error::corrupt(
                         what,
                         format!("stored version {found:?} is not a number"),
