@@ -23,7 +23,8 @@ use stagetime::report::{GraphFormat, RunView, graph, plan_table, progress_line, 
 use stagetime::scheduler::TaskStatus;
 use stagetime::spec::parse_document;
 use stagetime::store::{RunId, RunState};
-use stagetime::{Error, ErrorKind, RevisionRunSpec};
+use stagetime::telemetry::{Failure, parse_duration};
+use stagetime::RevisionRunSpec;
 
 #[derive(Parser)]
 #[command(
@@ -181,34 +182,11 @@ enum Cmd {
         #[arg(long, default_value = ".stagetime")]
         workdir: PathBuf,
         /// e.g. 7d, 12h.
-        #[arg(long, default_value = "7d", value_parser = humantime_duration)]
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
         ttl: Duration,
         #[arg(long, default_value_t = 5)]
         keep_last: usize,
     },
-}
-
-fn humantime_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
-}
-
-/// A failure with the exit status it maps to.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        let code = match e.kind() {
-            ErrorKind::Invalid => 2,
-            _ => 3,
-        };
-        Failure {
-            code,
-            message: e.to_string(),
-        }
-    }
 }
 
 fn main() -> ExitCode {
