@@ -15,7 +15,6 @@
 //! Without `--url` (or `REDIS_URL`) it starts its own `redis-server` (from
 //! `REDIS_SERVER` or the PATH) on a free loopback port, without persistence.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use stagetime::grpc::{ServerConfig, v1};
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::store::{RunState, Store};
 use stagetime_core::testkit::InstantBackend;
+use stagetime_core::testkit::w1::{self, OwnRedis};
 
 struct Args {
     runs: usize,
@@ -73,60 +73,6 @@ fn parse_args() -> Result<Args, String> {
         return Err("--runs, --clients and --batch must be at least 1".into());
     }
     Ok(args)
-}
-
-/// A redis-server of our own, killed on drop.
-struct OwnRedis {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_redis() -> Result<(OwnRedis, String), String> {
-    let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let child = Command::new(&binary)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {binary}: {e} (install redis-server, or pass --url)"))?;
-    let server = OwnRedis { child, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("redis-server did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    Ok((server, format!("redis://127.0.0.1:{port}/0")))
-}
-
-/// Run `i` of W1 as a native YAML document.
-fn document(i: usize, tag: &str) -> String {
-    let mut doc = format!("repo: w1\ncommit: {tag}-{i:06}\ntasks:\n");
-    for s in 0..4 {
-        for t in 0..5 {
-            doc.push_str(&format!(
-                "  - {{name: s{s}-t{t}, stage: {s}, command: \"true\"}}\n"
-            ));
-        }
-    }
-    doc
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -206,7 +152,7 @@ async fn phase(args: &Args, url: &str, workers: usize) -> Result<Figures, String
             for i in range {
                 let t = Instant::now();
                 runs.submit(v1::SubmitRequest {
-                    document: document(i, &tag),
+                    document: w1::document(i, &tag),
                 })
                 .await
                 .map_err(|e| format!("submit: {e}"))?;
@@ -279,11 +225,10 @@ fn main() {
     let own;
     let url = match &args.url {
         Some(u) => u.clone(),
-        None => match start_redis() {
-            Ok((server, url)) => {
+        None => match OwnRedis::start() {
+            Ok(server) => {
                 own = server;
-                let _ = &own;
-                url
+                own.url().to_string()
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -291,10 +236,14 @@ fn main() {
             }
         },
     };
-    let tasks = args.runs * 20;
+    let tasks = args.runs * w1::TASKS_PER_RUN;
     println!(
-        "W1 through the server: {} runs x 4 stages x 5 tasks = {tasks} tasks, instant backend, {} submitting clients, worker batch {}, {url}",
-        args.runs, args.clients, args.batch
+        "W1 through the server: {} runs x {} stages x {} tasks = {tasks} tasks, instant backend, {} submitting clients, worker batch {}, {url}",
+        args.runs,
+        w1::STAGES,
+        w1::TASKS_PER_STAGE,
+        args.clients,
+        args.batch
     );
     println!("| workers | submit-to-complete | runs/s | tasks/s | submit p50 | submit p99 |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");

@@ -23,7 +23,7 @@ use stagetime_core::store::{
     ClaimToken, Claimed, Commit, Created, RunFilter, RunId, RunPage, RunRecord, RunState, Store,
     WorkItem,
 };
-use stagetime_core::testkit::InstantBackend;
+use stagetime_core::testkit::{ClaimGate, GatedStore, InstantBackend};
 use stagetime_core::{Error, Result};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -47,12 +47,20 @@ struct Running {
     handle: JoinHandle<Result<()>>,
 }
 
+/// An engine with the test [`config`] on tokio's (paused) clock.
+fn engine(store: Arc<dyn Store>, backend: Arc<dyn Backend>) -> Engine {
+    Engine::new(store, backend)
+        .with_config(config())
+        .with_clock(Arc::new(TokioClock::new()))
+}
+
 fn start(store: Arc<dyn Store>, backend: Arc<dyn Backend>) -> Running {
-    let engine = Arc::new(
-        Engine::new(store, backend)
-            .with_config(config())
-            .with_clock(Arc::new(TokioClock::new())),
-    );
+    run(engine(store, backend))
+}
+
+/// Runs `engine` in the background.
+fn run(engine: Engine) -> Running {
+    let engine = Arc::new(engine);
     let (stop, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(Arc::clone(&engine).run(async {
         let _ = rx.await;
@@ -65,6 +73,11 @@ fn start(store: Arc<dyn Store>, backend: Arc<dyn Backend>) -> Running {
 }
 
 impl Running {
+    /// Submits the spec of the YAML `text`; its run id.
+    async fn submit(&self, text: &str) -> RunId {
+        self.engine.submit(yaml(text)).await.unwrap().id
+    }
+
     async fn shutdown(self) {
         let _ = self.stop.send(());
         self.handle.await.unwrap().unwrap();
@@ -110,14 +123,11 @@ async fn a_run_goes_through_its_stages_and_launches_each_attempt_once() {
     let backend = InstantBackend::new();
     let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
     let id = running
-        .engine
-        .submit(yaml(
+        .submit(
             "{repo: r, commit: c, tasks: [{name: a, command: 'true'}, {name: b, command: 'true'},
               {name: c, stage: 1, command: 'true'}], finally: [{name: f, command: 'true'}]}",
-        ))
-        .await
-        .unwrap()
-        .id;
+        )
+        .await;
     let record = running.engine.wait_finished(&id).await.unwrap();
     assert_eq!(record.state, RunState::Succeeded);
     assert_created_once(&backend, &id, &[("a", 1), ("b", 1), ("c", 1), ("f", 1)]);
@@ -146,13 +156,10 @@ async fn retry_delay_is_waited_for_between_attempts() {
     });
     let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
     let id = running
-        .engine
-        .submit(yaml(
+        .submit(
             "{repo: r, commit: c, tasks: [{name: t, retries: 2, retry_delay: 10s, command: x}]}",
-        ))
-        .await
-        .unwrap()
-        .id;
+        )
+        .await;
     let record = running.engine.wait_finished(&id).await.unwrap();
     assert_eq!(record.state, RunState::Succeeded);
     assert_created_once(&backend, &id, &[("t", 1), ("t", 2), ("t", 3)]);
@@ -174,14 +181,7 @@ async fn hanging_task_times_out_is_cancelled_and_retried() {
     let backend = InstantBackend::new();
     let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
     let began = tokio::time::Instant::now();
-    let id = running
-        .engine
-        .submit(yaml(
-            "{repo: r, commit: c, tasks: [{name: t, retries: 1, timeout: 30s, command: sleep 100}]}",
-        ))
-        .await
-        .unwrap()
-        .id;
+    let id = running.submit("{repo: r, commit: c, tasks: [{name: t, retries: 1, timeout: 30s, command: sleep 100}]}").await;
     let record = running.engine.wait_finished(&id).await.unwrap();
     assert_eq!(record.state, RunState::Failed);
     assert_eq!(status(&record, 0), TaskStatus::TimedOut);
@@ -198,15 +198,12 @@ async fn run_timeout_cancels_running_skips_pending_and_runs_finally() {
     let backend = InstantBackend::new();
     let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
     let id = running
-        .engine
-        .submit(yaml(
+        .submit(
             "{repo: r, commit: c, options: {timeout: 1m},
               tasks: [{name: a, command: sleep 100}, {name: b, stage: 1, command: 'true'}],
               finally: [{name: f, command: 'true'}]}",
-        ))
-        .await
-        .unwrap()
-        .id;
+        )
+        .await;
     let record = running.engine.wait_finished(&id).await.unwrap();
     assert_eq!(record.state, RunState::Failed);
     assert_eq!(record.scheduler.stop_reason(), Some(StopReason::Timeout));
@@ -222,14 +219,11 @@ async fn cancel_through_the_engine_ends_the_run_cancelled() {
     let backend = InstantBackend::new();
     let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
     let id = running
-        .engine
-        .submit(yaml(
+        .submit(
             "{repo: r, commit: c, tasks: [{name: a, command: sleep 100}],
               finally: [{name: f, command: 'true'}]}",
-        ))
-        .await
-        .unwrap()
-        .id;
+        )
+        .await;
     running.wait_state(&id, RunState::Running).await;
     while backend.total_created() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -256,14 +250,11 @@ async fn rerun_through_the_engine_keeps_succeeded_tasks() {
     });
     let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
     let id = running
-        .engine
-        .submit(yaml(
+        .submit(
             "{repo: r, commit: c, tasks: [{name: a, command: x}, {name: b, command: x},
               {name: c, stage: 1, command: x}]}",
-        ))
-        .await
-        .unwrap()
-        .id;
+        )
+        .await;
     let first = running.engine.wait_finished(&id).await.unwrap();
     assert_eq!(first.state, RunState::Failed);
     running.engine.rerun(&id).await.unwrap();
@@ -335,13 +326,8 @@ async fn launch_unavailable_then_available_runs_the_task_once() {
     });
     let running = start(Arc::new(MemoryStore::new()), Arc::new(backend));
     let id = running
-        .engine
-        .submit(yaml(
-            "{repo: r, commit: c, tasks: [{name: a, command: 'true'}]}",
-        ))
-        .await
-        .unwrap()
-        .id;
+        .submit("{repo: r, commit: c, tasks: [{name: a, command: 'true'}]}")
+        .await;
     let record = running.engine.wait_finished(&id).await.unwrap();
     assert_eq!(record.state, RunState::Succeeded);
     assert_eq!(calls.load(Ordering::SeqCst), 6);
@@ -360,13 +346,10 @@ async fn launch_refused_for_good_fails_the_task_without_retrying_the_call() {
     });
     let running = start(Arc::new(MemoryStore::new()), Arc::new(backend));
     let id = running
-        .engine
-        .submit(yaml(
+        .submit(
             "{repo: r, commit: c, tasks: [{name: a, command: x}, {name: b, stage: 1, command: x}]}",
-        ))
-        .await
-        .unwrap()
-        .id;
+        )
+        .await;
     let record = running.engine.wait_finished(&id).await.unwrap();
     assert_eq!(record.state, RunState::Failed);
     assert_eq!(status(&record, 0), TaskStatus::Failed);
@@ -404,47 +387,21 @@ mock! {
     }
 }
 
-/// The real store, with faults decided by a mock: every call first asks the
-/// mock, and goes on to `inner` only when the mock answers `Ok`. (The mock
-/// cannot delegate itself: its answers are synchronous, and
-/// `MemoryStore::claim` waits asynchronously for work.)
-struct GatedStore {
-    faults: MockFaultyStore,
-    inner: MemoryStore,
-}
-
+/// Claim faults decided by the mock: the claim goes on to the real store only
+/// when the mock answers `Ok`. (The mock cannot delegate itself: its answers
+/// are synchronous, and `MemoryStore::claim` waits asynchronously for work.)
 #[async_trait]
-impl Store for GatedStore {
-    async fn create_run(&self, record: RunRecord, start: Vec<WorkItem>) -> Result<Created> {
-        self.inner.create_run(record, start).await
-    }
-    async fn load_run(&self, id: &RunId) -> Result<RunRecord> {
-        self.inner.load_run(id).await
-    }
-    async fn commit(&self, commit: Commit) -> Result<()> {
-        self.inner.commit(commit).await
-    }
-    async fn enqueue(&self, items: Vec<WorkItem>) -> Result<()> {
-        self.inner.enqueue(items).await
-    }
-    async fn claim(
+impl ClaimGate for MockFaultyStore {
+    async fn before_claim(
         &self,
         consumer: &str,
         max: usize,
         now_ms: u64,
         wait: Duration,
-    ) -> Result<Vec<Claimed>> {
-        self.faults.claim(consumer, max, now_ms, wait).await?;
-        self.inner.claim(consumer, max, now_ms, wait).await
-    }
-    async fn ack(&self, tokens: &[ClaimToken]) -> Result<()> {
-        self.inner.ack(tokens).await
-    }
-    async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
-        self.inner.list_runs(filter).await
-    }
-    async fn purge_expired(&self, now_ms: u64) -> Result<u64> {
-        self.inner.purge_expired(now_ms).await
+    ) -> Result<()> {
+        Store::claim(self, consumer, max, now_ms, wait)
+            .await
+            .map(drop)
     }
 }
 
@@ -461,19 +418,16 @@ async fn claim_failures_do_not_stop_the_engine() {
         }
     });
     let store = GatedStore {
-        faults,
-        inner: MemoryStore::new(),
+        gate: faults,
+        inner: Arc::new(MemoryStore::new()),
     };
     let backend = InstantBackend::new();
     let running = start(Arc::new(store), Arc::new(backend.clone()));
     let id = running
-        .engine
-        .submit(yaml(
+        .submit(
             "{repo: r, commit: c, tasks: [{name: a, command: x}, {name: b, stage: 1, command: x}]}",
-        ))
-        .await
-        .unwrap()
-        .id;
+        )
+        .await;
     let record = running.engine.wait_finished(&id).await.unwrap();
     assert_eq!(record.state, RunState::Succeeded);
     assert!(claims.load(Ordering::SeqCst) > 3);
@@ -535,13 +489,8 @@ async fn shutdown_finishes_the_batch_in_hand_and_leaves_nothing_claimed() {
     let store = Arc::new(MemoryStore::new());
     let running = start(store.clone(), Arc::new(backend));
     let id = running
-        .engine
-        .submit(yaml(
-            "{repo: r, commit: c, tasks: [{name: a, command: 'sleep 1'}]}",
-        ))
-        .await
-        .unwrap()
-        .id;
+        .submit("{repo: r, commit: c, tasks: [{name: a, command: 'sleep 1'}]}")
+        .await;
     // The batch is in the middle of launching `a`: ask the engine to stop.
     entered.notified().await;
     let _ = running.stop.send(());
@@ -598,27 +547,17 @@ async fn the_listener_sees_transitions_finishes_and_backend_errors() {
         (n <= 2).then(|| Error::unavailable("cluster", "connection refused"))
     });
     let listener = Arc::new(Counting::default());
-    let engine = Arc::new(
-        Engine::new(Arc::new(MemoryStore::new()), Arc::new(backend))
-            .with_config(config())
-            .with_clock(Arc::new(TokioClock::new()))
-            .with_listener(listener.clone()),
+    let running = run(
+        engine(Arc::new(MemoryStore::new()), Arc::new(backend)).with_listener(listener.clone())
     );
-    let (stop, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(Arc::clone(&engine).run(async {
-        let _ = rx.await;
-    }));
-    let id = engine
-        .submit(yaml(
+    let id = running
+        .submit(
             "{repo: r, commit: c, tasks: [{name: a, command: 'true'}, {name: b, stage: 1, command: 'true'}]}",
-        ))
-        .await
-        .unwrap()
-        .id;
-    let record = engine.wait_finished(&id).await.unwrap();
+        )
+        .await;
+    let record = running.engine.wait_finished(&id).await.unwrap();
     assert_eq!(record.state, RunState::Succeeded);
-    let _ = stop.send(());
-    handle.await.unwrap().unwrap();
+    running.shutdown().await;
     assert!(listener.committed.load(Ordering::SeqCst) >= 3);
     assert_eq!(listener.finished.load(Ordering::SeqCst), 1);
     assert_eq!(listener.backend_errors.load(Ordering::SeqCst), 2);

@@ -13,23 +13,17 @@
 //! `REDIS_SERVER` or the PATH) on a free loopback port, without persistence,
 //! and stops it at the end.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stagetime_core::backend::Backend;
 use stagetime_core::engine::{Engine, EngineConfig};
-use stagetime_core::store::{
-    ClaimToken, Claimed, Commit, Created, RunFilter, RunId, RunPage, RunRecord, RunState, Store,
-    WorkItem,
-};
-use stagetime_core::testkit::{InstantBackend, command_task};
-use stagetime_core::{Error, Result, RevisionRunSpec};
+use stagetime_core::store::{RunFilter, RunState, Store};
+use stagetime_core::testkit::w1::{self, OwnRedis, STAGES, TASKS_PER_STAGE};
+use stagetime_core::testkit::{GatedStore, InstantBackend};
+use stagetime_core::{Error, Result};
 use stagetime_redis::{RedisConfig, RedisStore};
 use tokio::sync::broadcast::error::RecvError;
-
-const STAGES: u32 = 4;
-const TASKS_PER_STAGE: u32 = 5;
 
 struct Args {
     runs: usize,
@@ -67,70 +61,6 @@ fn parse_args() -> std::result::Result<Args, String> {
     Ok(args)
 }
 
-/// A redis-server of our own, killed on drop.
-struct OwnServer {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> std::result::Result<(OwnServer, String), String> {
-    let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let child = Command::new(&binary)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {binary}: {e} (install redis-server, or pass --url)"))?;
-    let server = OwnServer { child, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("redis-server did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    Ok((server, format!("redis://127.0.0.1:{port}/0")))
-}
-
-fn spec(i: usize, tag: &str) -> RevisionRunSpec {
-    let mut tasks = Vec::new();
-    for s in 0..STAGES {
-        for t in 0..TASKS_PER_STAGE {
-            tasks.push(command_task(&format!("s{s}-t{t}"), s, "true"));
-        }
-    }
-    RevisionRunSpec {
-        repo: "w1".into(),
-        commit: format!("{tag}-{i:06}"),
-        tasks,
-        ..RevisionRunSpec::default()
-    }
-}
-
 /// `INFO commandstats` as (command, calls).
 async fn command_calls(
     con: &mut redis::aio::MultiplexedConnection,
@@ -153,51 +83,6 @@ async fn command_calls(
             Some((name.to_string(), calls))
         })
         .collect())
-}
-
-/// The Redis store, with claims held back until the gate opens (so the
-/// worker can be started before the runs are submitted, and timed after).
-struct Gated {
-    inner: Arc<RedisStore>,
-    open: tokio::sync::watch::Receiver<bool>,
-}
-
-#[async_trait::async_trait]
-impl Store for Gated {
-    async fn create_run(&self, record: RunRecord, start: Vec<WorkItem>) -> Result<Created> {
-        self.inner.create_run(record, start).await
-    }
-    async fn load_run(&self, id: &RunId) -> Result<RunRecord> {
-        self.inner.load_run(id).await
-    }
-    async fn commit(&self, commit: Commit) -> Result<()> {
-        self.inner.commit(commit).await
-    }
-    async fn enqueue(&self, items: Vec<WorkItem>) -> Result<()> {
-        self.inner.enqueue(items).await
-    }
-    async fn claim(
-        &self,
-        consumer: &str,
-        max: usize,
-        now_ms: u64,
-        wait: Duration,
-    ) -> Result<Vec<Claimed>> {
-        if !*self.open.borrow() {
-            let mut open = self.open.clone();
-            let _ = open.wait_for(|o| *o).await;
-        }
-        self.inner.claim(consumer, max, now_ms, wait).await
-    }
-    async fn ack(&self, tokens: &[ClaimToken]) -> Result<()> {
-        self.inner.ack(tokens).await
-    }
-    async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
-        self.inner.list_runs(filter).await
-    }
-    async fn purge_expired(&self, now_ms: u64) -> Result<u64> {
-        self.inner.purge_expired(now_ms).await
-    }
 }
 
 /// Redis's CPU seconds (user + sys) from `INFO cpu`.
@@ -230,7 +115,8 @@ async fn run(args: Args) -> Result<()> {
     let (_server, url) = match args.url.clone() {
         Some(url) => (None, url),
         None => {
-            let (s, url) = start_server().map_err(|e| Error::unavailable("redis", e))?;
+            let s = OwnRedis::start().map_err(|e| Error::unavailable("redis", e))?;
+            let url = s.url().to_string();
             (Some(s), url)
         }
     };
@@ -239,9 +125,11 @@ async fn run(args: Args) -> Result<()> {
     let store = Arc::new(RedisStore::connect(config).await?);
     let backend = Arc::new(InstantBackend::new());
     let (gate, gate_rx) = tokio::sync::watch::channel(false);
-    let gated = Arc::new(Gated {
+    // Claims are held back until the gate opens, so the worker can be
+    // started before the runs are submitted, and timed after.
+    let gated = Arc::new(GatedStore {
+        gate: gate_rx,
         inner: Arc::clone(&store),
-        open: gate_rx,
     });
     let engine = Arc::new(
         Engine::new(
@@ -264,7 +152,7 @@ async fn run(args: Args) -> Result<()> {
         .await
         .map_err(|e| stagetime_redis::classify(e, "INFO connection"))?;
 
-    let tasks = args.runs * (STAGES * TASKS_PER_STAGE) as usize;
+    let tasks = args.runs * w1::TASKS_PER_RUN;
     println!(
         "W1: {} runs x {STAGES} stages x {TASKS_PER_STAGE} tasks = {tasks} tasks, instant backend, one worker (batch {}), {url}",
         args.runs, args.batch
@@ -283,7 +171,7 @@ async fn run(args: Args) -> Result<()> {
     // Phase 1: submit every run (create_run: record + start item, one script each).
     let started = Instant::now();
     for i in 0..args.runs {
-        engine.submit(spec(i, &tag)).await?;
+        engine.submit(w1::spec(i, &tag)).await?;
     }
     let submitted = started.elapsed();
     // Phase 2: the worker drives them all.

@@ -372,16 +372,13 @@ pub async fn list_filters_and_pages(t: StoreUnderTest) {
     assert_eq!(bad.kind(), ErrorKind::Invalid, "{bad}");
 }
 
-/// A state change is visible to the state filter.
-pub async fn list_follows_state_changes(t: StoreUnderTest) {
-    let s = &*t.store;
-    let repo = super::unique("staterepo");
-    let rec = new_record("state", &repo, "c", now());
-    s.create_run(rec.clone(), vec![]).await.unwrap();
+/// Commits version 2 of `rec` (stored at version 1) in `state`, finished at
+/// `finished_ms`, enqueueing and acknowledging nothing.
+async fn commit_state(s: &dyn Store, rec: &RunRecord, state: RunState, finished_ms: Option<u64>) {
     let mut next = rec.clone();
     next.version = 2;
-    next.state = RunState::Failed;
-    next.finished_ms = Some(now());
+    next.state = state;
+    next.finished_ms = finished_ms;
     s.commit(Commit {
         record: next,
         expected_version: 1,
@@ -390,6 +387,15 @@ pub async fn list_follows_state_changes(t: StoreUnderTest) {
     })
     .await
     .unwrap();
+}
+
+/// A state change is visible to the state filter.
+pub async fn list_follows_state_changes(t: StoreUnderTest) {
+    let s = &*t.store;
+    let repo = super::unique("staterepo");
+    let rec = new_record("state", &repo, "c", now());
+    s.create_run(rec.clone(), vec![]).await.unwrap();
+    commit_state(s, &rec, RunState::Failed, Some(now())).await;
     let failed = s
         .list_runs(&RunFilter {
             repo: Some(repo.clone()),
@@ -490,17 +496,7 @@ pub async fn stats_count_work_and_states(t: StoreUnderTest) {
         stats.queue.ready + stats.queue.in_flight >= 1,
         "the start item is queued: {stats:?}"
     );
-    let mut running = rec.clone();
-    running.version = 2;
-    running.state = RunState::Running;
-    s.commit(Commit {
-        record: running,
-        expected_version: 1,
-        enqueue: vec![],
-        ack: vec![],
-    })
-    .await
-    .unwrap();
+    commit_state(s, &rec, RunState::Running, None).await;
     let stats = s
         .stats(now())
         .await
@@ -525,17 +521,7 @@ pub async fn run_version_follows_commits(t: StoreUnderTest) {
     let rec = new_record("version", "repo", "c", now());
     s.create_run(rec.clone(), vec![]).await.unwrap();
     assert_eq!(s.run_version(&rec.id).await.unwrap(), 1);
-    let mut next = rec.clone();
-    next.version = 2;
-    next.state = RunState::Running;
-    s.commit(Commit {
-        record: next,
-        expected_version: 1,
-        enqueue: vec![],
-        ack: vec![],
-    })
-    .await
-    .unwrap();
+    commit_state(s, &rec, RunState::Running, None).await;
     assert_eq!(s.run_version(&rec.id).await.unwrap(), 2);
     let unknown = RunId::new(super::unique("version-unknown")).unwrap();
     let err = s.run_version(&unknown).await.unwrap_err();
