@@ -2,30 +2,17 @@
 //! ordering observed from the processes, exit codes, bad-input messages,
 //! and Ctrl-C.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Builds the example once and returns its path.
-fn cli() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "stagetime"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the CLI failed");
-        // target/<profile>/deps/cli-hash -> target/<profile>/examples/stagetime
-        let exe = std::env::current_exe().unwrap();
-        exe.parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("examples")
-            .join("stagetime")
-    })
+use support::text;
+
+/// The CLI example, built on first use.
+fn cli() -> PathBuf {
+    support::example("stagetime")
 }
 
 fn run_cli(dir: &Path, args: &[&str]) -> Output {
@@ -34,14 +21,6 @@ fn run_cli(dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .output()
         .expect("run the CLI")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn write(dir: &Path, name: &str, body: &str) -> String {

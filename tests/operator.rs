@@ -7,17 +7,17 @@
 //! stops both processes cleanly.
 #![cfg(all(feature = "kube", feature = "redis", feature = "telemetry"))]
 
-#[path = "../stagetime-redis/tests/support/mod.rs"]
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{Proc, examples, http_get};
 
 const GROUP: &str = "/apis/stagetime.sthings.tiab.ssc.sva.de/v1beta1";
 
@@ -25,29 +25,9 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Builds the two examples once; returns the directory holding them.
-fn examples() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "operator",
-                "--example",
-                "worker",
-            ])
-            .current_dir(root())
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the examples failed");
-        let exe = std::env::current_exe().expect("test exe");
-        exe.parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .join("examples")
-    })
+/// The example `name`; the two examples are built together, once.
+fn exe(name: &str) -> PathBuf {
+    examples(&["operator", "worker"]).join(name)
 }
 
 /// The emulator process (stdin held open: it exits with the test process).
@@ -160,96 +140,6 @@ fn create(addr: &str, ns: &str, plural: &str, obj: Value) {
     assert_eq!(code, 201, "create {plural}: {body}");
 }
 
-/// A stdout-line-reading child process, killed when dropped.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn start(name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Proc {
-        let stderr = dir.join(format!("{name}.stderr"));
-        let mut cmd = Command::new(examples().join(name));
-        cmd.args(args)
-            .env_remove("REDIS_URL")
-            .env_remove("STAGETIME_NAMESPACE")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start the process");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim().to_string();
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(status)) = self.child.try_wait() {
-                        panic!("exited ({status}) before {prefix:?}: {}", self.log());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("no {prefix:?} line: {}", self.log())
-                }
-            }
-        }
-        panic!("no {prefix:?} line within 60 s: {}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit code (SIGKILL after 30 s).
-    fn terminate(&mut self) -> Option<i32> {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let pid = i32::try_from(self.child.id()).expect("pid");
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A minimal Tekton: every PipelineRun of `ns` without a status succeeds.
 fn tekton(addr: String, ns: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -290,7 +180,7 @@ fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 
 #[test]
 fn operator_and_worker_binaries_run_a_revision_run() {
-    let Some(redis) = support::shared() else {
+    let Some(redis) = support::redis::shared() else {
         return;
     };
     let Some(emu) = emulator() else {
@@ -317,7 +207,7 @@ fn operator_and_worker_binaries_run_a_revision_run() {
         ("STAGETIME_REDIS_PREFIX", ns.as_str()),
     ];
     let mut operator = Proc::start(
-        "operator",
+        &exe("operator"),
         &[
             "--namespace",
             &ns,
@@ -332,7 +222,7 @@ fn operator_and_worker_binaries_run_a_revision_run() {
     let metrics = operator.wait_line("metrics listening on ");
     operator.wait_line("operator started");
     let mut worker = Proc::start(
-        "worker",
+        &exe("worker"),
         &[
             "--backend",
             "tekton",
@@ -403,14 +293,7 @@ fn operator_and_worker_binaries_run_a_revision_run() {
     // Probes and metrics of the operator.
     let (code, _) = http(&metrics, "GET", "/readyz", "text/plain", None);
     assert_eq!(code, 200, "ready");
-    let mut s = std::net::TcpStream::connect(&metrics).expect("metrics");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
+    let text = http_get(&metrics, "/metrics");
     assert!(
         text.contains("stagetime_operator_runs_submitted_total 1"),
         "{text}"

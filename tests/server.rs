@@ -5,143 +5,20 @@
 //! and need no Redis.
 #![cfg(all(feature = "grpc", feature = "redis", feature = "kube"))]
 
-#[path = "../stagetime-redis/tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use stagetime::grpc::{legacy, v1};
+use support::{Proc, examples, http_get, text};
 use tonic::Code;
 
-/// Builds the three examples once; returns the directory holding them.
-fn examples() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "stagetime",
-                "--example",
-                "server",
-                "--example",
-                "worker",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the examples failed");
-        // target/<profile>/deps/server-hash -> target/<profile>/examples
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().unwrap().parent().unwrap().join("examples")
-    })
-}
-
-/// A child process killed (SIGKILL) when dropped; its stdout lines arrive
-/// on a channel, its stderr goes to a file for post-mortems.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn start(name: &str, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Proc {
-        let stderr = dir.join(format!(
-            "{name}-{}.stderr",
-            stagetime_core::testkit::unique("p")
-        ));
-        let mut cmd = Command::new(examples().join(name));
-        cmd.args(args)
-            .env_remove("STAGETIME_AUTH_TOKEN")
-            .env_remove("REDIS_URL")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start the process");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    /// The rest of the first stdout line starting with `prefix`.
-    fn wait_line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim().to_string();
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(status)) = self.child.try_wait() {
-                        panic!(
-                            "process exited ({status}) before printing {prefix:?}: {}",
-                            self.log()
-                        );
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("no {prefix:?} line: {}", self.log())
-                }
-            }
-        }
-        panic!("no {prefix:?} line within 60 s: {}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then the exit status (SIGKILL after 30 s).
-    fn terminate(&mut self) -> Option<i32> {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill9();
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// The example `name`; the three examples are built together, once.
+fn exe(name: &str) -> PathBuf {
+    examples(&["stagetime", "server", "worker"]).join(name)
 }
 
 /// A server (and its gRPC URL).
@@ -154,24 +31,10 @@ fn server(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Proc, String) {
 fn server_at(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Proc, String, String) {
     let mut all = vec!["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
-    let mut p = Proc::start("server", &all, env, dir);
+    let mut p = Proc::start(&exe("server"), &all, env, dir);
     let addr = p.wait_line("grpc listening on ");
     let metrics = p.wait_line("metrics listening on ");
     (p, addr, metrics)
-}
-
-/// `GET path` over plain HTTP/1.1; the body.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics port");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// The value of a sample line `name{...} value` (summed over label sets).
@@ -194,7 +57,7 @@ fn worker(dir: &Path, redis_url: &str, prefix: &str, workdir: &Path) -> Proc {
 /// A worker and its metrics address.
 fn worker_at(dir: &Path, redis_url: &str, prefix: &str, workdir: &Path) -> (Proc, String) {
     let mut p = Proc::start(
-        "worker",
+        &exe("worker"),
         &[
             "--redis-url",
             redis_url,
@@ -220,7 +83,7 @@ fn worker_at(dir: &Path, redis_url: &str, prefix: &str, workdir: &Path) -> (Proc
 }
 
 fn cli(dir: &Path, server: &str, args: &[&str], token: Option<&str>) -> Output {
-    let mut cmd = Command::new(examples().join("stagetime"));
+    let mut cmd = Command::new(exe("stagetime"));
     cmd.args(args)
         .env("STAGETIME_SERVER", server)
         .env_remove("STAGETIME_AUTH_TOKEN")
@@ -229,14 +92,6 @@ fn cli(dir: &Path, server: &str, args: &[&str], token: Option<&str>) -> Output {
         cmd.env("STAGETIME_AUTH_TOKEN", t);
     }
     cmd.output().expect("run the CLI")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn json(o: &Output) -> serde_json::Value {
@@ -251,8 +106,8 @@ async fn connect(url: &str, token: Option<&str>) -> stagetime::grpc::client::Cli
 
 /// Redis for the distributed tests, or `None` (skipped loudly, or a failure
 /// under STAGETIME_REQUIRE_SERVERS=1).
-fn redis() -> Option<&'static support::RedisServer> {
-    let s = support::shared();
+fn redis() -> Option<&'static support::redis::RedisServer> {
+    let s = support::redis::shared();
     if s.is_none() {
         stagetime_core::testkit::skip_or_fail("redis-server (REDIS_SERVER or PATH)");
     }
@@ -619,6 +474,14 @@ async fn a_worker_killed_with_sigkill_mid_runs_loses_nothing_and_repeats_nothing
     assert_eq!(w2.terminate(), Some(0), "{}", w2.log());
 }
 
+/// The call was refused for want of the right token.
+fn unauthenticated<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) {
+    assert_eq!(
+        r.expect_err("must be refused").code(),
+        Code::Unauthenticated
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_on_calls_need_the_token_while_health_and_reflection_answer() {
     let dir = tempfile::tempdir().unwrap();
@@ -637,40 +500,33 @@ async fn with_auth_on_calls_need_the_token_while_health_and_reflection_answer() 
     let api = format!("http://{addr}");
 
     // The CLI without and with a wrong token is refused; with it, served.
-    let out = cli(d, &api, &["list"], None);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("Unauthenticated"), "{}", text(&out));
-    let out = cli(d, &api, &["list"], Some("wrong"));
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("Unauthenticated"), "{}", text(&out));
+    for token in [None, Some("wrong")] {
+        let out = cli(d, &api, &["list"], token);
+        assert_eq!(out.status.code(), Some(2), "{token:?}: {}", text(&out));
+        assert!(text(&out).contains("Unauthenticated"), "{}", text(&out));
+    }
     let out = cli(d, &api, &["list"], Some("s3cret-token"));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     // Every API service checks it.
     let mut anon = connect(&api, None).await;
-    let e = anon
-        .statuses
-        .get_status(legacy::StatusGetRequest {
-            revision_run_id: "x".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
-    let e = anon
-        .create
-        .create_revision_run(legacy_request())
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
+    unauthenticated(
+        anon.statuses
+            .get_status(legacy::StatusGetRequest {
+                revision_run_id: "x".into(),
+            })
+            .await,
+    );
+    unauthenticated(anon.create.create_revision_run(legacy_request()).await);
     let mut wrong = connect(&api, Some("s3cret-tokeN")).await;
-    let e = wrong
-        .runs
-        .submit(v1::SubmitRequest {
-            document: "repo: r\ncommit: c\ntasks: [{name: a, command: 'true'}]\n".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
+    unauthenticated(
+        wrong
+            .runs
+            .submit(v1::SubmitRequest {
+                document: "repo: r\ncommit: c\ntasks: [{name: a, command: 'true'}]\n".into(),
+            })
+            .await,
+    );
     let mut ok = connect(&api, Some("s3cret-token")).await;
     let listed = ok
         .runs
@@ -1049,72 +905,11 @@ async fn bad_input_on_every_rpc_is_refused_naming_the_field_and_stores_nothing()
     assert!(listed.runs.is_empty(), "{listed:?}");
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it (openssl), or false.
-fn make_certs(dir: &Path) -> bool {
-    let openssl = |args: &[&str]| {
-        Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=stagetime-test-ca",
-    ]) && openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]) && openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ])
-}
-
 #[test]
 fn tls_serves_https_clients_that_trust_the_ca() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    if !make_certs(d) {
+    if !stagetime_core::testkit::make_test_certs(d) {
         stagetime_core::testkit::skip_or_fail("openssl (to make test certificates)");
         return;
     }
