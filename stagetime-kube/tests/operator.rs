@@ -25,14 +25,8 @@ use stagetime_kube::crd::RevisionRun;
 use stagetime_kube::operator::FINALIZER;
 use stagetime_kube::operator::status::{CONDITION_READY, CONDITION_SUCCEEDED, condition};
 use stagetime_kube::types::PipelineRun;
-use support::operator::{Stack, eventually, tech};
+use support::operator::{Stack, eventually, label, tech};
 use support::rbac::{Rbac, assert_allowed};
-
-fn label<'a>(pr: &'a PipelineRun, k: &str) -> &'a str {
-    pr.labels()
-        .get(&format!("stagetime/{k}"))
-        .map_or("", String::as_str)
-}
 
 fn cond(rr: &RevisionRun, t: &str) -> Option<(String, String, String)> {
     let c = condition(rr.status.as_ref()?, t)?;
@@ -85,14 +79,7 @@ async fn pipelinerun_history(
 }
 
 async fn check_rbac(stack: &Stack) {
-    let prefix = format!("/namespaces/{}/", stack.ns);
-    let requests: Vec<serde_json::Value> = stack
-        .emu
-        .requests()
-        .await
-        .into_iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(&prefix)))
-        .collect();
+    let requests = stack.emu.requests_in(&stack.ns).await;
     let rbac = Rbac::load();
     for actor in ["operator", "worker"] {
         assert!(
@@ -321,9 +308,7 @@ async fn deleting_a_running_revision_run_cancels_its_pipelineruns() {
     let Some(stack) = Stack::start().await else {
         return;
     };
-    stack.repo("app", "main").await;
-    stack.template("quick", 0, &["outcome=succeed"]).await;
-    stack.template("long", 1, &["outcome=hang"]).await;
+    stack.app_with_quick_and_long().await;
     stack
         .revision_run(
             "doomed",

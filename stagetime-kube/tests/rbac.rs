@@ -8,13 +8,12 @@ mod support;
 
 use std::time::Duration;
 
-use kube::ResourceExt;
 use kube::api::DeleteParams;
 use stagetime_core::Backend;
 use stagetime_core::backend::Housekeeping;
 use stagetime_kube::TektonBackend;
 use support::config;
-use support::operator::{Stack, eventually, tech};
+use support::operator::{Stack, eventually, label, tech};
 use support::rbac::{Rbac, assert_allowed, unused_rules};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,9 +21,7 @@ async fn deploy_rbac_allows_every_call_and_nothing_more() {
     let Some(stack) = Stack::start().await else {
         return;
     };
-    stack.repo("app", "main").await;
-    stack.template("quick", 0, &["outcome=succeed"]).await;
-    stack.template("long", 1, &["outcome=hang"]).await;
+    stack.app_with_quick_and_long().await;
     let api = stack.revision_runs();
 
     stack
@@ -47,7 +44,7 @@ async fn deploy_rbac_allows_every_call_and_nothing_more() {
         let prs = stack.pipelineruns().await;
         prs.iter()
             .any(|p| {
-                p.labels().get("stagetime/task").map(String::as_str) == Some("soak")
+                label(p, "task") == "soak"
                     && p.status.as_ref().is_some_and(|s| !s.conditions.is_empty())
             })
             .then_some(())
@@ -60,7 +57,7 @@ async fn deploy_rbac_allows_every_call_and_nothing_more() {
         let prs = stack.pipelineruns().await;
         prs.iter()
             .any(|p| {
-                p.labels().get("stagetime/task").map(String::as_str) == Some("soak")
+                label(p, "task") == "soak"
                     && p.spec.status.as_deref() == Some("Cancelled")
                     && stagetime_kube::status::is_finished(p)
             })
@@ -97,13 +94,7 @@ async fn deploy_rbac_allows_every_call_and_nothing_more() {
     let (emu, ns) = (stack.emu, stack.ns.clone());
     stack.stop().await;
 
-    let prefix = format!("/namespaces/{ns}/");
-    let requests: Vec<serde_json::Value> = emu
-        .requests()
-        .await
-        .into_iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(&prefix)))
-        .collect();
+    let requests = emu.requests_in(&ns).await;
     let rbac = Rbac::load();
     for actor in ["operator", "worker"] {
         assert_allowed(&rbac, &requests, actor);

@@ -30,6 +30,9 @@ use tokio::task::JoinHandle;
 
 pub mod operator;
 pub mod rbac;
+/// The redis-server harness of stagetime-redis's tests (the operator and the
+/// workers share runs through Redis in production).
+#[path = "../../../stagetime-redis/tests/support/mod.rs"]
 pub mod redis;
 
 /// A running emulator process (shared by every test of one test binary; it
@@ -165,6 +168,16 @@ impl Emulator {
     /// Every API request the emulator has seen (method, path, query, contentType, actor, body).
     pub async fn requests(&self) -> Vec<serde_json::Value> {
         self.control("GET", "requests").await
+    }
+
+    /// The recorded requests to paths of namespace `ns`.
+    pub async fn requests_in(&self, ns: &str) -> Vec<serde_json::Value> {
+        let prefix = format!("/namespaces/{ns}/");
+        self.requests()
+            .await
+            .into_iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.contains(&prefix)))
+            .collect()
     }
 
     /// Forgets the watch history and closes every watch: resuming watches get 410 and re-list.

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use stagetime_core::engine::{Engine, EngineConfig};
 use stagetime_core::{RunId, RunRecord, Store};
@@ -49,7 +50,7 @@ impl Stack {
         let emu = tokio::task::spawn_blocking(emulator)
             .await
             .expect("emulator start")?;
-        let redis = tokio::task::spawn_blocking(super::redis::redis)
+        let redis = tokio::task::spawn_blocking(super::redis::shared)
             .await
             .expect("redis start")?;
         let ns = namespace();
@@ -157,6 +158,14 @@ impl Stack {
             .expect("create template");
     }
 
+    /// The Repo `app` (branch `main`) and two templates: `quick` (stage 0,
+    /// succeeds) and `long` (stage 1, hangs until cancelled).
+    pub async fn app_with_quick_and_long(&self) {
+        self.repo("app", "main").await;
+        self.template("quick", 0, &["outcome=succeed"]).await;
+        self.template("long", 1, &["outcome=hang"]).await;
+    }
+
     /// Creates a RevisionRun.
     pub async fn revision_run(
         &self,
@@ -199,6 +208,13 @@ impl Stack {
             assert!(matches!(r, Ok(Ok(Ok(())))), "stops cleanly: {r:?}");
         }
     }
+}
+
+/// The value of the label `stagetime/<k>` of a PipelineRun (`""` when unset).
+pub fn label<'a>(pr: &'a PipelineRun, k: &str) -> &'a str {
+    pr.labels()
+        .get(&format!("stagetime/{k}"))
+        .map_or("", String::as_str)
 }
 
 /// A technology of `kind` named `id` (stage 99: the template's).
