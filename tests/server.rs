@@ -49,12 +49,8 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// A worker with the local backend on `workdir` (shared by the workers of
-/// one test: an attempt's directory marks its launch).
-fn worker(dir: &Path, redis_url: &str, prefix: &str, workdir: &Path) -> Proc {
-    worker_at(dir, redis_url, prefix, workdir).0
-}
-
-/// A worker and its metrics address.
+/// one test: an attempt's directory marks its launch), and its metrics
+/// address.
 fn worker_at(dir: &Path, redis_url: &str, prefix: &str, workdir: &Path) -> (Proc, String) {
     let mut p = Proc::start(
         &exe("worker"),
@@ -114,6 +110,42 @@ fn redis() -> Option<&'static support::redis::RedisServer> {
     s
 }
 
+/// A server and two workers on Redis under a fresh key prefix, in a
+/// directory of their own; the workers share `<dir>/work`.
+struct Deployment {
+    dir: tempfile::TempDir,
+    server: Proc,
+    /// The server's gRPC URL.
+    api: String,
+    server_metrics: String,
+    /// The workers and their metrics addresses.
+    workers: [(Proc, String); 2],
+}
+
+/// Starts a [`Deployment`] whose key prefix names `name`; `None` when Redis
+/// is skipped.
+fn deployment(name: &str) -> Option<Deployment> {
+    let redis = redis()?;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let prefix = redis.config(name).prefix;
+    let url = redis.url();
+    let (server, addr, server_metrics) =
+        server_at(d, &["--redis-url", &url, "--redis-prefix", &prefix], &[]);
+    let workdir = d.join("work");
+    let workers = [
+        worker_at(d, &url, &prefix, &workdir),
+        worker_at(d, &url, &prefix, &workdir),
+    ];
+    Some(Deployment {
+        dir,
+        server,
+        api: format!("http://{addr}"),
+        server_metrics,
+        workers,
+    })
+}
+
 /// The legacy request of `examples/pipelines/legacy.json`.
 fn legacy_request() -> legacy::CreateRevisionRunRequest {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipelines/legacy.json");
@@ -146,17 +178,17 @@ fn legacy_request() -> legacy::CreateRevisionRunRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_watch_cancel_rerun_and_legacy_through_server_and_two_workers() {
-    let Some(redis) = redis() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let Some(Deployment {
+        dir,
+        server: _server,
+        api,
+        server_metrics,
+        workers: [(_w1, w1_metrics), (_w2, w2_metrics)],
+    }) = deployment("e2e")
+    else {
+        return;
+    };
     let d = dir.path();
-    let prefix = redis.config("e2e").prefix;
-    let url = redis.url();
-    let (_server, addr, server_metrics) =
-        server_at(d, &["--redis-url", &url, "--redis-prefix", &prefix], &[]);
-    let api = format!("http://{addr}");
-    let workdir = d.join("work");
-    let (_w1, w1_metrics) = worker_at(d, &url, &prefix, &workdir);
-    let (_w2, w2_metrics) = worker_at(d, &url, &prefix, &workdir);
 
     // 1. Submit through the CLI and wait: `b` fails the first time.
     let events = d.join("events");
@@ -401,15 +433,17 @@ finally:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_with_sigkill_mid_runs_loses_nothing_and_repeats_nothing() {
-    let Some(redis) = redis() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let Some(Deployment {
+        dir,
+        server: _server,
+        api,
+        workers: [(mut w1, _), (mut w2, _)],
+        ..
+    }) = deployment("kill")
+    else {
+        return;
+    };
     let d = dir.path();
-    let prefix = redis.config("kill").prefix;
-    let url = redis.url();
-    let (_server, api) = server(d, &["--redis-url", &url, "--redis-prefix", &prefix], &[]);
-    let workdir = d.join("work");
-    let mut w1 = worker(d, &url, &prefix, &workdir);
-    let mut w2 = worker(d, &url, &prefix, &workdir);
     let launches = d.join("launches");
     // Every attempt appends its key; the local backend cannot follow a task
     // whose worker died (nobody records its end), so attempts time out and
