@@ -246,6 +246,25 @@ finally:
         "{v}"
     );
 
+    // The file's graph, coloured with this run's statuses; a run of another
+    // file is refused.
+    let g = cli(d, &api, &["graph", "run.yaml", "--run", &id], None);
+    let dot = text(&g);
+    assert_eq!(g.status.code(), Some(0), "{dot}");
+    assert!(
+        dot.contains("\"b\" [label=\"b\\nfailed\", style=filled"),
+        "{dot}"
+    );
+    assert!(dot.contains("\"a\" -> \"b\""), "{dot}");
+    std::fs::write(
+        d.join("other.yaml"),
+        "repo: e2e\ncommit: c1\ntasks:\n  - {name: zzz, command: \"true\"}\n",
+    )
+    .unwrap();
+    let g = cli(d, &api, &["graph", "other.yaml", "--run", &id], None);
+    assert_eq!(g.status.code(), Some(2), "{}", text(&g));
+    assert!(text(&g).contains("is not a run of"), "{}", text(&g));
+
     // 3. Rerun after the failure: only what had not succeeded runs again.
     let out = cli(d, &api, &["rerun", &id, "--wait"], None);
     assert_eq!(
