@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use stagetime::RevisionRunSpec;
 use stagetime::backend::{Backend, Housekeeping};
 use stagetime::engine::{Engine, EngineConfig, SystemClock};
 use stagetime::grpc::{self, client, v1};
@@ -24,7 +25,6 @@ use stagetime::scheduler::TaskStatus;
 use stagetime::spec::parse_document;
 use stagetime::store::{RunId, RunState};
 use stagetime::telemetry::{Failure, parse_duration};
-use stagetime::RevisionRunSpec;
 
 #[derive(Parser)]
 #[command(
