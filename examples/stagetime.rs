@@ -570,13 +570,14 @@ fn emit(output: Output, value: &impl serde::Serialize) -> Result<(), Failure> {
 /// applied) is not the end: the watch looks again.
 async fn watch(c: &mut client::Client, id: &str, after_version: u64) -> Result<u8, Failure> {
     let mut progress: Option<Progress> = None;
-    let mut retries = 0;
+    let mut retries: u64 = 0;
     loop {
         let mut stream = match c.runs.watch(v1::WatchRequest { id: id.to_string() }).await {
             Ok(s) => s.into_inner(),
             Err(s) if s.code() == tonic::Code::Unavailable && retries < 5 => {
+                // Growing pauses (1 s … 5 s) ride out a server rollout.
                 retries += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_secs(retries)).await;
                 continue;
             }
             Err(s) => return Err(rpc_failure(s)),
@@ -584,11 +585,13 @@ async fn watch(c: &mut client::Client, id: &str, after_version: u64) -> Result<u
         loop {
             match stream.message().await {
                 Ok(Some(run)) => {
+                    // Only consecutive failures count: a long watch may
+                    // outlive several server restarts.
+                    retries = 0;
                     let view = RunView::from(&run);
                     if view.state.is_finished() && run.version <= after_version {
                         // The rerun request is not applied yet: look again shortly.
                         tokio::time::sleep(Duration::from_millis(200)).await;
-                        retries = 0;
                         break;
                     }
                     let p = progress.get_or_insert_with(|| Progress::new(&view));

@@ -387,29 +387,44 @@ pub async fn bind(listen: &str) -> Result<(TcpListener, SocketAddr), Failure> {
 pub struct Endpoint {
     addr: SocketAddr,
     health: Health,
+    drain_began: Arc<AtomicBool>,
     task: JoinHandle<std::io::Result<()>>,
 }
 
 impl Endpoint {
-    /// Binds `listen` and serves `registry` there (not ready yet) until
-    /// `shutdown` resolves.
+    /// Binds `listen` and serves `registry` there, not ready yet, until
+    /// [`Endpoint::ready_while`]'s work ends; readiness drops as soon as
+    /// `draining` resolves (shutdown began: the work drains, the endpoint
+    /// still answers).
     ///
     /// # Errors
     /// [`Failure::UNAVAILABLE`] when `listen` cannot be bound.
     pub async fn start(
         listen: &str,
         registry: Registry,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        draining: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Self, Failure> {
         let (listener, addr) = bind(listen).await?;
         let health = Health::default();
+        let drain_began = Arc::new(AtomicBool::new(false));
+        let (not_ready, began) = (health.clone(), Arc::clone(&drain_began));
+        tokio::spawn(async move {
+            draining.await;
+            began.store(true, Ordering::SeqCst);
+            not_ready.set_ready(false);
+        });
         let task = tokio::spawn(serve_http(
             listener,
             Arc::new(registry),
             health.clone(),
-            shutdown,
+            std::future::pending(),
         ));
-        Ok(Endpoint { addr, health, task })
+        Ok(Endpoint {
+            addr,
+            health,
+            drain_began,
+            task,
+        })
     }
 
     /// The bound address.
@@ -417,13 +432,20 @@ impl Endpoint {
         self.addr
     }
 
-    /// Reports ready while `work` runs, then not ready; waits for the
-    /// endpoint to stop (its shutdown future should resolve when `work`
-    /// ends) and returns what `work` returned.
+    /// Reports ready while `work` runs, then stops the endpoint and returns
+    /// what `work` returned.
+    ///
+    /// The endpoint lives exactly as long as the work: during a graceful
+    /// drain `/readyz` answers 503 and `/metrics` still answers; and when the
+    /// work ends on its own (a failure), `/healthz` cannot go on answering
+    /// for a process that no longer works.
     pub async fn ready_while<T>(self, work: impl Future<Output = T>) -> T {
-        self.health.set_ready(true);
+        if !self.drain_began.load(Ordering::SeqCst) {
+            self.health.set_ready(true);
+        }
         let out = work.await;
         self.health.set_ready(false);
+        self.task.abort();
         let _ = self.task.await;
         out
     }
@@ -555,9 +577,9 @@ mod tests {
 
     #[tokio::test]
     async fn endpoint_is_ready_only_while_the_work_runs() {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (drain, draining) = tokio::sync::oneshot::channel::<()>();
         let endpoint = Endpoint::start("127.0.0.1:0", Registry::default(), async move {
-            let _ = stopped.await;
+            let _ = draining.await;
         })
         .await
         .unwrap();
@@ -566,14 +588,20 @@ mod tests {
         let out = endpoint
             .ready_while(async move {
                 let ready = get(addr, "/readyz").await;
-                stop.send(()).unwrap();
-                ready
+                // A drain: not ready, but still serving probes and metrics.
+                drain.send(()).unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let draining = get(addr, "/readyz").await;
+                let metrics = get(addr, "/metrics").await;
+                (ready, draining, metrics)
             })
             .await;
-        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.0.starts_with("HTTP/1.1 200"), "{}", out.0);
+        assert!(out.1.starts_with("HTTP/1.1 503"), "{}", out.1);
+        assert!(out.2.starts_with("HTTP/1.1 200"), "{}", out.2);
         assert!(
             tokio::net::TcpStream::connect(addr).await.is_err(),
-            "the endpoint stopped"
+            "the endpoint stops with the work"
         );
     }
 

@@ -8,7 +8,7 @@
 //! - [`metrics`] holds the Prometheus families of the server and the worker.
 //!
 //! Every input is bounded: messages by [`Limits::max_message_bytes`] (the
-//! transport answers `RESOURCE_EXHAUSTED` beyond it), documents by
+//! transport answers `OUT_OF_RANGE` beyond it), documents by
 //! [`Limits::max_document_bytes`], runs by [`Limits::max_tasks`], ids and
 //! filters by their own small limits; bad input is answered with
 //! `INVALID_ARGUMENT` naming the field, and nothing is stored.

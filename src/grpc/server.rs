@@ -22,7 +22,7 @@ use super::{FILE_DESCRIPTOR_SET, legacy, v1};
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest encoded request or response message (default 4 MiB); the
-    /// transport refuses bigger ones with `RESOURCE_EXHAUSTED`.
+    /// transport refuses bigger ones with `OUT_OF_RANGE`.
     pub max_message_bytes: usize,
     /// Largest `SubmitRequest.document` (default 1 MiB).
     pub max_document_bytes: usize,

@@ -93,6 +93,7 @@ impl Api {
     }
 
     async fn submit_spec(&self, spec: RevisionRunSpec) -> Result<(RunId, bool), Error> {
+        refuse_reserved_annotations(&spec)?;
         let submitted = self.control.submit(spec, None).await?;
         Ok((submitted.id, submitted.created))
     }
@@ -642,6 +643,25 @@ impl legacy::statuses_server::Statuses for StatusService {
     }
 }
 
+/// Run annotations under `stagetime/` are the operator's (e.g.
+/// `stagetime/owner` becomes the PipelineRuns' owner reference, which
+/// Kubernetes garbage-collects with its owner): API clients may not set them.
+fn refuse_reserved_annotations(spec: &RevisionRunSpec) -> Result<(), Error> {
+    let mut errors = FieldErrors::default();
+    for key in spec.annotations.keys() {
+        if key.starts_with(RESERVED_ANNOTATION_PREFIX) {
+            errors.push(
+                format!("annotations[{key:?}]"),
+                format!("keys under {RESERVED_ANNOTATION_PREFIX:?} are reserved for the operator"),
+            );
+        }
+    }
+    errors.into_result(())
+}
+
+/// The prefix of run annotations only the operator may set.
+const RESERVED_ANNOTATION_PREFIX: &str = "stagetime/";
+
 /// `ms` since the epoch as RFC 3339 UTC with milliseconds.
 fn rfc3339(ms: u64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
@@ -675,6 +695,21 @@ mod tests {
         assert!(
             quiet.answer("Get", Ok(())).is_ok(),
             "no metrics: just wraps"
+        );
+    }
+
+    #[test]
+    fn api_clients_may_not_set_the_operators_annotations() {
+        let mut spec = RevisionRunSpec::default();
+        spec.annotations.insert("team".into(), "ci".into());
+        assert!(refuse_reserved_annotations(&spec).is_ok());
+        spec.annotations
+            .insert("stagetime/owner".into(), "v1/ConfigMap/x/uid".into());
+        let err = refuse_reserved_annotations(&spec).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid);
+        assert!(
+            err.to_string().contains("annotations[\"stagetime/owner\"]"),
+            "{err}"
         );
     }
 

@@ -63,13 +63,16 @@ impl RunControl {
     /// Validates and stores a run, and queues its start.
     ///
     /// Idempotent: the id is `spec.id` or derived from repo, commit and
-    /// content, and submitting an existing run returns it with
-    /// `created: false`. When the spec names a concurrency group with
-    /// `cancel_in_progress`, older unfinished runs of the group are cancelled.
+    /// content, and submitting the same document again returns the existing
+    /// run with `created: false`. When the spec names a concurrency group
+    /// with `cancel_in_progress`, older unfinished runs of the group are
+    /// cancelled (again on a repeated submission, in case the first one
+    /// stopped half-way).
     ///
     /// # Errors
     /// [`Error::Invalid`] with every problem of the spec (nothing is stored),
-    /// including tasks the backend cannot run; store errors.
+    /// including tasks the backend cannot run; [`Error::AlreadyExists`] when
+    /// a run with this id exists with a different document; store errors.
     /// `backend` (capabilities and name), when given, rejects tasks that
     /// backend cannot run.
     pub async fn submit(
@@ -101,17 +104,32 @@ impl RunControl {
             timings: vec![TaskTiming::default(); plan.len()],
             outbox: Vec::new(),
         };
+        let spec = record.spec.clone();
         let created = self
             .store
             .create_run(record, vec![WorkItem::event(id.clone(), Event::Start)])
             .await?;
         if created.created {
             info!(run = %id, tasks = plan.len(), "run submitted");
-            if let Some(group) = plan.spec.options.concurrency_group.clone()
-                && plan.spec.options.cancel_in_progress
-            {
-                self.cancel_older_in_group(&id, &group, now).await?;
-            }
+        } else if created.record.spec != spec {
+            // Same id, other content: returning the old run would silently
+            // drop the new document.
+            return Err(Error::AlreadyExists {
+                what: format!("run {id}"),
+                message: "a run with this id exists with a different document; \
+                          give the new document another id"
+                    .to_string(),
+            });
+        }
+        // Also on a repeated submission: the first one may have stopped
+        // between storing the run and cancelling the older ones.
+        if let Some(group) = plan.spec.options.concurrency_group.clone()
+            && plan.spec.options.cancel_in_progress
+        {
+            // A new run cancels every other; a repeat only strictly older ones.
+            let created_before = (!created.created).then_some(created.record.created_ms);
+            self.cancel_older_in_group(&id, &group, created_before)
+                .await?;
         }
         Ok(Submitted {
             id,
@@ -119,27 +137,40 @@ impl RunControl {
         })
     }
 
-    async fn cancel_older_in_group(&self, id: &RunId, group: &str, now: u64) -> Result<()> {
-        let filter = RunFilter {
+    /// Cancels the unfinished runs of `group` other than `id` — only those
+    /// created before `created_before` when given (a repeated submission of
+    /// an older run must never cancel a newer one).
+    async fn cancel_older_in_group(
+        &self,
+        id: &RunId,
+        group: &str,
+        created_before: Option<u64>,
+    ) -> Result<()> {
+        let mut filter = RunFilter {
             concurrency_group: Some(group.to_string()),
             states: vec![RunState::Queued, RunState::Running],
             limit: 1000,
             ..RunFilter::default()
         };
-        let page = self.store.list_runs(&filter).await?;
-        let older: Vec<WorkItem> = page
-            .runs
-            .iter()
-            .filter(|r| r.id != *id && r.created_ms <= now)
-            .map(|r| {
-                info!(run = %r.id, newer = %id, group, "cancelling older run of the concurrency group");
-                WorkItem::event(r.id.clone(), Event::CancelRequested)
-            })
-            .collect();
-        if !older.is_empty() {
-            self.store.enqueue(older).await?;
+        loop {
+            let page = self.store.list_runs(&filter).await?;
+            let older: Vec<WorkItem> = page
+                .runs
+                .iter()
+                .filter(|r| r.id != *id && created_before.is_none_or(|ms| r.created_ms < ms))
+                .map(|r| {
+                    info!(run = %r.id, newer = %id, group, "cancelling older run of the concurrency group");
+                    WorkItem::event(r.id.clone(), Event::CancelRequested)
+                })
+                .collect();
+            if !older.is_empty() {
+                self.store.enqueue(older).await?;
+            }
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// Asks for a run to be cancelled. Idempotent; a finished run stays as it is.

@@ -267,7 +267,9 @@ impl Engine {
     /// in the store, which hands it to another engine after its reclaim time.
     ///
     /// # Errors
-    /// None today; the `Result` leaves room for fatal setup errors.
+    /// [`Error::Unavailable`] when the work loop died (a panic while
+    /// applying work): the process should exit so that it is restarted, and
+    /// its unacknowledged work is reclaimed by other engines.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         // Subscribe before any work is claimed, so no launch can finish unseen.
         let observations = self.backend.observe();
@@ -285,7 +287,17 @@ impl Engine {
                     work.abort();
                 }
             }
-            _ = &mut work => {}
+            ended = &mut work => {
+                // The loop only returns when asked to stop: this is a panic.
+                observer.abort();
+                chores.abort();
+                let why = match ended {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "it returned unasked".to_string(),
+                };
+                error!(consumer = %self.config.consumer, %why, "engine work loop died");
+                return Err(Error::unavailable("engine", format!("the work loop stopped: {why}")));
+            }
         }
         observer.abort();
         chores.abort();

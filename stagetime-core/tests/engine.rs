@@ -336,6 +336,26 @@ async fn launch_unavailable_then_available_runs_the_task_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_dead_work_loop_ends_run_with_an_error_instead_of_idling() {
+    // A panic while applying work (here: in the backend) must not leave a
+    // process that looks alive but does nothing.
+    let backend = faulty_backend(InstantBackend::new(), Arc::new(AtomicU32::new(0)), |_| {
+        panic!("a bug in the backend")
+    });
+    let running = start(Arc::new(MemoryStore::new()), Arc::new(backend));
+    running
+        .submit("{repo: r, commit: c, tasks: [{name: a, command: 'true'}]}")
+        .await;
+    let ended = tokio::time::timeout(Duration::from_secs(60), running.handle)
+        .await
+        .expect("run() returns once its work loop died")
+        .unwrap();
+    let err = ended.unwrap_err();
+    assert_eq!(err.kind(), stagetime_core::ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("work loop stopped"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn launch_refused_for_good_fails_the_task_without_retrying_the_call() {
     let inner = InstantBackend::new();
     let calls = Arc::new(AtomicU32::new(0));

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stagetime_core::control::RunControl;
-use stagetime_core::engine::{Engine, EngineConfig};
+use stagetime_core::engine::{Clock, Engine, EngineConfig};
 use stagetime_core::memory::MemoryStore;
 use stagetime_core::plan::{Plan, TaskIndex};
 use stagetime_core::scheduler::{
     AttemptOutcome, Command, Event, RunOutcome, StageScheduler, StopReason, TaskStatus, Timer,
 };
 use stagetime_core::spec::{RevisionRunSpec, parse_document};
-use stagetime_core::store::{RunFilter, RunState, Store};
+use stagetime_core::store::{RunFilter, RunId, RunState, Store, Work};
 use stagetime_core::testkit::InstantBackend;
-use stagetime_core::{Error, FieldErrors};
+use stagetime_core::{Error, ErrorKind, FieldErrors};
 
 /// A scheduler over a YAML document, addressed by task name.
 struct Run {
@@ -644,6 +644,96 @@ async fn submitting_the_same_run_twice_yields_one_run() {
     assert_eq!(again.id.as_str(), "my-run");
     let page = store.list_runs(&RunFilter::default()).await.unwrap();
     assert_eq!(page.runs.len(), 3);
+}
+
+#[tokio::test]
+async fn another_document_under_an_existing_id_is_refused_and_stores_nothing() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let control = RunControl::new(Arc::clone(&store));
+    let mut first = spec("abc", None, "true");
+    first.id = Some("fixed-id".into());
+    control.submit(first.clone(), None).await.unwrap();
+    let mut changed = first.clone();
+    changed.tasks[0].command = Some("make deploy".into());
+    let err = control.submit(changed, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    assert!(err.to_string().contains("run fixed-id"), "{err}");
+    let stored = control.get(&RunId::new("fixed-id").unwrap()).await.unwrap();
+    assert_eq!(stored.spec.tasks[0].command.as_deref(), Some("true"));
+    assert_eq!(stored.version, 1, "the stored run is untouched");
+    // The same document again is still an idempotent repeat.
+    assert!(!control.submit(first, None).await.unwrap().created);
+}
+
+#[tokio::test]
+async fn a_repeated_submission_cancels_older_runs_of_its_group_but_never_newer_ones() {
+    /// Each reading is one ms later than the one before.
+    struct Ticking(std::sync::atomic::AtomicU64);
+    impl Clock for Ticking {
+        fn now_ms(&self) -> u64 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let control = RunControl::new(Arc::clone(&store))
+        .with_clock(Arc::new(Ticking(std::sync::atomic::AtomicU64::new(1_000))));
+    let oldest = control
+        .submit(spec("c1", Some("demo/main"), "true"), None)
+        .await
+        .unwrap();
+    let middle = control
+        .submit(spec("c2", Some("demo/main"), "true"), None)
+        .await
+        .unwrap();
+    // Drain the work the two submissions queued (Start of both, cancel of c1).
+    let claimed = store
+        .claim("test", 100, u64::MAX / 2, Duration::ZERO)
+        .await
+        .unwrap();
+    let cancels = |items: &[stagetime_core::store::Claimed]| -> Vec<String> {
+        items
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.item.work,
+                    Work::Event {
+                        event: Event::CancelRequested
+                    }
+                )
+            })
+            .map(|c| c.item.run.to_string())
+            .collect()
+    };
+    assert_eq!(cancels(&claimed), [oldest.id.to_string()]);
+    let tokens: Vec<_> = claimed.iter().map(|c| c.token.clone()).collect();
+    store.ack(&tokens).await.unwrap();
+    let newest = control
+        .submit(spec("c3", Some("demo/main"), "true"), None)
+        .await
+        .unwrap();
+    let claimed = store
+        .claim("test", 100, u64::MAX / 2, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut after_newest = cancels(&claimed);
+    after_newest.sort();
+    let mut want = vec![oldest.id.to_string(), middle.id.to_string()];
+    want.sort();
+    assert_eq!(after_newest, want);
+    let tokens: Vec<_> = claimed.iter().map(|c| c.token.clone()).collect();
+    store.ack(&tokens).await.unwrap();
+    // A retry of c2's submission cancels c1 again, never the newer c3.
+    let retry = control
+        .submit(spec("c2", Some("demo/main"), "true"), None)
+        .await
+        .unwrap();
+    assert!(!retry.created);
+    let claimed = store
+        .claim("test", 100, u64::MAX / 2, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(cancels(&claimed), [oldest.id.to_string()]);
+    assert!(!cancels(&claimed).contains(&newest.id.to_string()));
 }
 
 #[tokio::test]

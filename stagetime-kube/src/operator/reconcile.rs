@@ -30,7 +30,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use stagetime_core::control::RunControl;
+use stagetime_core::control::{RunControl, Submitted};
 use stagetime_core::{Error, ErrorKind, RunId, RunRecord, Store};
 use tracing::{info, warn};
 
@@ -41,6 +41,10 @@ use crate::error::classify_resource;
 
 /// The finalizer the operator puts on RevisionRuns.
 pub const FINALIZER: &str = "stagetime.sthings.tiab.ssc.sva.de/cancel-run";
+
+/// A finished run's status is refreshed this many poll intervals apart
+/// (a rerun through the API may revive it).
+const FINISHED_POLL_FACTOR: u32 = 12;
 
 /// How the operator behaves.
 #[derive(Debug, Clone, PartialEq)]
@@ -374,11 +378,22 @@ impl Operator {
                 Err(e) => return Err(e),
             }
         }
+        let run_id = RunId::new(id.run_id.clone())?;
         let submitted = match self.control.submit(spec, None).await {
             Ok(s) => s,
             Err(Error::Invalid(errors)) => {
                 let msg = errors.to_string().replace('\n', "; ");
                 return self.refuse(&rr, &key, reason::INVALID_SPEC, &msg).await;
+            }
+            // This generation was submitted before, from a Repo or templates
+            // that have changed since (the status write was lost): the run
+            // that exists is this generation's run.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                info!(revisionrun = %key, run = %run_id, "following the run submitted earlier for this generation");
+                Submitted {
+                    id: run_id,
+                    created: false,
+                }
             }
             Err(e) => return Err(e),
         };
@@ -408,7 +423,8 @@ impl Operator {
         }
         self.succeeded(&key);
         Ok(if record.state.is_finished() {
-            Action::await_change()
+            // Rarely: a rerun through the API revives a finished run.
+            Action::requeue(self.config.poll_interval * FINISHED_POLL_FACTOR)
         } else {
             Action::requeue(self.config.poll_interval)
         })
