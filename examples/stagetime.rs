@@ -478,7 +478,10 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 .into_inner()
                 .version;
             c.runs
-                .rerun(v1::RerunRequest { id: id.clone() })
+                .rerun(v1::RerunRequest {
+                    id: id.clone(),
+                    expected_version: before,
+                })
                 .await
                 .map_err(rpc_failure)?;
             println!("rerun of run {id} requested");
@@ -540,6 +543,7 @@ fn rpc_failure(s: tonic::Status) -> Failure {
         | Code::NotFound
         | Code::FailedPrecondition
         | Code::AlreadyExists
+        | Code::Aborted
         | Code::OutOfRange
         | Code::ResourceExhausted
         | Code::Unauthenticated

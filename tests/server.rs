@@ -280,6 +280,25 @@ finally:
     let v = json(&cli(d, &api, &["status", &id, "--output", "json"], None));
     assert_eq!(v["state"], "succeeded", "{v}");
     assert_eq!(task(&v, "a")["attempt"], 1, "{v}");
+    // A rerun request carrying a version the run has left (a retry of the
+    // one above) is refused: the run does not go a third time.
+    let mut rc = connect(&api, None).await;
+    let now = rc
+        .runs
+        .get(v1::GetRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    let stale = rc
+        .runs
+        .rerun(v1::RerunRequest {
+            id: id.clone(),
+            expected_version: now - 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
 
     // Watching a finished run shows it and exits with its status.
     let out = cli(d, &api, &["watch", &id], None);
@@ -332,8 +351,10 @@ finally:
         .into_inner();
     assert_eq!(r.result(), legacy::response::Result::Success, "{r:?}");
     let data = String::from_utf8(r.success.unwrap().data).unwrap();
-    assert!(data.contains(" created"), "{data}");
-    let legacy_id = data.split_whitespace().nth(2).unwrap().to_string();
+    let legacy_id = data
+        .strip_prefix("GOOD JOB - REVISIONRUN WAS CREATED: run ")
+        .unwrap_or_else(|| panic!("the earlier server's text first: {data}"))
+        .to_string();
     let r = c
         .create
         .create_revision_run(request)
@@ -342,7 +363,7 @@ finally:
         .into_inner();
     let data = String::from_utf8(r.success.unwrap().data).unwrap();
     assert!(
-        data.contains(&legacy_id) && data.contains("already existed"),
+        data.contains(&legacy_id) && data.contains("it existed already"),
         "{data}"
     );
     let legacy_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipelines/legacy.json");
@@ -811,7 +832,16 @@ async fn bad_input_on_every_rpc_is_refused_naming_the_field_and_stores_nothing()
             code,
             needle,
         );
-        invalid(c.runs.rerun(v1::RerunRequest { id }).await, code, needle);
+        invalid(
+            c.runs
+                .rerun(v1::RerunRequest {
+                    id,
+                    expected_version: 0,
+                })
+                .await,
+            code,
+            needle,
+        );
     }
 
     // List.

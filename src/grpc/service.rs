@@ -254,6 +254,12 @@ impl RunsService {
                 record.state.as_str()
             )));
         }
+        if req.expected_version != 0 && req.expected_version != record.version {
+            return Err(Status::aborted(format!(
+                "expected_version: run {id} is at version {}, not {}: it changed (was it rerun already?)",
+                record.version, req.expected_version
+            )));
+        }
         self.api
             .control
             .rerun(&id)
@@ -533,15 +539,16 @@ impl legacy::stage_time_application_service_server::StageTimeApplicationService 
     ) -> Result<Response<legacy::Response>, Status> {
         let r = self.create(request.into_inner()).await.map(|r| match r {
             Ok((id, created)) => {
-                let what = if created {
-                    "created"
+                // The earlier server's text first, for clients that look for it.
+                let repeat = if created {
+                    ""
                 } else {
-                    "already existed"
+                    " (it existed already: nothing new was started)"
                 };
                 legacy::Response {
                     result: legacy::response::Result::Success as i32,
                     success: Some(legacy::response::Success {
-                        data: format!("revision run {id} {what}").into_bytes(),
+                        data: format!("{LEGACY_CREATED}: run {id}{repeat}").into_bytes(),
                     }),
                     error: None,
                 }
@@ -658,6 +665,9 @@ fn refuse_reserved_annotations(spec: &RevisionRunSpec) -> Result<(), Error> {
     }
     errors.into_result(())
 }
+
+/// What the earlier server answered to every CreateRevisionRun.
+const LEGACY_CREATED: &str = "GOOD JOB - REVISIONRUN WAS CREATED";
 
 /// The prefix of run annotations only the operator may set.
 const RESERVED_ANNOTATION_PREFIX: &str = "stagetime/";
