@@ -17,6 +17,8 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use stagetime::grpc::metrics::Metrics;
 use stagetime::grpc::{Limits, ServerConfig, TlsFiles, load_token};
+use stagetime::kube::TektonBackend;
+use stagetime::local::LocalBackend;
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::store::Store;
@@ -51,9 +53,20 @@ struct Args {
     /// TLS private key (PEM); with --tls-cert.
     #[arg(long, env = "STAGETIME_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The workers' backend: submissions with tasks it cannot run (a
+    /// `command` for tekton, a `pipeline` for local) are refused at once.
+    /// Absent: anything is accepted.
+    #[arg(long, env = "STAGETIME_BACKEND", value_enum)]
+    backend: Option<WorkersBackend>,
     /// Log format: text or json.
     #[arg(long, env = "STAGETIME_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WorkersBackend {
+    Tekton,
+    Local,
 }
 
 fn main() -> ExitCode {
@@ -101,8 +114,15 @@ async fn run(args: Args) -> Result<(), Failure> {
         Duration::from_secs(5),
         shutdown.wait(),
     ));
+    let runnable_by = args.backend.map(|b| match b {
+        WorkersBackend::Tekton => (TektonBackend::CAPABILITIES, "tekton".to_string()),
+        WorkersBackend::Local => (LocalBackend::CAPABILITIES, "local".to_string()),
+    });
     let config = ServerConfig {
-        limits: Limits::default(),
+        limits: Limits {
+            runnable_by,
+            ..Limits::default()
+        },
         auth: token,
         tls,
     };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stagetime_core::Error;
+use stagetime_core::backend::Capabilities;
 use stagetime_core::store::Store;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
@@ -32,6 +33,10 @@ pub struct Limits {
     pub max_watches: usize,
     /// How often an open `Watch` reads the run from the store (default 250 ms).
     pub watch_poll: Duration,
+    /// The workers' backend (its capabilities and name): submissions with
+    /// tasks it cannot run are refused, naming each task, instead of
+    /// failing at launch (default `None`: anything is accepted).
+    pub runnable_by: Option<(Capabilities, String)>,
 }
 
 impl Default for Limits {
@@ -42,6 +47,7 @@ impl Default for Limits {
             max_tasks: 5_000,
             max_watches: 1_024,
             watch_poll: Duration::from_millis(250),
+            runnable_by: None,
         }
     }
 }

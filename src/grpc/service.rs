@@ -94,7 +94,12 @@ impl Api {
 
     async fn submit_spec(&self, spec: RevisionRunSpec) -> Result<(RunId, bool), Error> {
         refuse_reserved_annotations(&spec)?;
-        let submitted = self.control.submit(spec, None).await?;
+        let runnable_by = self
+            .limits
+            .runnable_by
+            .as_ref()
+            .map(|(caps, name)| (*caps, name.as_str()));
+        let submitted = self.control.submit(spec, runnable_by).await?;
         Ok((submitted.id, submitted.created))
     }
 }
@@ -681,6 +686,34 @@ fn rfc3339(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tasks_the_workers_cannot_run_are_refused_at_submit_and_nothing_is_stored() {
+        let store: Arc<dyn Store> = Arc::new(stagetime_core::memory::MemoryStore::new());
+        let limits = Limits {
+            runnable_by: Some((
+                stagetime_core::backend::Capabilities {
+                    commands: false,
+                    pipelines: true,
+                },
+                "tekton".into(),
+            )),
+            ..Limits::default()
+        };
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
+        let runs = RunsService::new(Arc::clone(&store), limits, None, stopping);
+        let document =
+            "repo: r\ncommit: c1\ntasks:\n  - {name: build, command: make}\n".to_string();
+        let err = runs
+            .do_submit(v1::SubmitRequest { document })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("tasks[0]"), "{}", err.message());
+        assert!(err.message().contains("tekton"), "{}", err.message());
+        let page = store.list_runs(&RunFilter::default()).await.unwrap();
+        assert!(page.runs.is_empty(), "nothing stored");
+    }
 
     #[test]
     fn answer_counts_by_code_and_wraps() {

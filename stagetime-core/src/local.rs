@@ -49,6 +49,12 @@ impl std::fmt::Debug for LocalBackend {
 }
 
 impl LocalBackend {
+    /// What it runs: a task's `command`, never its `pipeline`.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        commands: true,
+        pipelines: false,
+    };
+
     /// A backend keeping working directories and logs under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalBackend {
@@ -106,10 +112,7 @@ impl Backend for LocalBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            commands: true,
-            pipelines: false,
-        }
+        Self::CAPABILITIES
     }
 
     async fn launch(&self, request: LaunchRequest) -> Result<Launched> {

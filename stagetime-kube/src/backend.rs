@@ -89,6 +89,12 @@ impl std::fmt::Debug for TektonBackend {
 }
 
 impl TektonBackend {
+    /// What it runs: a task's `pipeline`, never its `command`.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        commands: false,
+        pipelines: true,
+    };
+
     /// A backend using `client` for the namespace and settings of `cfg`.
     pub fn new(client: Client, cfg: TektonConfig) -> Self {
         let api = Api::namespaced(client, &cfg.namespace);
@@ -387,10 +393,7 @@ impl Backend for TektonBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            commands: false,
-            pipelines: true,
-        }
+        Self::CAPABILITIES
     }
 
     async fn launch(&self, request: LaunchRequest) -> Result<Launched> {
