@@ -674,25 +674,16 @@ async fn a_repeated_submission_cancels_older_runs_of_its_group_but_never_newer_o
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         }
     }
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let control = RunControl::new(Arc::clone(&store))
-        .with_clock(Arc::new(Ticking(std::sync::atomic::AtomicU64::new(1_000))));
-    let oldest = control
-        .submit(spec("c1", Some("demo/main"), "true"), None)
-        .await
-        .unwrap();
-    let middle = control
-        .submit(spec("c2", Some("demo/main"), "true"), None)
-        .await
-        .unwrap();
-    // Drain the work the two submissions queued (Start of both, cancel of c1).
-    let claimed = store
-        .claim("test", 100, u64::MAX / 2, Duration::ZERO)
-        .await
-        .unwrap();
-    let cancels = |items: &[stagetime_core::store::Claimed]| -> Vec<String> {
-        items
-            .iter()
+    /// Takes every queued item; the runs asked to cancel, sorted.
+    async fn cancels_queued(store: &Arc<dyn Store>) -> Vec<String> {
+        let claimed = store
+            .claim("test", 100, u64::MAX / 2, Duration::ZERO)
+            .await
+            .unwrap();
+        let tokens: Vec<_> = claimed.iter().map(|c| c.token.clone()).collect();
+        store.ack(&tokens).await.unwrap();
+        let mut runs: Vec<String> = claimed
+            .into_iter()
             .filter(|c| {
                 matches!(
                     c.item.work,
@@ -702,38 +693,27 @@ async fn a_repeated_submission_cancels_older_runs_of_its_group_but_never_newer_o
                 )
             })
             .map(|c| c.item.run.to_string())
-            .collect()
-    };
-    assert_eq!(cancels(&claimed), [oldest.id.to_string()]);
-    let tokens: Vec<_> = claimed.iter().map(|c| c.token.clone()).collect();
-    store.ack(&tokens).await.unwrap();
-    let newest = control
-        .submit(spec("c3", Some("demo/main"), "true"), None)
-        .await
-        .unwrap();
-    let claimed = store
-        .claim("test", 100, u64::MAX / 2, Duration::ZERO)
-        .await
-        .unwrap();
-    let mut after_newest = cancels(&claimed);
-    after_newest.sort();
-    let mut want = vec![oldest.id.to_string(), middle.id.to_string()];
-    want.sort();
-    assert_eq!(after_newest, want);
-    let tokens: Vec<_> = claimed.iter().map(|c| c.token.clone()).collect();
-    store.ack(&tokens).await.unwrap();
+            .collect();
+        runs.sort();
+        runs
+    }
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let control = RunControl::new(Arc::clone(&store))
+        .with_clock(Arc::new(Ticking(std::sync::atomic::AtomicU64::new(1_000))));
+    let submit =
+        |commit: &'static str| control.submit(spec(commit, Some("demo/main"), "true"), None);
+    let oldest = submit("c1").await.unwrap().id.to_string();
+    let middle = submit("c2").await.unwrap().id.to_string();
+    assert_eq!(cancels_queued(&store).await, [oldest.clone()]);
+    let newest = submit("c3").await.unwrap().id.to_string();
+    let mut older = vec![oldest.clone(), middle];
+    older.sort();
+    assert_eq!(cancels_queued(&store).await, older);
     // A retry of c2's submission cancels c1 again, never the newer c3.
-    let retry = control
-        .submit(spec("c2", Some("demo/main"), "true"), None)
-        .await
-        .unwrap();
-    assert!(!retry.created);
-    let claimed = store
-        .claim("test", 100, u64::MAX / 2, Duration::ZERO)
-        .await
-        .unwrap();
-    assert_eq!(cancels(&claimed), [oldest.id.to_string()]);
-    assert!(!cancels(&claimed).contains(&newest.id.to_string()));
+    assert!(!submit("c2").await.unwrap().created);
+    let again = cancels_queued(&store).await;
+    assert_eq!(again, [oldest]);
+    assert!(!again.contains(&newest));
 }
 
 #[tokio::test]
