@@ -704,7 +704,7 @@ async fn a_repeated_submission_cancels_older_runs_of_its_group_but_never_newer_o
         |commit: &'static str| control.submit(spec(commit, Some("demo/main"), "true"), None);
     let oldest = submit("c1").await.unwrap().id.to_string();
     let middle = submit("c2").await.unwrap().id.to_string();
-    assert_eq!(cancels_queued(&store).await, [oldest.clone()]);
+    assert_eq!(cancels_queued(&store).await, std::slice::from_ref(&oldest));
     let newest = submit("c3").await.unwrap().id.to_string();
     let mut older = vec![oldest.clone(), middle];
     older.sort();
