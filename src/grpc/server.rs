@@ -2,14 +2,20 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures::{Stream, StreamExt};
 
 use stagetime_core::Error;
 use stagetime_core::backend::Capabilities;
 use stagetime_core::store::Store;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tracing::info;
@@ -18,6 +24,13 @@ use super::auth::AuthToken;
 use super::metrics::Metrics;
 use super::service::{LegacyService, RunsService, StatusService};
 use super::{FILE_DESCRIPTOR_SET, legacy, v1};
+
+/// The API's services, as `grpc.health.v1` names them.
+const SERVICES: [&str; 3] = [
+    "stagetime.v1.Runs",
+    "revisionrun.StageTimeApplicationService",
+    "revisionrun.Statuses",
+];
 
 /// Bounds on what a client may send or hold open.
 #[derive(Debug, Clone)]
@@ -31,6 +44,11 @@ pub struct Limits {
     pub max_tasks: usize,
     /// Most `Watch` streams open at once (default 1,024).
     pub max_watches: usize,
+    /// Most client connections at once (default 4,096); beyond, new
+    /// connections wait in the listen backlog until one closes. Streams per
+    /// connection are capped at 1,024 (HTTP/2 `MAX_CONCURRENT_STREAMS`), so
+    /// even the unauthenticated health and reflection services are bounded.
+    pub max_connections: usize,
     /// How often an open `Watch` reads the run from the store (default 250 ms).
     pub watch_poll: Duration,
     /// The workers' backend (its capabilities and name): submissions with
@@ -46,6 +64,7 @@ impl Default for Limits {
             max_document_bytes: 1 << 20,
             max_tasks: 5_000,
             max_watches: 1_024,
+            max_connections: 4_096,
             watch_poll: Duration::from_millis(250),
             runnable_by: None,
         }
@@ -116,11 +135,7 @@ pub async fn serve(
     .max_encoding_message_size(max);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in [
-        "stagetime.v1.Runs",
-        "revisionrun.StageTimeApplicationService",
-        "revisionrun.Statuses",
-    ] {
+    for name in SERVICES {
         health
             .set_service_status(name, ServingStatus::Serving)
             .await;
@@ -193,15 +208,122 @@ pub async fn serve(
         shutdown.await;
         info!("gRPC server shutting down: refusing new calls, finishing those in progress");
         let _ = stopping_tx.send(true);
-        health_on_stop
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        for name in std::iter::once("").chain(SERVICES) {
+            health_on_stop
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
     };
     router
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            limit_connections(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                limits.max_connections,
+            ),
             shutdown,
         )
         .await
         .map_err(|e| Error::unavailable("grpc server", e))
+}
+
+/// Accepts a connection only while fewer than `max` are open: each accepted
+/// stream holds a permit until it is dropped (the connection closed).
+fn limit_connections<S, IO>(
+    incoming: S,
+    max: usize,
+) -> impl Stream<Item = std::io::Result<Limited<IO>>>
+where
+    S: Stream<Item = std::io::Result<IO>>,
+{
+    let permits = Arc::new(Semaphore::new(max));
+    incoming.then(move |conn| {
+        let permits = Arc::clone(&permits);
+        async move {
+            let io = conn?;
+            let permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(Limited {
+                io,
+                _permit: permit,
+            })
+        }
+    })
+}
+
+/// A connection counted against [`Limits::max_connections`].
+struct Limited<IO> {
+    io: IO,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<IO: Connected> Connected for Limited<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[tokio::test]
+    async fn a_connection_beyond_the_limit_waits_until_one_closes() {
+        let conns: Vec<std::io::Result<tokio::io::DuplexStream>> =
+            (0..3).map(|_| Ok(tokio::io::duplex(64).0)).collect();
+        let mut limited = Box::pin(limit_connections(futures::stream::iter(conns), 2));
+        let first = limited.next().await.unwrap().unwrap();
+        let _second = limited.next().await.unwrap().unwrap();
+        let mut third = limited.next();
+        assert!(
+            (&mut third).now_or_never().is_none(),
+            "the third connection waits while two are open"
+        );
+        drop(first);
+        assert!(third.await.unwrap().is_ok(), "accepted once one closed");
+    }
 }
