@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stagetime::engine::{Clock, Engine, EngineConfig, SystemClock};
-use stagetime::grpc::client::{ClientConfig, connect};
-use stagetime::grpc::{ServerConfig, v1};
+use stagetime::grpc::ServerConfig;
+use stagetime::grpc::client::{Client, ClientConfig};
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::store::{RunState, Store};
 use stagetime_core::testkit::InstantBackend;
@@ -137,25 +137,24 @@ async fn phase(args: &Args, url: &str, workers: usize) -> Result<Figures, String
         engines.push(tokio::spawn(engine.run(stopped())));
     }
 
-    let client = connect(&ClientConfig::new(format!("http://{addr}")))
+    let client = Client::connect(&ClientConfig::new(format!("http://{addr}")))
         .await
         .map_err(|e| e.to_string())?;
     let start = Instant::now();
     let per_client = args.runs.div_ceil(args.clients);
     let mut submitters = Vec::new();
     for c in 0..args.clients {
-        let mut runs = client.runs.clone();
+        let client = client.clone();
         let tag = tag.clone();
         let range = (c * per_client)..((c + 1) * per_client).min(args.runs);
         submitters.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(range.len());
             for i in range {
                 let t = Instant::now();
-                runs.submit(v1::SubmitRequest {
-                    document: w1::document(i, &tag),
-                })
-                .await
-                .map_err(|e| format!("submit: {e}"))?;
+                client
+                    .submit(w1::document(i, &tag))
+                    .await
+                    .map_err(|e| format!("submit: {e}"))?;
                 latencies.push(t.elapsed());
             }
             Ok::<_, String>(latencies)

@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use stagetime::backends::BackendKind;
 use stagetime::grpc::metrics::Metrics;
 use stagetime::grpc::{Limits, ServerConfig, TlsFiles, load_token};
-use stagetime::kube::TektonBackend;
-use stagetime::local::LocalBackend;
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::store::Store;
@@ -56,17 +55,11 @@ struct Args {
     /// The workers' backend: submissions with tasks it cannot run (a
     /// `command` for tekton, a `pipeline` for local) are refused at once.
     /// Absent: anything is accepted.
-    #[arg(long, env = "STAGETIME_BACKEND", value_enum)]
-    backend: Option<WorkersBackend>,
+    #[arg(long, env = "STAGETIME_BACKEND")]
+    backend: Option<BackendKind>,
     /// Log format: text or json.
     #[arg(long, env = "STAGETIME_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum WorkersBackend {
-    Tekton,
-    Local,
 }
 
 fn main() -> ExitCode {
@@ -114,9 +107,9 @@ async fn run(args: Args) -> Result<(), Failure> {
         Duration::from_secs(5),
         shutdown.wait(),
     ));
-    let runnable_by = args.backend.map(|b| match b {
-        WorkersBackend::Tekton => (TektonBackend::CAPABILITIES, "tekton".to_string()),
-        WorkersBackend::Local => (LocalBackend::CAPABILITIES, "local".to_string()),
+    let runnable_by = args.backend.map(|b| {
+        let (caps, name) = b.capabilities();
+        (caps, name.to_string())
     });
     let config = ServerConfig {
         limits: Limits {

@@ -6,25 +6,26 @@
 //! error (cluster, Redis, processes unavailable).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use futures::{StreamExt, TryStreamExt};
 use stagetime::RevisionRunSpec;
 use stagetime::backend::{Backend, Housekeeping};
-use stagetime::engine::{Engine, EngineConfig, SystemClock};
-use stagetime::grpc::{self, client, v1};
-use stagetime::kube::{TektonBackend, TektonConfig};
-use stagetime::local::LocalBackend;
+use stagetime::backends::BackendKind;
+use stagetime::engine::{Clock, Engine, EngineConfig, SystemClock};
+use stagetime::grpc::client::{Client, ClientConfig, RunQuery, WatchEvent};
+use stagetime::kube::TektonConfig;
 use stagetime::memory::MemoryStore;
 use stagetime::plan::Plan;
 use stagetime::report::{GraphFormat, RunView, graph, plan_table, progress_line, summary};
 use stagetime::scheduler::TaskStatus;
-use stagetime::spec::parse_document;
+use stagetime::spec::{DocumentFormat, parse_document};
 use stagetime::store::{RunId, RunState};
-use stagetime::telemetry::{Failure, parse_duration};
+use stagetime::telemetry::{Failure, LogFormat, parse_duration, run_cli};
 
 #[derive(Parser)]
 #[command(
@@ -38,12 +39,6 @@ struct Cli {
     log_json: bool,
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum BackendKind {
-    Local,
-    Tekton,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -82,7 +77,7 @@ enum Cmd {
     Run {
         /// Native YAML/JSON or legacy JSON file.
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "local")]
+        #[arg(long, default_value = "local")]
         backend: BackendKind,
         /// Namespace for the Tekton backend.
         #[arg(long, default_value = "default")]
@@ -175,7 +170,7 @@ enum Cmd {
     },
     /// Delete finished work older than --ttl beyond the newest --keep-last (once).
     Housekeeping {
-        #[arg(long, value_enum, default_value = "tekton")]
+        #[arg(long, default_value = "tekton")]
         backend: BackendKind,
         #[arg(long, default_value = "default")]
         namespace: String,
@@ -191,33 +186,12 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STAGETIME_LOG")
-        .unwrap_or_else(|_| "warn".into());
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        subscriber.json().init();
+    let log = if cli.log_json {
+        LogFormat::Json
     } else {
-        subscriber.init();
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(3);
-        }
+        LogFormat::Text
     };
-    match runtime.block_on(dispatch(cli.command)) {
-        Ok(code) => ExitCode::from(code),
-        Err(f) => {
-            eprintln!("error: {}", f.message);
-            ExitCode::from(f.code)
-        }
-    }
+    run_cli(log, dispatch(cli.command))
 }
 
 async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
@@ -226,14 +200,12 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             let (spec, format) = read(&file)?;
             let plan = Plan::build(spec)?;
             println!(
-                "{}: valid ({:?} format): {} tasks in {} stages, {} finally",
+                "{}: valid ({format:?} format): {} tasks in {} stages, {} finally",
                 file.display(),
-                format,
                 plan.main_count,
                 plan.stages.len(),
                 plan.len() - plan.main_count as usize
             );
-            Ok(0)
         }
         Cmd::Plan {
             file,
@@ -249,15 +221,11 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 PlanOutput::Yaml => {
                     print!("{}", stagetime::kube::render_plan_yaml(&id, &plan, &cfg)?)
                 }
-                PlanOutput::Json => {
-                    let prs = stagetime::kube::render_plan(&id, &plan, &cfg);
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&prs).map_err(|e| fail(3, e))?
-                    );
-                }
+                PlanOutput::Json => emit(
+                    Output::Json,
+                    &stagetime::kube::render_plan(&id, &plan, &cfg),
+                )?,
             }
-            Ok(0)
         }
         Cmd::Graph {
             file,
@@ -270,29 +238,18 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             let view = match run {
                 None => None,
                 Some(id) => {
-                    let mut c = connect(&server).await?;
-                    let run = c
-                        .runs
-                        .get(v1::GetRequest { id: id.clone() })
-                        .await
-                        .map_err(rpc_failure)?
-                        .into_inner();
-                    let view = RunView::from(&run);
+                    let view = connect(&server).await?.get(&id).await?;
                     if let Some(t) = view.tasks.iter().find(|t| plan.index_of(&t.name).is_none()) {
-                        return Err(fail(
-                            2,
-                            format!(
-                                "run {id} is not a run of {}: it has a task {:?} the file lacks",
-                                file.display(),
-                                t.name
-                            ),
-                        ));
+                        return Err(Failure::invalid(format!(
+                            "run {id} is not a run of {}: it has a task {:?} the file lacks",
+                            file.display(),
+                            t.name
+                        )));
                     }
                     Some(view)
                 }
             };
             print!("{}", graph(&plan, format, view.as_ref()));
-            Ok(0)
         }
         Cmd::Run {
             file,
@@ -301,34 +258,32 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             dry_run,
             workdir,
         } => {
-            let (spec, _) = read(&file)?;
+            let (mut spec, _) = read(&file)?;
             if dry_run {
-                let id = run_id(&spec)?;
-                let plan = Plan::build(spec)?;
-                let cfg = TektonConfig::new(namespace);
+                let plan = Plan::build(spec.clone())?;
                 match backend {
-                    BackendKind::Tekton => {
-                        print!("{}", stagetime::kube::render_plan_yaml(&id, &plan, &cfg)?)
-                    }
+                    BackendKind::Tekton => print!(
+                        "{}",
+                        stagetime::kube::render_plan_yaml(
+                            &run_id(&spec)?,
+                            &plan,
+                            &TektonConfig::new(namespace)
+                        )?
+                    ),
                     BackendKind::Local => print!("{}", plan_table(&plan)),
                 }
                 return Ok(0);
             }
-            let backend: Arc<dyn Backend> = match backend {
-                BackendKind::Local => Arc::new(LocalBackend::new(workdir.join("runs"))),
-                BackendKind::Tekton => {
-                    Arc::new(TektonBackend::try_default(TektonConfig::new(namespace)).await?)
-                }
-            };
+            let backend = backend
+                .open(workdir.join("runs"), TektonConfig::new(namespace))
+                .await?;
             // Each embedded invocation is a new run: without an explicit id,
             // suffix the derived one so reruns of a file never adopt old attempts.
-            let mut spec = spec;
             if spec.id.is_none() {
-                use stagetime::engine::Clock;
                 let stamp = SystemClock.now_ms() & 0xff_ffff;
                 spec.id = Some(format!("{}-{stamp:06x}", RunId::derive(&spec)));
             }
-            run(spec, backend).await
+            return run(spec, backend).await;
         }
         Cmd::Submit {
             file,
@@ -337,55 +292,31 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             output,
         } => {
             let text = std::fs::read_to_string(&file)
-                .map_err(|e| fail(2, format!("cannot read {}: {e}", file.display())))?;
+                .map_err(|e| Failure::invalid(format!("cannot read {}: {e}", file.display())))?;
             // Read it here too, so a broken file is reported before any network.
             parse_document(&file.display().to_string(), &text)?;
-            let mut c = connect(&server).await?;
-            let r = c
-                .runs
-                .submit(v1::SubmitRequest { document: text })
-                .await
-                .map_err(rpc_failure)?
-                .into_inner();
+            let client = connect(&server).await?;
+            let r = client.submit(text).await?;
             match output {
-                Output::Text => println!(
-                    "run {} {}",
-                    r.id,
-                    if r.created {
-                        "submitted"
-                    } else {
-                        "already existed (not submitted again)"
-                    }
-                ),
+                Output::Text if r.created => println!("run {} submitted", r.id),
+                Output::Text => println!("run {} already existed (not submitted again)", r.id),
                 _ => emit(
                     output,
                     &serde_json::json!({"id": r.id, "created": r.created}),
                 )?,
             }
             if wait {
-                return watch(&mut c, &r.id, 0).await;
+                return watch(&client, r.id.as_str(), 0).await;
             }
-            Ok(0)
         }
         Cmd::Status { id, server, output } => {
-            let mut c = connect(&server).await?;
-            let run = c
-                .runs
-                .get(v1::GetRequest { id })
-                .await
-                .map_err(rpc_failure)?
-                .into_inner();
-            let view = RunView::from(&run);
+            let view = connect(&server).await?.get(&id).await?;
             match output {
                 Output::Text => print!("{}", summary(&view)),
                 _ => emit(output, &view)?,
             }
-            Ok(0)
         }
-        Cmd::Watch { id, server } => {
-            let mut c = connect(&server).await?;
-            watch(&mut c, &id, 0).await
-        }
+        Cmd::Watch { id, server } => return watch(&connect(&server).await?, &id, 0).await,
         Cmd::List {
             server,
             repo,
@@ -394,101 +325,51 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             limit,
             output,
         } => {
-            let mut states = Vec::new();
-            for s in &state {
-                let st = RunState::parse(s).ok_or_else(|| {
-                    fail(
-                        2,
-                        format!(
-                            "--state {s:?}: use queued, running, succeeded, failed or cancelled"
-                        ),
-                    )
-                })?;
-                states.push(grpc::run_state_to_proto(st) as i32);
-            }
-            let mut c = connect(&server).await?;
-            let mut runs = Vec::new();
-            let mut token = String::new();
-            while runs.len() < limit {
-                let page = c
-                    .runs
-                    .list(v1::ListRequest {
-                        repo: repo.clone().unwrap_or_default(),
-                        commit: commit.clone().unwrap_or_default(),
-                        states: states.clone(),
-                        page_size: (limit - runs.len()).min(1000) as u32,
-                        page_token: token,
-                    })
-                    .await
-                    .map_err(rpc_failure)?
-                    .into_inner();
-                runs.extend(page.runs);
-                token = page.next_page_token;
-                if token.is_empty() {
-                    break;
-                }
-            }
-            runs.truncate(limit);
-            let rows: Vec<serde_json::Value> = runs
+            let states = state
                 .iter()
-                .map(|r| {
-                    let state = grpc::run_state_from_proto(r.state())
-                        .map(|s| s.as_str())
-                        .unwrap_or("unknown");
-                    serde_json::json!({
-                        "id": r.id, "repo": r.repo, "commit": r.commit, "state": state,
-                        "created_ms": r.created_ms, "updated_ms": r.updated_ms,
-                        "finished_ms": (r.finished_ms != 0).then_some(r.finished_ms),
+                .map(|s| {
+                    RunState::parse(s).ok_or_else(|| {
+                        Failure::invalid(format!(
+                            "--state {s:?}: use queued, running, succeeded, failed or cancelled"
+                        ))
                     })
                 })
-                .collect();
+                .collect::<Result<Vec<_>, _>>()?;
+            let query = RunQuery {
+                repo,
+                commit,
+                states,
+                limit,
+            };
+            let runs: Vec<_> = connect(&server).await?.list(query).try_collect().await?;
             match output {
                 Output::Text => {
                     println!("{:<40} {:<10} {:<20} COMMIT", "ID", "STATE", "REPO");
-                    for r in &rows {
+                    for r in &runs {
                         println!(
                             "{:<40} {:<10} {:<20} {}",
-                            r["id"].as_str().unwrap_or(""),
-                            r["state"].as_str().unwrap_or(""),
-                            r["repo"].as_str().unwrap_or(""),
-                            r["commit"].as_str().unwrap_or("")
+                            r.id,
+                            r.state.as_str(),
+                            r.repo,
+                            r.commit
                         );
                     }
                 }
-                _ => emit(output, &rows)?,
+                _ => emit(output, &runs)?,
             }
-            Ok(0)
         }
         Cmd::Cancel { id, server } => {
-            let mut c = connect(&server).await?;
-            c.runs
-                .cancel(v1::CancelRequest { id: id.clone() })
-                .await
-                .map_err(rpc_failure)?;
+            connect(&server).await?.cancel(&id).await?;
             println!("cancel of run {id} requested");
-            Ok(0)
         }
         Cmd::Rerun { id, server, wait } => {
-            let mut c = connect(&server).await?;
-            let before = c
-                .runs
-                .get(v1::GetRequest { id: id.clone() })
-                .await
-                .map_err(rpc_failure)?
-                .into_inner()
-                .version;
-            c.runs
-                .rerun(v1::RerunRequest {
-                    id: id.clone(),
-                    expected_version: before,
-                })
-                .await
-                .map_err(rpc_failure)?;
+            let client = connect(&server).await?;
+            let before = client.get(&id).await?.version;
+            let recorded = client.rerun(&id, Some(before)).await?;
             println!("rerun of run {id} requested");
             if wait {
-                return watch(&mut c, &id, before).await;
+                return watch(&client, &id, recorded).await;
             }
-            Ok(0)
         }
         Cmd::Housekeeping {
             backend,
@@ -497,154 +378,85 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             ttl,
             keep_last,
         } => {
-            let backend: Arc<dyn Backend> = match backend {
-                BackendKind::Local => Arc::new(LocalBackend::new(workdir.join("runs"))),
-                BackendKind::Tekton => {
-                    Arc::new(TektonBackend::try_default(TektonConfig::new(namespace)).await?)
-                }
-            };
-            use stagetime::engine::Clock;
-            let report = backend
-                .housekeeping(&Housekeeping {
-                    ttl,
-                    keep_last,
-                    now_ms: SystemClock.now_ms(),
-                })
+            let backend = backend
+                .open(workdir.join("runs"), TektonConfig::new(namespace))
                 .await?;
+            let policy = Housekeeping {
+                ttl,
+                keep_last,
+                now_ms: SystemClock.now_ms(),
+            };
+            let report = backend.housekeeping(&policy).await?;
             for d in &report.deleted {
                 println!("deleted {d}");
             }
             println!("{} deleted", report.deleted.len());
-            Ok(0)
         }
     }
+    Ok(0)
 }
 
-fn fail(code: u8, e: impl std::fmt::Display) -> Failure {
-    Failure {
-        code,
-        message: e.to_string(),
-    }
-}
-
-async fn connect(server: &ServerArgs) -> Result<client::Client, Failure> {
-    let mut config = client::ClientConfig::new(server.server.clone());
+async fn connect(server: &ServerArgs) -> Result<Client, Failure> {
+    let mut config = ClientConfig::new(server.server.clone());
     config.token = std::env::var("STAGETIME_AUTH_TOKEN").ok();
     config.ca_cert = server.ca_cert.clone();
-    Ok(client::connect(&config).await?)
-}
-
-/// The exit status for a failed call: 2 for what the caller must fix, 3
-/// for the server or its store being unavailable.
-fn rpc_failure(s: tonic::Status) -> Failure {
-    use tonic::Code;
-    let code = match s.code() {
-        Code::InvalidArgument
-        | Code::NotFound
-        | Code::FailedPrecondition
-        | Code::AlreadyExists
-        | Code::Aborted
-        | Code::OutOfRange
-        | Code::ResourceExhausted
-        | Code::Unauthenticated
-        | Code::PermissionDenied => 2,
-        _ => 3,
-    };
-    let what = match s.code() {
-        Code::Unauthenticated => " (set STAGETIME_AUTH_TOKEN)",
-        _ => "",
-    };
-    fail(code, format!("{:?}: {}{what}", s.code(), s.message()))
+    Ok(Client::connect(&config).await?)
 }
 
 /// Machine-readable output on stdout.
 fn emit(output: Output, value: &impl serde::Serialize) -> Result<(), Failure> {
     let text = match output {
-        Output::Yaml => yaml_serde::to_string(value).map_err(|e| fail(3, e))?,
-        _ => serde_json::to_string_pretty(value).map_err(|e| fail(3, e))? + "\n",
+        Output::Yaml => {
+            yaml_serde::to_string(value).map_err(|e| Failure::unavailable(e.to_string()))?
+        }
+        _ => {
+            serde_json::to_string_pretty(value).map_err(|e| Failure::unavailable(e.to_string()))?
+                + "\n"
+        }
     };
     print!("{text}");
     Ok(())
 }
 
-/// Follows a run through the server's Watch stream, showing progress per
-/// stage and task; reconnects a few times if the stream breaks. Exit status
-/// 0 when the run succeeded, 1 when it failed or was cancelled. A finished
-/// state of version `after_version` or older (the run before a rerun was
-/// applied) is not the end: the watch looks again.
-async fn watch(c: &mut client::Client, id: &str, after_version: u64) -> Result<u8, Failure> {
+/// Follows a run with progress lines, then prints its summary; exit status
+/// 0 when it succeeded, 1 otherwise.
+async fn watch(client: &Client, id: &str, after_version: u64) -> Result<u8, Failure> {
     let mut progress: Option<Progress> = None;
-    let mut retries: u64 = 0;
-    loop {
-        let mut stream = match c.runs.watch(v1::WatchRequest { id: id.to_string() }).await {
-            Ok(s) => s.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unavailable && retries < 5 => {
-                // Growing pauses (1 s … 5 s) ride out a server rollout.
-                retries += 1;
-                tokio::time::sleep(Duration::from_secs(retries)).await;
-                continue;
+    let mut events = client.watch(id, after_version);
+    while let Some(event) = events.next().await {
+        match event? {
+            WatchEvent::Reconnecting { reason } => {
+                if let Some(p) = &progress {
+                    p.note(&format!("watch interrupted ({reason}); reconnecting"));
+                }
             }
-            Err(s) => return Err(rpc_failure(s)),
-        };
-        loop {
-            match stream.message().await {
-                Ok(Some(run)) => {
-                    // Only consecutive failures count: a long watch may
-                    // outlive several server restarts.
-                    retries = 0;
-                    let view = RunView::from(&run);
-                    if view.state.is_finished() && run.version <= after_version {
-                        // The rerun request is not applied yet: look again shortly.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        break;
-                    }
-                    let p = progress.get_or_insert_with(|| Progress::new(&view));
-                    p.show(&view);
-                    if view.state.is_finished() {
-                        p.finish();
-                        print!("{}", summary(&view));
-                        return Ok(if view.state == RunState::Succeeded {
-                            0
-                        } else {
-                            1
-                        });
-                    }
+            WatchEvent::Update(view) => {
+                progress
+                    .get_or_insert_with(|| Progress::new(&view))
+                    .show(&view);
+                if view.state.is_finished() {
+                    return Ok(finish(progress.as_ref(), &view));
                 }
-                Ok(None) => {
-                    retries += 1;
-                    if retries > 5 {
-                        return Err(fail(
-                            3,
-                            "the server ended the watch before the run finished",
-                        ));
-                    }
-                    break;
-                }
-                Err(s)
-                    if matches!(
-                        s.code(),
-                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
-                    ) && retries < 5 =>
-                {
-                    retries += 1;
-                    if let Some(p) = &progress {
-                        p.note(&format!(
-                            "watch interrupted ({}); reconnecting",
-                            s.message()
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    break;
-                }
-                Err(s) => return Err(rpc_failure(s)),
             }
         }
     }
+    Err(Failure::unavailable(
+        "the watch ended before the run finished",
+    ))
 }
 
-fn read(file: &PathBuf) -> Result<(RevisionRunSpec, stagetime::spec::DocumentFormat), Failure> {
+/// Ends the progress display, prints the summary, answers the exit status.
+fn finish(progress: Option<&Progress>, view: &RunView) -> u8 {
+    if let Some(p) = progress {
+        p.finish();
+    }
+    print!("{}", summary(view));
+    u8::from(view.state != RunState::Succeeded)
+}
+
+fn read(file: &Path) -> Result<(RevisionRunSpec, DocumentFormat), Failure> {
     let text = std::fs::read_to_string(file)
-        .map_err(|e| fail(2, format!("cannot read {}: {e}", file.display())))?;
+        .map_err(|e| Failure::invalid(format!("cannot read {}: {e}", file.display())))?;
     Ok(parse_document(&file.display().to_string(), &text)?)
 }
 
@@ -666,17 +478,17 @@ async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Fai
         ..EngineConfig::default()
     }));
     let mut updates = engine.subscribe();
-    let submitted = engine.submit(spec).await?;
-    let id = submitted.id;
+    let id = engine.submit(spec).await?.id;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(Arc::clone(&engine).run(async {
         let _ = stop_rx.await;
     }));
-    let mut progress = Progress::new(&RunView::from_record(&engine.store().load_run(&id).await?)?);
+    let view_of = |record: &stagetime::RunRecord| engine.plans().view(record);
+    let mut progress = Progress::new(&view_of(&engine.store().load_run(&id).await?)?);
     let mut interrupts = 0;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| fail(3, format!("cannot watch SIGTERM: {e}")))?;
-    let record = loop {
+        .map_err(|e| Failure::unavailable(format!("cannot watch SIGTERM: {e}")))?;
+    let view = loop {
         tokio::select! {
             update = updates.recv() => {
                 let record = match update {
@@ -684,9 +496,10 @@ async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Fai
                     Ok(_) => continue,
                     Err(_) => engine.store().load_run(&id).await?,
                 };
-                progress.show(&RunView::from_record(&record)?);
-                if record.state.is_finished() {
-                    break record;
+                let view = view_of(&record)?;
+                progress.show(&view);
+                if view.state.is_finished() {
+                    break view;
                 }
             }
             _ = tokio::signal::ctrl_c() => {
@@ -705,17 +518,10 @@ async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Fai
             }
         }
     };
-    progress.finish();
     let _ = stop_tx.send(());
     let _ = worker.await;
-    print!("{}", summary(&RunView::from_record(&record)?));
-    Ok(if record.state == RunState::Succeeded {
-        0
-    } else {
-        1
-    })
+    Ok(finish(Some(&progress), &view))
 }
-
 /// Live progress: an indicatif bar on a terminal, plain lines otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,

@@ -15,23 +15,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use prometheus_client::registry::Registry;
-use stagetime::backend::Backend;
+use stagetime::backends::BackendKind;
 use stagetime::engine::{Engine, EngineConfig};
 use stagetime::grpc::metrics::Metrics;
-use stagetime::kube::{TektonBackend, TektonConfig};
-use stagetime::local::LocalBackend;
+use stagetime::kube::TektonConfig;
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::store::Store;
 use stagetime::telemetry::{Endpoint, Failure, LogFormat, Shutdown, parse_duration, run_main};
 use tracing::info;
-
-#[derive(Clone, Copy, ValueEnum)]
-enum BackendKind {
-    Local,
-    Tekton,
-}
 
 #[derive(Parser)]
 #[command(name = "worker", version, about = "stagetime worker")]
@@ -43,7 +36,7 @@ struct Args {
     #[arg(long, env = "STAGETIME_REDIS_PREFIX", default_value = "stagetime")]
     redis_prefix: String,
     /// Where tasks run.
-    #[arg(long, env = "STAGETIME_BACKEND", value_enum, default_value = "tekton")]
+    #[arg(long, env = "STAGETIME_BACKEND", default_value = "tekton")]
     backend: BackendKind,
     /// Namespace of the PipelineRuns (Tekton backend).
     #[arg(long, env = "STAGETIME_NAMESPACE", default_value = "default")]
@@ -99,12 +92,13 @@ async fn run(args: Args) -> Result<(), Failure> {
         return Ok(());
     };
     let store: Arc<dyn Store> = Arc::new(store?);
-    let backend: Arc<dyn Backend> = match args.backend {
-        BackendKind::Local => Arc::new(LocalBackend::new(args.workdir.join("runs"))),
-        BackendKind::Tekton => {
-            Arc::new(TektonBackend::try_default(TektonConfig::new(args.namespace.clone())).await?)
-        }
-    };
+    let backend = args
+        .backend
+        .open(
+            args.workdir.join("runs"),
+            TektonConfig::new(args.namespace.clone()),
+        )
+        .await?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);

@@ -8,6 +8,7 @@
 //! This facade re-exports the focused crates:
 //! - [`core`]: model, validation, scheduler, traits, engine, embedded defaults;
 //! - `kube` (feature `kube`): the Tekton backend and operator logic;
+//!   `backends` chooses a backend by name for the binaries;
 //! - `redis` (feature `redis`): the Redis-backed shared store;
 //! - `telemetry` (feature `telemetry`): logging, metrics and probe endpoint of the binaries;
 //! - `grpc` (feature `grpc`): the gRPC server (legacy and `stagetime.v1` services) and client;
@@ -16,6 +17,8 @@
 pub use stagetime_core as core;
 pub use stagetime_core::*;
 
+#[cfg(feature = "kube")]
+pub mod backends;
 #[cfg(feature = "kube")]
 pub use stagetime_kube as kube;
 #[cfg(feature = "redis")]

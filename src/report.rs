@@ -1,8 +1,7 @@
 //! What the CLI shows of plans and runs, as pure functions from data to text:
 //! the plan table, the dependency graph (DOT or Mermaid, with task statuses
 //! when a run is given), the per-stage summary of a run, and the view of a
-//! run those are built from — whether the run comes from an embedded store or
-//! from the server.
+//! run ([`RunView`], from an embedded store or from the server).
 //!
 //! ```
 //! use stagetime::plan::Plan;
@@ -21,156 +20,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
 use stagetime_core::plan::{Plan, PlannedTask, TaskIndex};
 use stagetime_core::scheduler::TaskStatus;
-use stagetime_core::store::{RunRecord, RunState};
-use stagetime_core::{Error, Result};
-
-/// A run as progress lines and summaries show it: built from a stored
-/// record ([`RunView::from_record`]) or from the server's answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunView {
-    /// Run id.
-    pub id: String,
-    /// Repository name.
-    pub repo: String,
-    /// Commit id.
-    pub commit: String,
-    /// State of the run.
-    pub state: RunState,
-    /// When the run was created (ms since the epoch).
-    pub created_ms: u64,
-    /// Last change (ms since the epoch).
-    pub updated_ms: u64,
-    /// When the run finished.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_ms: Option<u64>,
-    /// Main tasks in plan order, then finally tasks.
-    pub tasks: Vec<TaskView>,
-}
-
-/// One task of a [`RunView`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TaskView {
-    /// Task name.
-    pub name: String,
-    /// Stage number; `None` for finally tasks.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage: Option<u32>,
-    /// Whether a failure of the task is allowed.
-    pub can_fail: bool,
-    /// Current status.
-    pub status: TaskStatus,
-    /// Attempts launched so far.
-    pub attempt: u32,
-    /// Last failure or skip reason.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Launch of the first attempt.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_launch_ms: Option<u64>,
-    /// When the task finished.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_ms: Option<u64>,
-    /// PipelineRun name (Tekton) or log file (local) of the last attempt.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub handle: Option<String>,
-}
-
-impl RunView {
-    /// The view of a stored run.
-    ///
-    /// # Errors
-    /// [`Error::Corrupt`] when the stored spec no longer builds a plan.
-    pub fn from_record(record: &RunRecord) -> Result<Self> {
-        let plan = Plan::build(record.spec.clone()).map_err(|e| {
-            Error::corrupt(
-                format!("run {}", record.id),
-                format!("the stored spec is invalid: {e}"),
-            )
-        })?;
-        let tasks = plan
-            .tasks
-            .iter()
-            .zip(record.scheduler.tasks())
-            .enumerate()
-            .map(|(i, (t, st))| {
-                let timing = record.timings.get(i).cloned().unwrap_or_default();
-                TaskView {
-                    name: t.name().to_string(),
-                    stage: t.stage,
-                    can_fail: t.spec.can_fail,
-                    status: st.status,
-                    attempt: st.attempt,
-                    message: st.message.clone(),
-                    first_launch_ms: timing.first_launch_ms,
-                    finished_ms: timing.finished_ms,
-                    handle: timing.handle,
-                }
-            })
-            .collect();
-        Ok(RunView {
-            id: record.id.to_string(),
-            repo: record.spec.repo.clone(),
-            commit: record.spec.commit.clone(),
-            state: record.state,
-            created_ms: record.created_ms,
-            updated_ms: record.updated_ms,
-            finished_ms: record.finished_ms,
-            tasks,
-        })
-    }
-}
-
-#[cfg(feature = "grpc")]
-impl From<&crate::grpc::v1::Run> for RunView {
-    /// The view of a run as the server answers it (`Get`, `Watch`); zero
-    /// times mean "not yet".
-    fn from(run: &crate::grpc::v1::Run) -> Self {
-        use crate::grpc::{run_state_from_proto, task_status_from_proto};
-        let nonzero = |ms: u64| (ms != 0).then_some(ms);
-        RunView {
-            id: run.id.clone(),
-            repo: run.repo.clone(),
-            commit: run.commit.clone(),
-            state: run_state_from_proto(run.state()).unwrap_or(RunState::Queued),
-            created_ms: run.created_ms,
-            updated_ms: run.updated_ms,
-            finished_ms: nonzero(run.finished_ms),
-            tasks: run
-                .tasks
-                .iter()
-                .map(|t| TaskView {
-                    name: t.name.clone(),
-                    stage: if t.r#finally { None } else { t.stage },
-                    can_fail: t.can_fail,
-                    status: task_status_from_proto(t.status()).unwrap_or(TaskStatus::Waiting),
-                    attempt: t.attempt,
-                    message: (!t.message.is_empty()).then(|| t.message.clone()),
-                    first_launch_ms: nonzero(t.first_launch_ms),
-                    finished_ms: nonzero(t.finished_ms),
-                    handle: (!t.handle.is_empty()).then(|| t.handle.clone()),
-                })
-                .collect(),
-        }
-    }
-}
-
-/// How a status reads in progress lines and summaries.
-pub fn status_name(s: TaskStatus) -> &'static str {
-    match s {
-        TaskStatus::Waiting => "waiting",
-        TaskStatus::Ready => "ready",
-        TaskStatus::Running => "running",
-        TaskStatus::Backoff => "retrying after backoff",
-        TaskStatus::Succeeded => "succeeded",
-        TaskStatus::Failed => "failed",
-        TaskStatus::TimedOut => "timed out",
-        TaskStatus::Cancelled => "cancelled",
-        TaskStatus::Skipped => "skipped",
-    }
-}
+pub use stagetime_core::view::{RunView, TaskView};
 
 /// A duration for people: `850ms`, `12.3s`.
 pub fn fmt_ms(ms: u64) -> String {
@@ -191,7 +43,7 @@ pub fn progress_line(t: &TaskView) -> Option<String> {
         .stage
         .map(|s| format!("stage {s}"))
         .unwrap_or_else(|| "finally".into());
-    let mut line = format!("{stage:>9}  {:<24} {}", t.name, status_name(t.status));
+    let mut line = format!("{stage:>9}  {:<24} {}", t.name, t.status.as_str());
     if t.attempt > 1 || t.status == TaskStatus::Backoff {
         line.push_str(&format!(" (attempt {})", t.attempt));
     }
@@ -241,7 +93,7 @@ pub fn summary(run: &RunView) -> String {
             out.push_str(&format!(
                 "  {:<24} {:<10} {:>8}  attempts {}{can_fail}\n",
                 t.name,
-                status_name(t.status),
+                t.status.as_str(),
                 duration,
                 t.attempt
             ));
@@ -381,7 +233,7 @@ pub fn graph(plan: &Plan, format: GraphFormat, run: Option<&RunView>) -> String 
         })
         .chain((!finally.is_empty()).then(|| ("finally".to_string(), finally)));
     let label = |name: &str| match statuses.get(name) {
-        Some(&s) => format!("{name}\\n{}", status_name(s)),
+        Some(&s) => format!("{name}\\n{}", s.as_str()),
         None => name.to_string(),
     };
     let mut out = String::new();
@@ -460,29 +312,39 @@ mod tests {
     }
 
     fn view(statuses: &[(&str, TaskStatus)]) -> RunView {
-        RunView {
-            id: "r1".into(),
+        let header = RunView {
+            id: stagetime_core::RunId::new("r1").unwrap(),
             repo: "demo".into(),
             commit: "abc1".into(),
-            state: RunState::Failed,
+            branch: None,
+            author: None,
+            concurrency_group: None,
+            state: stagetime_core::RunState::Failed,
+            version: 7,
             created_ms: 1_000,
             updated_ms: 4_000,
             finished_ms: Some(4_500),
-            tasks: statuses
-                .iter()
-                .map(|&(name, status)| TaskView {
-                    name: name.into(),
-                    stage: (name != "notify").then_some(u32::from(name != "build")),
-                    can_fail: name == "lint",
-                    status,
-                    attempt: 1,
-                    message: None,
-                    first_launch_ms: Some(1_000),
-                    finished_ms: Some(2_250),
-                    handle: Some(format!("/logs/{name}.log")),
-                })
-                .collect(),
-        }
+            stages: vec![],
+            tasks: vec![],
+        };
+        let tasks = statuses
+            .iter()
+            .map(|&(name, status)| TaskView {
+                name: name.into(),
+                stage: (name != "notify").then_some(u32::from(name != "build")),
+                can_fail: name == "lint",
+                retries: 0,
+                needs: vec![],
+                status,
+                attempt: 1,
+                message: None,
+                first_launch_ms: Some(1_000),
+                launch_ms: Some(1_000),
+                finished_ms: Some(2_250),
+                handle: Some(format!("/logs/{name}.log")),
+            })
+            .collect();
+        RunView::assemble(header, tasks)
     }
 
     #[test]
@@ -563,7 +425,7 @@ mod tests {
         t.message = Some("exit status 1".into());
         assert_eq!(
             progress_line(&t).unwrap(),
-            "  stage 0  build                    retrying after backoff (attempt 2): exit status 1"
+            "  stage 0  build                    backoff (attempt 2): exit status 1"
         );
     }
 

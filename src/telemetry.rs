@@ -281,11 +281,53 @@ impl std::error::Error for Failure {}
 ///     run_main(LogFormat::Text, run())
 /// }
 /// ```
-pub fn run_main(
+pub fn run_main<T: ExitStatus>(
     log_format: LogFormat,
-    body: impl Future<Output = Result<(), Failure>>,
+    body: impl Future<Output = Result<T, Failure>>,
 ) -> ExitCode {
     init_logging(log_format);
+    run_to_exit(body)
+}
+
+/// A command-line tool's `main`: like [`run_main`], but quiet by default
+/// (warnings only; `STAGETIME_LOG` sets the filter, e.g. `debug`) and the
+/// body's `u8` is the exit status (e.g. 1: the run failed).
+pub fn run_cli<T: ExitStatus>(
+    log_format: LogFormat,
+    body: impl Future<Output = Result<T, Failure>>,
+) -> ExitCode {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("STAGETIME_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    run_to_exit(body)
+}
+
+/// What a successful `main` body ends with: nothing (exit 0) or a status.
+pub trait ExitStatus {
+    /// The process exit status.
+    fn exit_code(self) -> ExitCode;
+}
+
+impl ExitStatus for () {
+    fn exit_code(self) -> ExitCode {
+        ExitCode::SUCCESS
+    }
+}
+
+impl ExitStatus for u8 {
+    fn exit_code(self) -> ExitCode {
+        ExitCode::from(self)
+    }
+}
+
+fn run_to_exit<T: ExitStatus>(body: impl Future<Output = Result<T, Failure>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -297,7 +339,7 @@ pub fn run_main(
         }
     };
     match runtime.block_on(body) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => status.exit_code(),
         Err(Failure { code, message }) => {
             tracing::error!("{message}");
             eprintln!("error: {message}");
@@ -527,11 +569,15 @@ mod tests {
             ExitCode::SUCCESS
         );
         assert_eq!(
-            run_main(LogFormat::Text, async { Err(Failure::invalid("bad")) }),
+            run_main(LogFormat::Text, async {
+                Err::<(), _>(Failure::invalid("bad"))
+            }),
             ExitCode::from(2)
         );
         assert_eq!(
-            run_main(LogFormat::Text, async { Err(Failure::unavailable("down")) }),
+            run_main(LogFormat::Text, async {
+                Err::<(), _>(Failure::unavailable("down"))
+            }),
             ExitCode::from(3)
         );
     }

@@ -94,10 +94,14 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
 }
 
-async fn connect(url: &str, token: Option<&str>) -> stagetime::grpc::client::Client {
+/// The generated stubs: these tests check the wire (codes, trailers, the
+/// legacy services), below the typed client the CLI uses.
+async fn connect(url: &str, token: Option<&str>) -> stagetime::grpc::client::Stubs {
     let mut c = stagetime::grpc::client::ClientConfig::new(url);
     c.token = token.map(String::from);
-    stagetime::grpc::client::connect(&c).await.expect("connect")
+    stagetime::grpc::client::connect_stubs(&c)
+        .await
+        .expect("connect")
 }
 
 /// Redis for the distributed tests, or `None` (skipped loudly, or a failure

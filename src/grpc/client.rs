@@ -1,9 +1,39 @@
-//! Connecting to the server: the CLI's side of the API.
+//! The client side of the API: [`Client`], a typed client of
+//! `stagetime.v1.Runs` that speaks in the model's types ([`RunView`],
+//! [`RunSummary`], [`Submitted`]) and maps gRPC codes to [`ClientError`]
+//! once, and [`Stubs`], the generated protocol stubs for wire-level work
+//! (the legacy services, conformance tests).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), stagetime::grpc::client::ClientError> {
+//! use futures::StreamExt;
+//! use stagetime::grpc::client::{Client, ClientConfig, RunQuery, WatchEvent};
+//!
+//! let client = Client::connect(&ClientConfig::new("http://127.0.0.1:50051")).await?;
+//! let run = client.submit("repo: demo\ncommit: abc\ntasks: [{name: a, command: 'true'}]\n").await?;
+//! let mut updates = client.watch(run.id.as_str(), 0);
+//! while let Some(event) = updates.next().await {
+//!     if let WatchEvent::Update(view) = event? {
+//!         println!("{} is {}", view.id, view.state.as_str());
+//!     }
+//! }
+//! let recent: Vec<_> = client.list(RunQuery { limit: 10, ..RunQuery::default() })
+//!     .collect().await;
+//! # let _ = recent;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use stagetime_core::{Error, FieldErrors};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use stagetime_core::control::Submitted;
+use stagetime_core::store::{RunId, RunState, RunSummary};
+use stagetime_core::view::RunView;
+use stagetime_core::{Error, ErrorKind};
+use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -59,9 +89,10 @@ impl Interceptor for Bearer {
 /// A channel with the token attached.
 pub type AuthChannel = InterceptedService<Channel, Bearer>;
 
-/// Clients of every API service over one connection.
+/// The generated stubs of every API service over one connection, for
+/// wire-level work; applications use [`Client`].
 #[derive(Debug, Clone)]
-pub struct Client {
+pub struct Stubs {
     /// `stagetime.v1.Runs`.
     pub runs: v1::runs_client::RunsClient<AuthChannel>,
     /// The legacy `StageTimeApplicationService`.
@@ -72,18 +103,17 @@ pub struct Client {
     pub statuses: legacy::statuses_client::StatusesClient<AuthChannel>,
 }
 
-fn invalid(field: &str, message: impl std::fmt::Display) -> Error {
-    let mut e = FieldErrors::default();
-    e.push(field, message.to_string());
-    Error::Invalid(e)
+fn invalid(setting: &str, message: impl std::fmt::Display) -> Error {
+    Error::config(setting, message)
 }
 
-/// Connects (eagerly, so an unreachable server is reported here).
+/// Connects the generated stubs (eagerly, so an unreachable server is
+/// reported here).
 ///
 /// # Errors
-/// [`Error::Invalid`] naming `server`, `token` or `ca_cert` for bad
+/// [`Error::Config`] naming `server`, `token` or `ca_cert` for bad
 /// settings; [`Error::Unavailable`] when the server cannot be reached.
-pub async fn connect(config: &ClientConfig) -> Result<Client, Error> {
+pub async fn connect_stubs(config: &ClientConfig) -> Result<Stubs, Error> {
     let url = config.server.trim();
     let tls = if url.starts_with("https://") {
         true
@@ -119,17 +149,18 @@ pub async fn connect(config: &ClientConfig) -> Result<Client, Error> {
         _ => None,
     };
     let channel = endpoint.connect().await.map_err(|e| {
-        let mut message = e.to_string();
+        // The transport's own text is terse ("transport error"): the causes say why.
+        let mut message = String::from("cannot connect");
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
             message.push_str(&format!(": {s}"));
             source = s.source();
         }
-        Error::unavailable(format!("server {url}"), message)
+        Error::unavailable_from(format!("server {url}"), message, e)
     })?;
     let max = config.max_message_bytes;
     let ch = InterceptedService::new(channel, Bearer(token));
-    Ok(Client {
+    Ok(Stubs {
         runs: v1::runs_client::RunsClient::new(ch.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
@@ -142,5 +173,428 @@ pub async fn connect(config: &ClientConfig) -> Result<Client, Error> {
         statuses: legacy::statuses_client::StatusesClient::new(ch)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
+    })
+}
+
+/// A failed call: what kind of failure (as the core classifies errors), the
+/// gRPC code when the server answered, and its message.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct ClientError {
+    kind: ErrorKind,
+    code: Option<Code>,
+    message: String,
+    #[source]
+    source: Option<Error>,
+}
+
+impl ClientError {
+    /// How to treat it: `Invalid`, `NotFound`, `AlreadyExists` and
+    /// `Conflict` are the caller's to fix, `Forbidden` wants a token,
+    /// `Unavailable` may pass.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The gRPC code, when the server answered.
+    pub fn code(&self) -> Option<Code> {
+        self.code
+    }
+
+    /// The server's (or the connection's) message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// True when the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == ErrorKind::Unavailable
+    }
+
+    fn describe(&self) -> String {
+        let hint = match self.code {
+            Some(Code::Unauthenticated) => " (set STAGETIME_AUTH_TOKEN)",
+            _ => "",
+        };
+        match self.code {
+            Some(code) => format!("{code:?}: {}{hint}", self.message),
+            None => self.message.clone(),
+        }
+    }
+
+    fn protocol(message: impl Into<String>) -> Self {
+        ClientError {
+            kind: ErrorKind::Other,
+            code: None,
+            message: message.into(),
+            source: None,
+        }
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    /// The one mapping of gRPC codes to kinds.
+    fn from(s: tonic::Status) -> Self {
+        let kind = match s.code() {
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+                ErrorKind::Invalid
+            }
+            Code::NotFound => ErrorKind::NotFound,
+            Code::AlreadyExists => ErrorKind::AlreadyExists,
+            Code::Aborted => ErrorKind::Conflict,
+            Code::Unauthenticated | Code::PermissionDenied => ErrorKind::Forbidden,
+            Code::Unavailable
+            | Code::ResourceExhausted
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown => ErrorKind::Unavailable,
+            _ => ErrorKind::Other,
+        };
+        ClientError {
+            kind,
+            code: Some(s.code()),
+            message: s.message().to_string(),
+            source: None,
+        }
+    }
+}
+
+impl From<Error> for ClientError {
+    fn from(e: Error) -> Self {
+        ClientError {
+            kind: e.kind(),
+            code: None,
+            message: e.to_string(),
+            source: Some(e),
+        }
+    }
+}
+
+#[cfg(feature = "telemetry")]
+impl From<ClientError> for crate::telemetry::Failure {
+    /// Exit status 2 for what the caller must fix (input, ids, versions,
+    /// tokens), 3 for a server or store that is unavailable or broken.
+    fn from(e: ClientError) -> Self {
+        let code = match e.kind {
+            ErrorKind::Invalid
+            | ErrorKind::NotFound
+            | ErrorKind::AlreadyExists
+            | ErrorKind::Conflict
+            | ErrorKind::Forbidden => Self::INVALID,
+            _ => Self::UNAVAILABLE,
+        };
+        crate::telemetry::Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Which runs [`Client::list`] yields; empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Only this repository.
+    pub repo: Option<String>,
+    /// Only this commit.
+    pub commit: Option<String>,
+    /// Only runs in one of these states.
+    pub states: Vec<RunState>,
+    /// At most this many runs in all (0: every run), fetched page by page.
+    pub limit: usize,
+}
+
+/// What [`Client::watch`] yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// The run changed (the first event is the run as it is).
+    Update(Box<RunView>),
+    /// The stream broke; the client is watching again (`reason` says why).
+    Reconnecting {
+        /// What broke.
+        reason: String,
+    },
+}
+
+/// How often a watch reconnects in a row before giving up.
+const WATCH_RETRIES: u32 = 5;
+
+/// A typed client of `stagetime.v1.Runs`: cheap to clone (one connection).
+#[derive(Debug, Clone)]
+pub struct Client {
+    runs: v1::runs_client::RunsClient<AuthChannel>,
+}
+
+impl Client {
+    /// Connects (eagerly, so an unreachable server is reported here).
+    ///
+    /// # Errors
+    /// Kind `Invalid` naming `server`, `token` or `ca_cert` for bad
+    /// settings; `Unavailable` when the server cannot be reached.
+    pub async fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
+        let stubs = connect_stubs(config).await?;
+        Ok(Client { runs: stubs.runs })
+    }
+
+    /// Submits a document (native YAML/JSON or the earlier system's JSON).
+    /// Idempotent: the same document again answers the same run with
+    /// `created: false`.
+    ///
+    /// # Errors
+    /// `Invalid` with every problem of the document (nothing stored);
+    /// `AlreadyExists` for another document under an existing id.
+    pub async fn submit(&self, document: impl Into<String>) -> Result<Submitted, ClientError> {
+        let r = self
+            .runs
+            .clone()
+            .submit(v1::SubmitRequest {
+                document: document.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(Submitted {
+            id: run_id(&r.id)?,
+            created: r.created,
+        })
+    }
+
+    /// A run with every stage and task.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown run; `Invalid` for a malformed id.
+    pub async fn get(&self, id: &str) -> Result<RunView, ClientError> {
+        let run = self
+            .runs
+            .clone()
+            .get(v1::GetRequest { id: id.to_string() })
+            .await?
+            .into_inner();
+        Ok(super::convert::run_from_proto(&run)?)
+    }
+
+    /// Runs matching `query`, newest first, following pages as they are read.
+    pub fn list(&self, query: RunQuery) -> BoxStream<'static, Result<RunSummary, ClientError>> {
+        struct Pages {
+            runs: v1::runs_client::RunsClient<AuthChannel>,
+            query: RunQuery,
+            token: Option<String>,
+            buffered: std::collections::VecDeque<RunSummary>,
+            yielded: usize,
+            failed: bool,
+        }
+        let pages = Pages {
+            runs: self.runs.clone(),
+            query,
+            token: Some(String::new()),
+            buffered: Default::default(),
+            yielded: 0,
+            failed: false,
+        };
+        futures::stream::unfold(pages, |mut p| async move {
+            let limit = if p.query.limit == 0 {
+                usize::MAX
+            } else {
+                p.query.limit
+            };
+            loop {
+                if p.failed || p.yielded >= limit {
+                    return None;
+                }
+                if let Some(run) = p.buffered.pop_front() {
+                    p.yielded += 1;
+                    return Some((Ok(run), p));
+                }
+                let token = p.token.take()?;
+                let request = v1::ListRequest {
+                    repo: p.query.repo.clone().unwrap_or_default(),
+                    commit: p.query.commit.clone().unwrap_or_default(),
+                    states: p
+                        .query
+                        .states
+                        .iter()
+                        .map(|s| super::run_state_to_proto(*s) as i32)
+                        .collect(),
+                    page_size: (limit - p.yielded).min(1000) as u32,
+                    page_token: token,
+                };
+                match p.runs.list(request).await {
+                    Ok(page) => {
+                        let page = page.into_inner();
+                        if !page.next_page_token.is_empty() {
+                            p.token = Some(page.next_page_token);
+                        }
+                        for r in &page.runs {
+                            match summary_from_proto(r) {
+                                Ok(s) => p.buffered.push_back(s),
+                                Err(e) => {
+                                    p.failed = true;
+                                    return Some((Err(e), p));
+                                }
+                            }
+                        }
+                    }
+                    Err(s) => {
+                        p.failed = true;
+                        return Some((Err(s.into()), p));
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+
+    /// Follows a run until it finishes: its state first, then every change;
+    /// reconnects (with growing pauses, up to 5 failures in a row) when the
+    /// stream breaks, e.g. during a server rollout. A finished state of
+    /// version `after_version` or older (the run before a rerun was applied)
+    /// is not the end: the watch looks again.
+    pub fn watch(
+        &self,
+        id: &str,
+        after_version: u64,
+    ) -> BoxStream<'static, Result<WatchEvent, ClientError>> {
+        struct Watch {
+            runs: v1::runs_client::RunsClient<AuthChannel>,
+            id: String,
+            after_version: u64,
+            stream: Option<tonic::Streaming<v1::Run>>,
+            failures: u32,
+            done: bool,
+        }
+        let watch = Watch {
+            runs: self.runs.clone(),
+            id: id.to_string(),
+            after_version,
+            stream: None,
+            failures: 0,
+            done: false,
+        };
+        futures::stream::unfold(watch, |mut w| async move {
+            if w.done {
+                return None;
+            }
+            loop {
+                let Some(stream) = w.stream.as_mut() else {
+                    match w.runs.watch(v1::WatchRequest { id: w.id.clone() }).await {
+                        Ok(s) => w.stream = Some(s.into_inner()),
+                        Err(s) if s.code() == Code::Unavailable && w.failures < WATCH_RETRIES => {
+                            w.failures += 1;
+                            tokio::time::sleep(Duration::from_secs(u64::from(w.failures))).await;
+                        }
+                        Err(s) => {
+                            w.done = true;
+                            return Some((Err(s.into()), w));
+                        }
+                    }
+                    continue;
+                };
+                let broke = match stream.message().await {
+                    Ok(Some(run)) => {
+                        // Only consecutive failures count: a long watch may
+                        // outlive several server restarts.
+                        w.failures = 0;
+                        let view = match super::convert::run_from_proto(&run) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                w.done = true;
+                                return Some((Err(e.into()), w));
+                            }
+                        };
+                        if view.state.is_finished() && view.version <= w.after_version {
+                            // The rerun is not applied yet: look again shortly.
+                            w.stream = None;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                        w.done = view.state.is_finished();
+                        return Some((Ok(WatchEvent::Update(Box::new(view))), w));
+                    }
+                    Ok(None) => "the server ended the watch before the run finished".to_string(),
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            Code::Unavailable | Code::Unknown | Code::Internal
+                        ) =>
+                    {
+                        s.message().to_string()
+                    }
+                    Err(s) => {
+                        w.done = true;
+                        return Some((Err(s.into()), w));
+                    }
+                };
+                w.stream = None;
+                w.failures += 1;
+                if w.failures > WATCH_RETRIES {
+                    w.done = true;
+                    let e = ClientError {
+                        kind: ErrorKind::Unavailable,
+                        code: None,
+                        message: format!(
+                            "watch of run {} failed {WATCH_RETRIES} times in a row: {broke}",
+                            w.id
+                        ),
+                        source: None,
+                    };
+                    return Some((Err(e), w));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return Some((Ok(WatchEvent::Reconnecting { reason: broke }), w));
+            }
+        })
+        .boxed()
+    }
+
+    /// Asks for a run to be cancelled. Idempotent.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown run.
+    pub async fn cancel(&self, id: &str) -> Result<(), ClientError> {
+        self.runs
+            .clone()
+            .cancel(v1::CancelRequest { id: id.to_string() })
+            .await?;
+        Ok(())
+    }
+
+    /// Asks for a finished run to be run again, keeping its succeeded tasks;
+    /// with `expected_version`, only if the run is still at that version (a
+    /// retried request never runs it a third time). Returns the version to
+    /// watch past ([`Client::watch`]'s `after_version`).
+    ///
+    /// # Errors
+    /// `Invalid` when the run has not finished; `Conflict` when it is at
+    /// another version; `NotFound`.
+    pub async fn rerun(&self, id: &str, expected_version: Option<u64>) -> Result<u64, ClientError> {
+        let r = self
+            .runs
+            .clone()
+            .rerun(v1::RerunRequest {
+                id: id.to_string(),
+                expected_version: expected_version.unwrap_or(0),
+            })
+            .await?
+            .into_inner();
+        Ok(r.version)
+    }
+}
+
+fn run_id(id: &str) -> Result<RunId, ClientError> {
+    RunId::new(id).map_err(|_| {
+        ClientError::protocol(format!("the server answered a malformed run id {id:?}"))
+    })
+}
+
+fn summary_from_proto(r: &v1::RunSummary) -> Result<RunSummary, ClientError> {
+    let nonzero = |ms: u64| (ms != 0).then_some(ms);
+    Ok(RunSummary {
+        id: run_id(&r.id)?,
+        repo: r.repo.clone(),
+        commit: r.commit.clone(),
+        state: super::run_state_from_proto(r.state())
+            .ok_or_else(|| ClientError::protocol(format!("run {} has no state", r.id)))?,
+        created_ms: r.created_ms,
+        updated_ms: r.updated_ms,
+        finished_ms: nonzero(r.finished_ms),
+        concurrency_group: None,
     })
 }

@@ -1,8 +1,8 @@
 //! Conversions between the model and the wire, and errors to gRPC statuses.
 
-use stagetime_core::plan::Plan;
 use stagetime_core::scheduler::TaskStatus;
-use stagetime_core::store::{RunRecord, RunState, RunSummary};
+use stagetime_core::store::{RunId, RunState, RunSummary};
+use stagetime_core::view::{RunView, TaskView};
 use stagetime_core::{Error, ErrorKind};
 use tonic::{Code, Status};
 
@@ -62,80 +62,107 @@ pub fn task_status_from_proto(s: v1::TaskStatus) -> Option<TaskStatus> {
     })
 }
 
-/// A run with per-stage and per-task status.
-///
-/// # Errors
-/// [`Error::Corrupt`] when the stored spec no longer builds a plan.
-pub fn run_to_proto(record: &RunRecord) -> Result<v1::Run, Error> {
-    let plan = Plan::build(record.spec.clone()).map_err(|e| {
-        Error::corrupt(
-            format!("run {}", record.id),
-            format!("stored spec is invalid: {e}"),
-        )
-    })?;
-    let states = record.scheduler.tasks();
-    let mut tasks = Vec::with_capacity(plan.len());
-    for (i, t) in plan.tasks.iter().enumerate() {
-        let st = states.get(i);
-        let timing = record.timings.get(i).cloned().unwrap_or_default();
-        tasks.push(v1::Task {
-            name: t.name().to_string(),
-            stage: t.stage,
-            r#finally: t.is_finally,
-            can_fail: t.spec.can_fail,
-            status: st
-                .map(|s| task_status_to_proto(s.status))
-                .unwrap_or(v1::TaskStatus::Unspecified) as i32,
-            attempt: st.map(|s| s.attempt).unwrap_or(0),
-            retries: t.spec.retries,
-            message: st.and_then(|s| s.message.clone()).unwrap_or_default(),
-            first_launch_ms: timing.first_launch_ms.unwrap_or(0),
-            launch_ms: timing.launch_ms.unwrap_or(0),
-            finished_ms: timing.finished_ms.unwrap_or(0),
-            handle: timing.handle.unwrap_or_default(),
-        });
-    }
-    let stages = plan
-        .stages
+/// A run on the wire: its [`RunView`], translated. Stages are the main
+/// stages (finally tasks are marked on each task).
+pub fn run_to_proto(run: &RunView) -> v1::Run {
+    let tasks = run
+        .tasks
         .iter()
-        .map(|stage| {
-            let mut s = v1::Stage {
-                number: stage.number,
-                total: stage.members.len() as u32,
-                ..v1::Stage::default()
-            };
-            for &m in &stage.members {
-                s.tasks.push(plan.task(m).name().to_string());
-                match states.get(m as usize).map(|t| t.status) {
-                    Some(TaskStatus::Succeeded) => s.succeeded += 1,
-                    Some(TaskStatus::Failed | TaskStatus::TimedOut) => s.failed += 1,
-                    Some(TaskStatus::Running | TaskStatus::Backoff) => s.running += 1,
-                    _ => {}
-                }
-            }
-            s
+        .map(|t| v1::Task {
+            name: t.name.clone(),
+            stage: t.stage,
+            r#finally: t.is_finally(),
+            can_fail: t.can_fail,
+            status: task_status_to_proto(t.status) as i32,
+            attempt: t.attempt,
+            retries: t.retries,
+            message: t.message.clone().unwrap_or_default(),
+            first_launch_ms: t.first_launch_ms.unwrap_or(0),
+            launch_ms: t.launch_ms.unwrap_or(0),
+            finished_ms: t.finished_ms.unwrap_or(0),
+            handle: t.handle.clone().unwrap_or_default(),
+            needs: t.needs.clone(),
         })
         .collect();
-    Ok(v1::Run {
-        id: record.id.to_string(),
-        repo: record.spec.repo.clone(),
-        commit: record.spec.commit.clone(),
-        state: run_state_to_proto(record.state) as i32,
-        version: record.version,
-        created_ms: record.created_ms,
-        updated_ms: record.updated_ms,
-        finished_ms: record.finished_ms.unwrap_or(0),
-        author: record.spec.author.clone().unwrap_or_default(),
-        branch: record.spec.branch.clone().unwrap_or_default(),
-        concurrency_group: record
-            .spec
-            .options
-            .concurrency_group
-            .clone()
-            .unwrap_or_default(),
+    let stages = run
+        .stages
+        .iter()
+        .filter_map(|s| {
+            Some(v1::Stage {
+                number: s.number?,
+                tasks: s.tasks.clone(),
+                succeeded: s.succeeded,
+                failed: s.failed,
+                running: s.running,
+                total: s.total,
+            })
+        })
+        .collect();
+    v1::Run {
+        id: run.id.to_string(),
+        repo: run.repo.clone(),
+        commit: run.commit.clone(),
+        state: run_state_to_proto(run.state) as i32,
+        version: run.version,
+        created_ms: run.created_ms,
+        updated_ms: run.updated_ms,
+        finished_ms: run.finished_ms.unwrap_or(0),
+        author: run.author.clone().unwrap_or_default(),
+        branch: run.branch.clone().unwrap_or_default(),
+        concurrency_group: run.concurrency_group.clone().unwrap_or_default(),
         stages,
         tasks,
-    })
+    }
+}
+
+/// The [`RunView`] of a run as the server sends it; zero times and empty
+/// texts mean "not yet" / "none".
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the run when the server sent a malformed id.
+pub fn run_from_proto(run: &v1::Run) -> Result<RunView, Error> {
+    let nonzero = |ms: u64| (ms != 0).then_some(ms);
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let id = RunId::new(run.id.clone())
+        .map_err(|e| Error::corrupt_from(format!("run {:?}", run.id), "the server sent it", e))?;
+    let tasks = run
+        .tasks
+        .iter()
+        .map(|t| TaskView {
+            name: t.name.clone(),
+            stage: if t.r#finally {
+                None
+            } else {
+                t.stage.or(Some(0))
+            },
+            can_fail: t.can_fail,
+            retries: t.retries,
+            needs: t.needs.clone(),
+            status: task_status_from_proto(t.status()).unwrap_or(TaskStatus::Waiting),
+            attempt: t.attempt,
+            message: text(&t.message),
+            first_launch_ms: nonzero(t.first_launch_ms),
+            launch_ms: nonzero(t.launch_ms),
+            finished_ms: nonzero(t.finished_ms),
+            handle: text(&t.handle),
+        })
+        .collect();
+    let header = RunView {
+        id,
+        repo: run.repo.clone(),
+        commit: run.commit.clone(),
+        branch: text(&run.branch),
+        author: text(&run.author),
+        concurrency_group: text(&run.concurrency_group),
+        state: run_state_from_proto(run.state()).unwrap_or(RunState::Queued),
+        version: run.version,
+        created_ms: run.created_ms,
+        updated_ms: run.updated_ms,
+        finished_ms: nonzero(run.finished_ms),
+        stages: Vec::new(),
+        tasks: Vec::new(),
+    };
+    Ok(RunView::assemble(header, tasks))
 }
 
 /// The listing view on the wire.
@@ -155,7 +182,7 @@ pub(crate) fn summary_to_proto(s: &RunSummary) -> v1::RunSummary {
 /// `INVALID_ARGUMENT` (the message lists every field path), `NotFound` →
 /// `NOT_FOUND`, `Conflict` → `ABORTED`, `AlreadyExists` → `ALREADY_EXISTS`,
 /// `Unavailable` → `UNAVAILABLE`, `Forbidden` → `PERMISSION_DENIED`, the
-/// rest → `INTERNAL`.
+/// rest (corrupt records, internal errors) → `INTERNAL`.
 pub(crate) fn status_of(e: &Error) -> Status {
     let code = match e.kind() {
         ErrorKind::Invalid => Code::InvalidArgument,
@@ -164,7 +191,7 @@ pub(crate) fn status_of(e: &Error) -> Status {
         ErrorKind::Conflict => Code::Aborted,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Forbidden => Code::PermissionDenied,
-        ErrorKind::Corrupt | ErrorKind::Other => Code::Internal,
+        _ => Code::Internal,
     };
     Status::new(code, e.to_string())
 }

@@ -29,7 +29,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use stagetime_core::Error;
 use stagetime_core::engine::{Clock, EngineListener, SystemClock};
-use stagetime_core::scheduler::TaskStatus;
 use stagetime_core::store::{RunRecord, Store};
 use tracing::debug;
 
@@ -198,20 +197,6 @@ impl Metrics {
     }
 }
 
-fn status_label(s: TaskStatus) -> &'static str {
-    match s {
-        TaskStatus::Succeeded => "succeeded",
-        TaskStatus::Failed => "failed",
-        TaskStatus::TimedOut => "timed_out",
-        TaskStatus::Cancelled => "cancelled",
-        TaskStatus::Skipped => "skipped",
-        TaskStatus::Waiting => "waiting",
-        TaskStatus::Ready => "ready",
-        TaskStatus::Running => "running",
-        TaskStatus::Backoff => "backoff",
-    }
-}
-
 impl EngineListener for Metrics {
     fn committed(&self, before: &RunRecord, after: &RunRecord) {
         self.transitions.inc();
@@ -231,7 +216,7 @@ impl EngineListener for Metrics {
                 timing.and_then(|t| Some((t.first_launch_ms?, t.finished_ms?)))
             {
                 self.task_duration
-                    .get_or_create(&vec![("status", status_label(t.status).to_string())])
+                    .get_or_create(&vec![("status", t.status.as_str().to_string())])
                     .observe(end.saturating_sub(start) as f64 / 1000.0);
             }
         }

@@ -155,11 +155,8 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(1024));
     if let Some(tls) = &config.tls {
-        let bad = |what: &str, e: &dyn std::fmt::Display| {
-            let mut errors = stagetime_core::FieldErrors::default();
-            errors.push("tls", format!("{what}: {e}"));
-            Error::Invalid(errors)
-        };
+        let bad =
+            |what: &str, e: &dyn std::fmt::Display| Error::config("tls", format!("{what}: {e}"));
         let cert = std::fs::read(&tls.cert)
             .map_err(|e| bad(&format!("cannot read {}", tls.cert.display()), &e))?;
         let key = std::fs::read(&tls.key)

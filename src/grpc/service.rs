@@ -93,7 +93,6 @@ impl Api {
     }
 
     async fn submit_spec(&self, spec: RevisionRunSpec) -> Result<(RunId, bool), Error> {
-        refuse_reserved_annotations(&spec)?;
         let runnable_by = self
             .limits
             .runnable_by
@@ -176,8 +175,13 @@ impl RunsService {
 
     async fn do_get(&self, req: v1::GetRequest) -> Result<v1::Run, Status> {
         let id = self.api.run_id("id", &req.id)?;
-        let record = self.api.control.get(&id).await.map_err(|e| status_of(&e))?;
-        run_to_proto(&record).map_err(|e| status_of(&e))
+        let run = self
+            .api
+            .control
+            .view(&id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(run_to_proto(&run))
     }
 
     async fn do_list(&self, req: v1::ListRequest) -> Result<v1::ListResponse, Status> {
@@ -252,26 +256,15 @@ impl RunsService {
 
     async fn do_rerun(&self, req: v1::RerunRequest) -> Result<v1::RerunResponse, Status> {
         let id = self.api.run_id("id", &req.id)?;
-        let record = self.api.control.get(&id).await.map_err(|e| status_of(&e))?;
-        if !record.state.is_finished() {
-            return Err(Status::failed_precondition(format!(
-                "id: run {id} is {}; only a finished run can be rerun",
-                record.state.as_str()
-            )));
-        }
-        if req.expected_version != 0 && req.expected_version != record.version {
-            return Err(Status::aborted(format!(
-                "expected_version: run {id} is at version {}, not {}: it changed (was it rerun already?)",
-                record.version, req.expected_version
-            )));
-        }
-        self.api
+        let expected = (req.expected_version != 0).then_some(req.expected_version);
+        let version = self
+            .api
             .control
-            .rerun(&id)
+            .rerun(&id, expected)
             .await
             .map_err(|e| status_of(&e))?;
         info!(run = %id, "rerun requested");
-        Ok(v1::RerunResponse {})
+        Ok(v1::RerunResponse { version })
     }
 
     async fn do_watch(&self, req: v1::WatchRequest) -> Result<WatchStream, Status> {
@@ -282,6 +275,7 @@ impl RunsService {
         let first = self.api.control.get(&id).await.map_err(|e| status_of(&e))?;
         let state = WatchState {
             store: Arc::clone(&self.api.store),
+            control: self.api.control.clone(),
             id,
             poll: self.watch_poll,
             next: Some(first),
@@ -299,6 +293,7 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::Run, Status>> + Send
 
 struct WatchState {
     store: Arc<dyn Store>,
+    control: RunControl,
     id: RunId,
     poll: Duration,
     next: Option<RunRecord>,
@@ -374,7 +369,11 @@ async fn watch_step(mut s: WatchState) -> Option<(Result<v1::Run, Status>, Watch
         }
         s.last_version = record.version;
         s.done = record.state.is_finished();
-        let item = run_to_proto(&record).map_err(|e| status_of(&e));
+        let item = s
+            .control
+            .view_of(&record)
+            .map(|run| run_to_proto(&run))
+            .map_err(|e| status_of(&e));
         if item.is_err() {
             s.done = true;
         }
@@ -655,27 +654,8 @@ impl legacy::statuses_server::Statuses for StatusService {
     }
 }
 
-/// Run annotations under `stagetime/` are the operator's (e.g.
-/// `stagetime/owner` becomes the PipelineRuns' owner reference, which
-/// Kubernetes garbage-collects with its owner): API clients may not set them.
-fn refuse_reserved_annotations(spec: &RevisionRunSpec) -> Result<(), Error> {
-    let mut errors = FieldErrors::default();
-    for key in spec.annotations.keys() {
-        if key.starts_with(RESERVED_ANNOTATION_PREFIX) {
-            errors.push(
-                format!("annotations[{key:?}]"),
-                format!("keys under {RESERVED_ANNOTATION_PREFIX:?} are reserved for the operator"),
-            );
-        }
-    }
-    errors.into_result(())
-}
-
 /// What the earlier server answered to every CreateRevisionRun.
 const LEGACY_CREATED: &str = "GOOD JOB - REVISIONRUN WAS CREATED";
-
-/// The prefix of run annotations only the operator may set.
-const RESERVED_ANNOTATION_PREFIX: &str = "stagetime/";
 
 /// `ms` since the epoch as RFC 3339 UTC with milliseconds.
 fn rfc3339(ms: u64) -> String {
@@ -738,21 +718,6 @@ mod tests {
         assert!(
             quiet.answer("Get", Ok(())).is_ok(),
             "no metrics: just wraps"
-        );
-    }
-
-    #[test]
-    fn api_clients_may_not_set_the_operators_annotations() {
-        let mut spec = RevisionRunSpec::default();
-        spec.annotations.insert("team".into(), "ci".into());
-        assert!(refuse_reserved_annotations(&spec).is_ok());
-        spec.annotations
-            .insert("stagetime/owner".into(), "v1/ConfigMap/x/uid".into());
-        let err = refuse_reserved_annotations(&spec).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Invalid);
-        assert!(
-            err.to_string().contains("annotations[\"stagetime/owner\"]"),
-            "{err}"
         );
     }
 

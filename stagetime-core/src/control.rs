@@ -12,8 +12,25 @@ use crate::plan::Plan;
 use crate::scheduler::{Event, StageScheduler};
 use crate::spec::RevisionRunSpec;
 use crate::store::{
-    RECORD_FORMAT, RunFilter, RunId, RunRecord, RunState, Store, TaskTiming, WorkItem,
+    Commit, RECORD_FORMAT, RunFilter, RunId, RunRecord, RunState, Store, TaskTiming, WorkItem,
 };
+use crate::view::{PlanCache, RunView};
+
+/// Run annotations under this prefix are stagetime's own (e.g.
+/// `stagetime/owner` becomes the PipelineRuns' owner reference, which
+/// Kubernetes garbage-collects with its owner; the webhook intake records
+/// the forge event under it): only trusted submitters may set them.
+pub const RESERVED_ANNOTATION_PREFIX: &str = "stagetime/";
+
+/// How [`RunControl::submit_with`] treats a submission.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SubmitOptions<'a> {
+    /// Refuse tasks this backend (capabilities, name) cannot run.
+    pub runnable_by: Option<(Capabilities, &'a str)>,
+    /// The submitter is stagetime itself (the operator, the webhook intake)
+    /// and may set annotations under [`RESERVED_ANNOTATION_PREFIX`].
+    pub trusted: bool,
+}
 
 /// The result of [`RunControl::submit`].
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +46,7 @@ pub struct Submitted {
 pub struct RunControl {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    plans: Arc<PlanCache>,
 }
 
 impl std::fmt::Debug for RunControl {
@@ -43,7 +61,32 @@ impl RunControl {
         RunControl {
             store,
             clock: Arc::new(SystemClock),
+            plans: Arc::new(PlanCache::default()),
         }
+    }
+
+    /// Shares `plans` (e.g. an engine's) instead of a cache of its own.
+    pub fn with_plans(mut self, plans: Arc<PlanCache>) -> Self {
+        self.plans = plans;
+        self
+    }
+
+    /// The view of a run, from its record and its cached plan.
+    ///
+    /// # Errors
+    /// As [`Store::load_run`]; [`Error::Corrupt`] when the stored spec does
+    /// not build a plan.
+    pub async fn view(&self, id: &RunId) -> Result<RunView> {
+        let record = self.store.load_run(id).await?;
+        self.plans.view(&record)
+    }
+
+    /// The view of a record just read (a watcher's poll).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the stored spec does not build a plan.
+    pub fn view_of(&self, record: &RunRecord) -> Result<RunView> {
+        self.plans.view(record)
     }
 
     /// Replaces the clock.
@@ -60,6 +103,26 @@ impl RunControl {
         self.store.load_run(id).await
     }
 
+    /// Validates and stores a run from an API client, and queues its start:
+    /// [`RunControl::submit_with`] for an untrusted submitter.
+    ///
+    /// # Errors
+    /// As [`RunControl::submit_with`].
+    pub async fn submit(
+        &self,
+        spec: RevisionRunSpec,
+        backend: Option<(Capabilities, &str)>,
+    ) -> Result<Submitted> {
+        self.submit_with(
+            spec,
+            SubmitOptions {
+                runnable_by: backend,
+                trusted: false,
+            },
+        )
+        .await
+    }
+
     /// Validates and stores a run, and queues its start.
     ///
     /// Idempotent: the id is `spec.id` or derived from repo, commit and
@@ -70,16 +133,20 @@ impl RunControl {
     /// stopped half-way).
     ///
     /// # Errors
-    /// [`Error::Invalid`] with every problem of the spec (nothing is stored),
-    /// including tasks the backend cannot run; [`Error::AlreadyExists`] when
-    /// a run with this id exists with a different document; store errors.
-    /// `backend` (capabilities and name), when given, rejects tasks that
-    /// backend cannot run.
-    pub async fn submit(
+    /// [`Error::Invalid`] with every problem of the spec (nothing is stored):
+    /// annotations under [`RESERVED_ANNOTATION_PREFIX`] from an untrusted
+    /// submitter, and tasks `options.runnable_by` cannot run, included;
+    /// [`Error::AlreadyExists`] when a run with this id exists with a
+    /// different document; store errors.
+    pub async fn submit_with(
         &self,
         spec: RevisionRunSpec,
-        backend: Option<(Capabilities, &str)>,
+        options: SubmitOptions<'_>,
     ) -> Result<Submitted> {
+        if !options.trusted {
+            refuse_reserved_annotations(&spec)?;
+        }
+        let backend = options.runnable_by;
         let id = match &spec.id {
             Some(id) => RunId::new(id.clone())?,
             None => RunId::derive(&spec),
@@ -105,11 +172,13 @@ impl RunControl {
             outbox: Vec::new(),
         };
         let spec = record.spec.clone();
+        let stored = record.clone();
         let created = self
             .store
             .create_run(record, vec![WorkItem::event(id.clone(), Event::Start)])
             .await?;
         if created.created {
+            self.plans.insert(&stored, Arc::clone(&plan));
             info!(run = %id, tasks = plan.len(), "run submitted");
         } else if created.record.spec != spec {
             // Same id, other content: returning the old run would silently
@@ -184,28 +253,78 @@ impl RunControl {
             .await
     }
 
-    /// Asks for a finished run to be run again, keeping its succeeded tasks.
+    /// Asks for a finished run to be run again, keeping its succeeded tasks;
+    /// returns the run's version after the request was recorded (a watcher
+    /// waits for a newer one).
+    ///
+    /// A compare-and-set: the request is recorded with the run's version
+    /// bumped, only if the stored version is still the one read (and, when
+    /// given, `expected_version`) — of two concurrent reruns of one version,
+    /// exactly one is accepted, so a repeated request never runs a run a
+    /// third time.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown run; [`Error::Invalid`] naming `id`
-    /// when the run has not finished; store errors.
-    pub async fn rerun(&self, id: &RunId) -> Result<()> {
+    /// when the run has not finished; [`Error::Conflict`] naming
+    /// `expected_version` when the run is at another version (it changed,
+    /// or was rerun already); store errors.
+    pub async fn rerun(&self, id: &RunId, expected_version: Option<u64>) -> Result<u64> {
         let record = self.store.load_run(id).await?;
-        if !record.state.is_finished() {
-            let mut e = crate::FieldErrors::default();
-            e.push(
-                "id",
-                format!(
-                    "run {id} is {}; only a finished run can be rerun",
-                    record.state.as_str()
+        if let Some(expected) = expected_version
+            && expected != record.version
+        {
+            return Err(Error::Conflict {
+                what: format!("run {id}"),
+                detail: format!(
+                    "expected_version: the run is at version {}, not {expected}: it changed (was it rerun already?)",
+                    record.version
                 ),
-            );
-            return Err(Error::Invalid(e));
+            });
         }
+        if !record.state.is_finished() {
+            return Err(not_finished(id, record.state));
+        }
+        let mut next = record.clone();
+        next.version = record.version + 1;
+        next.updated_ms = self.clock.now_ms().max(record.updated_ms);
+        let version = next.version;
         self.store
-            .enqueue(vec![WorkItem::event(id.clone(), Event::RerunRequested)])
-            .await
+            .commit(Commit {
+                record: next,
+                expected_version: record.version,
+                enqueue: vec![WorkItem::event(id.clone(), Event::RerunRequested)],
+                ack: Vec::new(),
+            })
+            .await?;
+        Ok(version)
     }
+}
+
+/// The one rule for what only a finished run may do.
+fn not_finished(id: &RunId, state: RunState) -> Error {
+    let mut e = crate::FieldErrors::default();
+    e.push(
+        "id",
+        format!(
+            "run {id} is {}; only a finished run can be rerun",
+            state.as_str()
+        ),
+    );
+    Error::Invalid(e)
+}
+
+/// API clients may not set stagetime's own annotations.
+fn refuse_reserved_annotations(spec: &RevisionRunSpec) -> Result<()> {
+    let mut errors = crate::FieldErrors::default();
+    for key in spec.annotations.keys() {
+        if key.starts_with(RESERVED_ANNOTATION_PREFIX) {
+            errors.push(
+                format!("annotations[{key:?}]"),
+                format!("keys under {RESERVED_ANNOTATION_PREFIX:?} are reserved for stagetime"),
+            );
+        }
+    }
+    errors.into_result(())
 }
 
 /// The scheduler's jitter seed for a run, stable across engines.
@@ -213,4 +332,101 @@ fn seed_of(id: &RunId) -> u64 {
     id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryStore;
+    use crate::scheduler::SchedulerState;
+
+    fn spec(annotation: &str) -> RevisionRunSpec {
+        serde_json::from_value(serde_json::json!({
+            "repo": "app", "commit": "abc",
+            "annotations": {annotation: "x"},
+            "tasks": [{"name": "a", "command": "true"}],
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_trusted_submitters_may_set_stagetimes_annotations() {
+        let store = Arc::new(MemoryStore::new());
+        let control = RunControl::new(store.clone());
+        let err = control
+            .submit(spec("stagetime/owner"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Invalid);
+        assert!(
+            err.to_string().contains("annotations[\"stagetime/owner\"]"),
+            "{err}"
+        );
+        let listed = store.list_runs(&RunFilter::default()).await.unwrap();
+        assert!(listed.runs.is_empty(), "nothing is stored");
+
+        control.submit(spec("team"), None).await.unwrap();
+        let trusted = SubmitOptions {
+            trusted: true,
+            ..SubmitOptions::default()
+        };
+        let s = control
+            .submit_with(spec("stagetime/owner"), trusted)
+            .await
+            .unwrap();
+        assert!(s.created);
+    }
+
+    /// Finishes a stored run by hand (no engine needed for the rule).
+    async fn finish(store: &MemoryStore, id: &RunId) -> u64 {
+        let record = store.load_run(id).await.unwrap();
+        let mut done = record.clone();
+        let mut state: serde_json::Value = serde_json::to_value(&record.scheduler).unwrap();
+        state["phase"] = "done".into();
+        state["outcome"] = "succeeded".into();
+        done.scheduler = serde_json::from_value::<SchedulerState>(state).unwrap();
+        done.state = RunState::Succeeded;
+        done.version += 1;
+        store
+            .commit(Commit {
+                record: done,
+                expected_version: record.version,
+                enqueue: vec![],
+                ack: vec![],
+            })
+            .await
+            .unwrap();
+        record.version + 1
+    }
+
+    #[tokio::test]
+    async fn rerun_is_a_compare_and_set_on_the_version() {
+        let store = Arc::new(MemoryStore::new());
+        let control = RunControl::new(store.clone());
+        let id = control.submit(spec("team"), None).await.unwrap().id;
+        let err = control.rerun(&id, None).await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Invalid, "not finished: {err}");
+        assert!(
+            err.to_string().contains("only a finished run can be rerun"),
+            "{err}"
+        );
+
+        let version = finish(&store, &id).await;
+        let (a, b) = tokio::join!(
+            control.rerun(&id, Some(version)),
+            control.rerun(&id, Some(version))
+        );
+        let accepted = [&a, &b].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(
+            accepted, 1,
+            "exactly one of two concurrent reruns: {a:?} {b:?}"
+        );
+        let refused = if a.is_err() { a } else { b }.unwrap_err();
+        assert_eq!(refused.kind(), crate::ErrorKind::Conflict, "{refused}");
+        assert!(
+            refused.to_string().contains("expected_version"),
+            "{refused}"
+        );
+        assert_eq!(store.load_run(&id).await.unwrap().version, version + 1);
+    }
 }

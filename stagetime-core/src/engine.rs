@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -29,6 +29,7 @@ use crate::store::{
     ClaimToken, Claimed, Commit, RunFilter, RunId, RunRecord, RunState, Store, TaskTiming, Work,
     WorkItem,
 };
+use crate::view::PlanCache;
 
 /// A source of wall-clock time (ms since the epoch). The scheduler reads no
 /// clock; the engine stamps times and computes timer due dates with this.
@@ -158,7 +159,7 @@ pub struct Engine {
     backend: Arc<dyn Backend>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
-    plans: Mutex<HashMap<RunId, Arc<Plan>>>,
+    plans: Arc<PlanCache>,
     updates: broadcast::Sender<Arc<RunRecord>>,
     listener: Arc<dyn EngineListener>,
 }
@@ -180,7 +181,7 @@ impl Engine {
             backend,
             clock: Arc::new(SystemClock),
             config: EngineConfig::default(),
-            plans: Mutex::new(HashMap::new()),
+            plans: Arc::new(PlanCache::default()),
             updates: broadcast::channel(1024).0,
             listener: Arc::new(NoListener),
         }
@@ -245,12 +246,14 @@ impl Engine {
     /// # Errors
     /// As [`RunControl::rerun`].
     pub async fn rerun(&self, id: &RunId) -> Result<()> {
-        self.control().rerun(id).await
+        self.control().rerun(id, None).await.map(|_| ())
     }
 
     /// Submission and control of runs through this engine's store and clock.
     pub fn control(&self) -> RunControl {
-        RunControl::new(Arc::clone(&self.store)).with_clock(Arc::clone(&self.clock))
+        RunControl::new(Arc::clone(&self.store))
+            .with_clock(Arc::clone(&self.clock))
+            .with_plans(Arc::clone(&self.plans))
     }
 
     /// Runs the engine until `shutdown` resolves: claims and applies work,
@@ -365,38 +368,9 @@ impl Engine {
         futures::future::join_all(runs).await;
     }
 
-    async fn load_plan(&self, record: &RunRecord) -> Result<Arc<Plan>> {
-        if let Some(p) = self
-            .plans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&record.id)
-        {
-            return Ok(Arc::clone(p));
-        }
-        let plan = Arc::new(Plan::build(record.spec.clone()).map_err(|e| {
-            Error::corrupt(
-                format!("run {}", record.id),
-                format!("stored spec is invalid: {e}"),
-            )
-        })?);
-        self.remember_plan(&record.id, Arc::clone(&plan));
-        Ok(plan)
-    }
-
-    fn remember_plan(&self, id: &RunId, plan: Arc<Plan>) {
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if plans.len() >= 4096 {
-            plans.clear();
-        }
-        plans.insert(id.clone(), plan);
-    }
-
-    fn forget_plan(&self, id: &RunId) {
-        self.plans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+    /// The plans of the runs this engine drives, built once per run.
+    pub fn plans(&self) -> &PlanCache {
+        &self.plans
     }
 
     /// Applies `items` to run `id` and carries out what they cause.
@@ -414,7 +388,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        let plan = match self.load_plan(&record).await {
+        let plan = match self.plans.plan(&record) {
             Ok(p) => p,
             Err(e) => {
                 error!(run = %id, error = %e, "skipping work of an unreadable run");
@@ -472,7 +446,7 @@ impl Engine {
                     applied.append(&mut events);
                     if next.state.is_finished() && !record.state.is_finished() {
                         info!(run = %id, state = next.state.as_str(), "run finished");
-                        self.forget_plan(id);
+                        self.plans.forget(id);
                     }
                     self.listener.committed(&record, &next);
                     record = next;

@@ -66,6 +66,7 @@ impl fmt::Display for FieldErrors {
 
 /// How an error should be treated by whoever receives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// The input is wrong; retrying will not help.
     Invalid,
@@ -81,15 +82,26 @@ pub enum ErrorKind {
     Corrupt,
     /// Refused for lack of permission.
     Forbidden,
-    /// Anything else that is permanent.
+    /// A bug or an unexpected state of ours (see [`Error::Internal`]);
+    /// permanent.
     Other,
 }
 
+/// The cause of an error, kept for [`std::error::Error::source`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// The error type of stagetime-core and of the `Store`/`Backend` traits.
 ///
-/// Adapters build these where their errors are born, so that the engine can
-/// decide by [`Error::kind`] whether to retry, skip or give up.
+/// One enum serves the core and every adapter (stagetime-redis,
+/// stagetime-kube) because the engine must classify errors of any store or
+/// backend the same way: adapters build these where their errors are born,
+/// so that the engine can decide by [`Error::kind`] whether to retry, skip
+/// or give up, and keep the adapter's error as the [`source`] where there
+/// is one. Match on [`Error::kind`] rather than on variants: more may come.
+///
+/// [`source`]: std::error::Error::source
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A document could not be read (syntax, unknown key, wrong type).
     #[error("cannot read {what}: {message}")]
@@ -132,6 +144,25 @@ pub enum Error {
         service: String,
         /// What happened.
         message: String,
+        /// The adapter's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// A setting (a URL, a token, a certificate path) is wrong; nothing was
+    /// attempted.
+    #[error("invalid setting {setting}: {message}")]
+    Config {
+        /// The setting, as its flag or field is called (`redis_url`, `server`).
+        setting: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A bug or an unexpected state of ours (e.g. a panic caught while
+    /// processing a run); not the caller's fault, not worth retrying.
+    #[error("internal error: {message}")]
+    Internal {
+        /// What happened.
+        message: String,
     },
     /// Stored data is malformed or of a foreign version.
     #[error("corrupt record {what}: {message}")]
@@ -140,6 +171,9 @@ pub enum Error {
         what: String,
         /// What is wrong with it.
         message: String,
+        /// The decoder's or validator's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
     /// Permission denied.
     #[error("forbidden: {message}")]
@@ -168,9 +202,11 @@ impl Error {
     /// Classifies the error for retry decisions.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Parse { .. } | Error::Invalid(_) | Error::Unsupported { .. } => {
-                ErrorKind::Invalid
-            }
+            Error::Parse { .. }
+            | Error::Invalid(_)
+            | Error::Unsupported { .. }
+            | Error::Config { .. } => ErrorKind::Invalid,
+            Error::Internal { .. } => ErrorKind::Other,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::Conflict { .. } => ErrorKind::Conflict,
@@ -204,18 +240,64 @@ impl Error {
         Error::NotFound { what: what.into() }
     }
 
-    /// Shorthand for [`Error::Unavailable`].
+    /// Shorthand for [`Error::Unavailable`] without a cause.
     pub fn unavailable(service: impl Into<String>, message: impl fmt::Display) -> Self {
         Error::Unavailable {
             service: service.into(),
             message: message.to_string(),
+            source: None,
         }
     }
 
-    /// Shorthand for [`Error::Corrupt`].
+    /// [`Error::Unavailable`] keeping `source` as the cause; the message
+    /// says what was being done (the cause's text follows in a report).
+    pub fn unavailable_from(
+        service: impl Into<String>,
+        message: impl fmt::Display,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        let source = source.into();
+        Error::Unavailable {
+            service: service.into(),
+            message: format!("{message}: {source}"),
+            source: Some(source),
+        }
+    }
+
+    /// Shorthand for [`Error::Corrupt`] without a cause.
     pub fn corrupt(what: impl Into<String>, message: impl fmt::Display) -> Self {
         Error::Corrupt {
             what: what.into(),
+            message: message.to_string(),
+            source: None,
+        }
+    }
+
+    /// [`Error::Corrupt`] keeping `source` as the cause.
+    pub fn corrupt_from(
+        what: impl Into<String>,
+        message: impl fmt::Display,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        let source = source.into();
+        Error::Corrupt {
+            what: what.into(),
+            message: format!("{message}: {source}"),
+            source: Some(source),
+        }
+    }
+
+    /// Shorthand for [`Error::Config`].
+    pub fn config(setting: impl Into<String>, message: impl fmt::Display) -> Self {
+        Error::Config {
+            setting: setting.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Shorthand for [`Error::Internal`].
+    pub fn internal(message: impl fmt::Display) -> Self {
+        Error::Internal {
             message: message.to_string(),
         }
     }

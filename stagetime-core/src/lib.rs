@@ -15,6 +15,7 @@ pub mod spec;
 pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testkit;
+pub mod view;
 
 pub use backend::{Backend, LaunchKey, LaunchRequest, Observation};
 pub use error::{Error, ErrorKind, FieldError, FieldErrors, Result};
@@ -22,3 +23,4 @@ pub use plan::Plan;
 pub use scheduler::{AttemptOutcome, Command, Event, RunOutcome, StageScheduler};
 pub use spec::{RevisionRunSpec, TaskSpec};
 pub use store::{RunId, RunRecord, RunState, Store};
+pub use view::{PlanCache, RunView, StageView, TaskView};

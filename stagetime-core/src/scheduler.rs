@@ -181,7 +181,8 @@ pub enum RunOutcome {
     Cancelled,
 }
 
-/// Where a task is.
+/// Where a task is. Its one text form is [`TaskStatus::as_str`] (also
+/// its `Display`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
@@ -206,6 +207,41 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [TaskStatus; 9] = [
+        TaskStatus::Waiting,
+        TaskStatus::Ready,
+        TaskStatus::Running,
+        TaskStatus::Backoff,
+        TaskStatus::Succeeded,
+        TaskStatus::Failed,
+        TaskStatus::TimedOut,
+        TaskStatus::Cancelled,
+        TaskStatus::Skipped,
+    ];
+
+    /// The one name of a status, as serde writes it (`timed_out`, ...):
+    /// what the CLI, the operator's status, metrics labels and the web page
+    /// show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Waiting => "waiting",
+            TaskStatus::Ready => "ready",
+            TaskStatus::Running => "running",
+            TaskStatus::Backoff => "backoff",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::TimedOut => "timed_out",
+            TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Skipped => "skipped",
+        }
+    }
+
+    /// Parses [`TaskStatus::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
     /// True when the task will not change any more (until a rerun).
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -818,5 +854,11 @@ impl StageScheduler {
                 _ => return,
             }
         }
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

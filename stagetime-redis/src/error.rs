@@ -1,7 +1,7 @@
 //! Classification of Redis errors into stagetime errors, where they are born.
 
 use redis::{ErrorKind as RK, RedisError, ServerErrorKind as SK};
-use stagetime_core::{Error, FieldErrors};
+use stagetime_core::Error;
 
 /// Turns a Redis error met while working on `what` (e.g. `run abc`) into an
 /// [`Error`] the engine can act on:
@@ -12,16 +12,12 @@ use stagetime_core::{Error, FieldErrors};
 /// - `WRONGTYPE` (a key of ours holds something else) and unreadable replies
 ///   → [`Error::Corrupt`] for `what` only;
 /// - refused authentication or permission → [`Error::Forbidden`];
-/// - a malformed URL or client setting → [`Error::Invalid`].
+/// - a malformed URL or client setting → [`Error::Config`].
 pub fn classify(e: RedisError, what: &str) -> Error {
     let code = e.code().unwrap_or("");
     let text = e.to_string();
     match e.kind() {
-        RK::InvalidClientConfig => {
-            let mut errors = FieldErrors::default();
-            errors.push("redis_url", e.to_string());
-            Error::Invalid(errors)
-        }
+        RK::InvalidClientConfig => Error::config("redis_url", &e),
         RK::AuthenticationFailed | RK::Server(SK::NoPerm) => Error::Forbidden {
             message: format!("redis refused access ({what}): {e}"),
         },

@@ -20,4 +20,4 @@ pub use merge::{
     parse_overrides, run_id_for,
 };
 pub use reconcile::{FINALIZER, Operator, OperatorConfig, OperatorMetrics, reconcile};
-pub use status::{error_status, status_from_record};
+pub use status::{error_status, status_from_view};

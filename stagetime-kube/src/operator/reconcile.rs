@@ -30,12 +30,13 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use stagetime_core::control::{RunControl, Submitted};
-use stagetime_core::{Error, ErrorKind, RunId, RunRecord, Store};
+use stagetime_core::control::{RunControl, SubmitOptions, Submitted};
+use stagetime_core::view::RunView;
+use stagetime_core::{Error, ErrorKind, RunId, Store};
 use tracing::{info, warn};
 
 use super::merge::{RunIdentity, build_run_spec, missing_templates};
-use super::status::{error_status, phase, reason, status_from_record};
+use super::status::{error_status, phase, reason, status_from_view};
 use crate::crd::{PipelineRunTemplate, Repo, RevisionRun, RevisionRunStatus};
 use crate::error::classify_resource;
 
@@ -288,8 +289,8 @@ impl Operator {
         let previous = rr.status.as_ref();
         if previous.and_then(|s| s.run_id.as_deref()) == Some(id.run_id.as_str()) {
             // This generation was submitted: follow the run.
-            match self.control.get(&RunId::new(id.run_id.clone())?).await {
-                Ok(record) => return self.follow(&rr, &id, &record).await,
+            match self.control.view(&RunId::new(id.run_id.clone())?).await {
+                Ok(run) => return self.follow(&rr, &id, &run).await,
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     let finished = previous.and_then(|s| s.phase.as_deref()).is_some_and(|p| {
                         [phase::SUCCEEDED, phase::FAILED, phase::CANCELLED].contains(&p)
@@ -379,7 +380,11 @@ impl Operator {
             }
         }
         let run_id = RunId::new(id.run_id.clone())?;
-        let submitted = match self.control.submit(spec, None).await {
+        let trusted = SubmitOptions {
+            trusted: true,
+            ..SubmitOptions::default()
+        };
+        let submitted = match self.control.submit_with(spec, trusted).await {
             Ok(s) => s,
             Err(Error::Invalid(errors)) => {
                 let msg = errors.to_string().replace('\n', "; ");
@@ -402,19 +407,19 @@ impl Operator {
             info!(revisionrun = %key, run = %submitted.id, "run submitted");
         }
         self.metrics.count("submitted");
-        let record = self.control.get(&submitted.id).await?;
-        self.follow(&rr, &id, &record).await
+        let run = self.control.view(&submitted.id).await?;
+        self.follow(&rr, &id, &run).await
     }
 
-    /// Writes the status of `record` (when it changed) and requeues while the run is active.
+    /// Writes the status of `run` (when it changed) and requeues while the run is active.
     async fn follow(
         &self,
         rr: &RevisionRun,
         id: &RunIdentity,
-        record: &RunRecord,
+        run: &RunView,
     ) -> Result<Action, Error> {
         let key = format!("{}/{}", id.namespace, id.name);
-        let status = status_from_record(record, rr.metadata.generation, rr.status.as_ref(), &now());
+        let status = status_from_view(run, rr.metadata.generation, rr.status.as_ref(), &now());
         if rr.status.as_ref() != Some(&status) {
             self.write_status(rr, &status).await?;
             self.metrics.count("updated");
@@ -422,7 +427,7 @@ impl Operator {
             self.metrics.count("unchanged");
         }
         self.succeeded(&key);
-        Ok(if record.state.is_finished() {
+        Ok(if run.state.is_finished() {
             // Rarely: a rerun through the API revives a finished run.
             Action::requeue(self.config.poll_interval * FINISHED_POLL_FACTOR)
         } else {

@@ -1,8 +1,9 @@
 //! A RevisionRun's `status`, computed from its run's record — pure.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use stagetime_core::RunState;
 use stagetime_core::scheduler::TaskStatus;
-use stagetime_core::{RunRecord, RunState};
+use stagetime_core::view::{RunView, StagePhase, StageView};
 
 use crate::crd::{RevisionRunStatus, StageSummary, TaskSummary};
 
@@ -88,116 +89,72 @@ pub fn condition<'a>(status: &'a RevisionRunStatus, type_: &str) -> Option<&'a C
     status.conditions.iter().find(|c| c.type_ == type_)
 }
 
-fn task_status_name(s: TaskStatus) -> &'static str {
-    match s {
-        TaskStatus::Waiting => "waiting",
-        TaskStatus::Ready => "ready",
-        TaskStatus::Running => "running",
-        TaskStatus::Backoff => "backoff",
-        TaskStatus::Succeeded => "succeeded",
-        TaskStatus::Failed => "failed",
-        TaskStatus::TimedOut => "timed_out",
-        TaskStatus::Cancelled => "cancelled",
-        TaskStatus::Skipped => "skipped",
+/// The CRD's word for a stage phase (capitalised, as Tekton writes reasons).
+fn stage_phase_name(p: StagePhase) -> &'static str {
+    match p {
+        StagePhase::Pending => phase::PENDING,
+        StagePhase::Running => phase::RUNNING,
+        StagePhase::Succeeded => phase::SUCCEEDED,
+        StagePhase::Failed => phase::FAILED,
+        StagePhase::Cancelled => phase::CANCELLED,
+        StagePhase::Skipped => "Skipped",
     }
 }
 
-/// Status of a RevisionRun whose run is `record`: phase, stage, per-stage
+/// `0`, `1`, ... or `finally`.
+fn stage_label(stage: &StageView) -> String {
+    stage
+        .number
+        .map_or_else(|| "finally".to_string(), |n| n.to_string())
+}
+
+/// Status of a RevisionRun whose run is `run`: phase, stage, per-stage
 /// and per-task summaries (with PipelineRun names), `observedGeneration`,
 /// and the `Ready` (True, `Submitted`) and `Succeeded` conditions. `previous`
 /// is the status as read (its conditions keep their transition times).
-pub fn status_from_record(
-    record: &RunRecord,
+pub fn status_from_view(
+    run: &RunView,
     generation: Option<i64>,
     previous: Option<&RevisionRunStatus>,
     now: &Time,
 ) -> RevisionRunStatus {
-    let spec = &record.spec;
-    let states = record.scheduler.tasks();
-    // Plan order: main tasks, then finally tasks (as RunRecord keeps them).
-    let stage_of: Vec<Option<u32>> = spec
-        .tasks
+    let stages: Vec<StageSummary> = run
+        .stages
         .iter()
-        .map(|t| Some(t.stage.and_then(|s| s.whole()).unwrap_or(0)))
-        .chain(spec.finally.iter().map(|_| None))
+        .map(|s| StageSummary {
+            stage: stage_label(s),
+            phase: stage_phase_name(s.phase).to_string(),
+            tasks: s.total,
+            succeeded: s.succeeded,
+            failed: s.failed,
+            running: s.running,
+        })
         .collect();
-    let names = spec
-        .tasks
+    // Stage order, `finally` last; plan order within a stage.
+    let tasks: Vec<TaskSummary> = run
+        .stages
         .iter()
-        .chain(spec.finally.iter())
-        .map(|t| t.name.clone());
-    let mut tasks: Vec<(Option<u32>, usize, TaskSummary)> = Vec::with_capacity(states.len());
-    for (i, (name, stage)) in names.zip(stage_of.iter().copied()).enumerate() {
-        let Some(st) = states.get(i) else { break };
-        let handle = record.timings.get(i).and_then(|t| t.handle.clone());
-        tasks.push((
-            stage,
-            i,
-            TaskSummary {
-                id: name,
-                stage: stage.map_or_else(|| "finally".to_string(), |s| s.to_string()),
-                status: task_status_name(st.status).to_string(),
-                attempt: st.attempt,
-                pipeline_run: handle,
-                message: st.message.clone(),
-            },
-        ));
-    }
-    // Stage order, `finally` last; document order within a stage.
-    tasks.sort_by_key(|(stage, i, _)| (stage.is_none(), *stage, *i));
+        .flat_map(|s| run.tasks_of(s).map(move |t| (s, t)))
+        .map(|(s, t)| TaskSummary {
+            id: t.name.clone(),
+            stage: stage_label(s),
+            status: t.status.as_str().to_string(),
+            attempt: t.attempt,
+            pipeline_run: t.handle.clone(),
+            message: t.message.clone(),
+        })
+        .collect();
+    let current = run.current_stage().map(stage_label);
+    let last_ran = run.last_started_stage().map(stage_label);
 
-    let mut stages: Vec<StageSummary> = Vec::new();
-    let mut current: Option<String> = None;
-    let mut last_ran: Option<String> = None;
-    for (stage, i, t) in &tasks {
-        let label = stage.map_or_else(|| "finally".to_string(), |s| s.to_string());
-        if stages.last().is_none_or(|s| s.stage != label) {
-            stages.push(StageSummary {
-                stage: label.clone(),
-                ..StageSummary::default()
-            });
-        }
-        let s = stages.last_mut().expect("pushed above");
-        s.tasks += 1;
-        let status = states[*i].status;
-        match status {
-            TaskStatus::Succeeded => s.succeeded += 1,
-            TaskStatus::Failed | TaskStatus::TimedOut => s.failed += 1,
-            TaskStatus::Running | TaskStatus::Backoff => s.running += 1,
-            _ => {}
-        }
-        if !status.is_terminal() && current.is_none() && t.attempt > 0 {
-            current = Some(label.clone());
-        }
-        if t.attempt > 0 {
-            last_ran = Some(label.clone());
-        }
-    }
-    for s in &mut stages {
-        let in_stage: Vec<(TaskStatus, bool)> = tasks
-            .iter()
-            .filter(|(_, _, t)| t.stage == s.stage)
-            .map(|(_, i, _)| {
-                let can_fail = spec
-                    .tasks
-                    .iter()
-                    .chain(spec.finally.iter())
-                    .nth(*i)
-                    .is_some_and(|t| t.can_fail);
-                (states[*i].status, can_fail)
-            })
-            .collect();
-        s.phase = stage_phase(&in_stage).to_string();
-    }
-
-    let (phase, succeeded, why) = match record.state {
+    let (phase, succeeded, why) = match run.state {
         RunState::Queued => (phase::PENDING, "Unknown", reason::QUEUED),
         RunState::Running => (phase::RUNNING, "Unknown", reason::RUNNING),
         RunState::Succeeded => (phase::SUCCEEDED, "True", reason::SUCCEEDED),
         RunState::Failed => (phase::FAILED, "False", reason::FAILED),
         RunState::Cancelled => (phase::CANCELLED, "False", reason::CANCELLED),
     };
-    let message = match record.state {
+    let message = match run.state {
         RunState::Queued => "waiting for a worker to start the run".to_string(),
         RunState::Running => format!(
             "stage {} running",
@@ -205,10 +162,11 @@ pub fn status_from_record(
         ),
         RunState::Succeeded => "every task succeeded or was allowed to fail".to_string(),
         RunState::Failed => {
-            let failed: Vec<&str> = tasks
+            let failed: Vec<&str> = run
+                .tasks
                 .iter()
-                .filter(|(_, _, t)| t.status == "failed" || t.status == "timed_out")
-                .map(|(_, _, t)| t.id.as_str())
+                .filter(|t| matches!(t.status, TaskStatus::Failed | TaskStatus::TimedOut))
+                .map(|t| t.name.as_str())
                 .collect();
             if failed.is_empty() {
                 "the run failed".to_string()
@@ -224,7 +182,7 @@ pub fn status_from_record(
         CONDITION_READY,
         "True",
         reason::SUBMITTED,
-        format!("submitted as run {}", record.id),
+        format!("submitted as run {}", run.id),
         generation,
         now,
     );
@@ -239,42 +197,17 @@ pub fn status_from_record(
     );
     RevisionRunStatus {
         phase: Some(phase.to_string()),
-        stage: if record.state.is_finished() {
+        stage: if run.state.is_finished() {
             last_ran
         } else {
             current.or(last_ran)
         },
-        run_id: Some(record.id.to_string()),
-        revision: Some(spec.commit.clone()),
+        run_id: Some(run.id.to_string()),
+        revision: Some(run.commit.clone()),
         observed_generation: generation,
         stages,
-        tasks: tasks.into_iter().map(|(_, _, t)| t).collect(),
+        tasks,
         conditions,
-    }
-}
-
-fn stage_phase(tasks: &[(TaskStatus, bool)]) -> &'static str {
-    use TaskStatus as S;
-    if tasks.iter().any(|(s, _)| !s.is_terminal()) {
-        if tasks
-            .iter()
-            .any(|(s, _)| matches!(s, S::Running | S::Backoff) || s.is_terminal())
-        {
-            phase::RUNNING
-        } else {
-            phase::PENDING
-        }
-    } else if tasks.iter().all(|(s, _)| *s == S::Skipped) {
-        "Skipped"
-    } else if tasks
-        .iter()
-        .any(|(s, can_fail)| matches!(s, S::Failed | S::TimedOut) && !can_fail)
-    {
-        phase::FAILED
-    } else if tasks.iter().any(|(s, _)| *s == S::Cancelled) {
-        phase::CANCELLED
-    } else {
-        phase::SUCCEEDED
     }
 }
 
@@ -315,10 +248,10 @@ pub fn error_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stagetime_core::RevisionRunSpec;
     use stagetime_core::plan::Plan;
     use stagetime_core::scheduler::{AttemptOutcome, Command, Event, StageScheduler};
     use stagetime_core::store::{RECORD_FORMAT, TaskTiming};
+    use stagetime_core::{RevisionRunSpec, RunRecord};
     use std::sync::Arc;
 
     fn record(drive: impl FnOnce(&mut StageScheduler, &mut Vec<Command>)) -> RunRecord {
@@ -367,6 +300,10 @@ finally:
         })
     }
 
+    fn view(r: &RunRecord) -> RunView {
+        stagetime_core::PlanCache::default().view(r).expect("view")
+    }
+
     fn t0() -> Time {
         Time(Timestamp::UNIX_EPOCH)
     }
@@ -376,7 +313,7 @@ finally:
     #[test]
     fn a_running_run_shows_its_stage_tasks_and_conditions() {
         let r = record(|_, _| {});
-        let st = status_from_record(&r, Some(3), None, &t0());
+        let st = status_from_view(&view(&r), Some(3), None, &t0());
         assert_eq!(st.phase.as_deref(), Some("Running"));
         assert_eq!(st.stage.as_deref(), Some("0"));
         assert_eq!(st.run_id.as_deref(), Some("demo-1"));
@@ -426,9 +363,9 @@ finally:
             finish(s, "notify", AttemptOutcome::Succeeded);
         });
         assert_eq!(r.state, RunState::Succeeded, "{:#?}", r.scheduler);
-        let before = status_from_record(&record(|_, _| {}), Some(1), None, &t0());
+        let before = status_from_view(&view(&record(|_, _| {})), Some(1), None, &t0());
         let later = Time(Timestamp::from_second(1_700_000_000).expect("ts"));
-        let st = status_from_record(&r, Some(1), Some(&before), &later);
+        let st = status_from_view(&view(&r), Some(1), Some(&before), &later);
         assert_eq!(st.phase.as_deref(), Some("Succeeded"));
         assert_eq!(st.stage.as_deref(), Some("finally"));
         let phases: Vec<&str> = st.stages.iter().map(|s| s.phase.as_str()).collect();
@@ -458,7 +395,7 @@ finally:
             finish(s, "notify", AttemptOutcome::Succeeded);
         });
         assert_eq!(r.state, RunState::Failed);
-        let st = status_from_record(&r, Some(1), None, &t0());
+        let st = status_from_view(&view(&r), Some(1), None, &t0());
         assert_eq!(st.phase.as_deref(), Some("Failed"));
         assert_eq!(st.stages[0].phase, "Failed");
         assert_eq!(st.stages[1].phase, "Skipped");
