@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
     tonic_prost_build::configure()
+        .codec_path("crate::grpc::codec::StrictCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(compiler.file_descriptor_set())?;

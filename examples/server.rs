@@ -88,7 +88,12 @@ async fn run(args: Args) -> Result<(), Failure> {
             let Some(store) = shutdown.unless(RedisStore::connect(config)).await else {
                 return Ok(());
             };
-            Arc::new(store.map_err(|e| Failure::unavailable(format!("cannot use Redis: {e}")))?)
+            let store =
+                store.map_err(|e| Failure::unavailable(format!("cannot use Redis: {e}")))?;
+            if let Ok(Some(warning)) = store.persistence_warning().await {
+                tracing::warn!("{warning}");
+            }
+            Arc::new(store)
         }
         _ => {
             info!("keeping runs in memory (--memory): no worker can see them");

@@ -91,7 +91,11 @@ async fn run(args: Args) -> Result<(), Failure> {
     let Some(store) = shutdown.unless(RedisStore::connect(config)).await else {
         return Ok(());
     };
-    let store: Arc<dyn Store> = Arc::new(store?);
+    let store = store?;
+    if let Ok(Some(warning)) = store.persistence_warning().await {
+        tracing::warn!("{warning}");
+    }
+    let store: Arc<dyn Store> = Arc::new(store);
     let backend = args
         .backend
         .open(

@@ -810,8 +810,47 @@ async fn bad_input_on_every_rpc_is_refused_naming_the_field_and_stores_nothing()
         )
         .await
         .unwrap_err();
-    assert_ne!(e.code(), Code::Ok);
-    assert!(e.message().contains("document"), "{e:?}");
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "the client's mistake: {e:?}"
+    );
+    assert!(e.message().contains("not UTF-8"), "{e:?}");
+
+    // 5,000 bad task names: the trailer stays small, the problems travel
+    // (bounded) as BadRequest details, and the count is told.
+    let mut bad = String::from("repo: r\ncommit: c\ntasks:\n");
+    for i in 0..5000 {
+        bad.push_str(&format!("  - {{name: Bad_{i}, command: 'true'}}\n"));
+    }
+    std::fs::write(d.join("bad-names.yaml"), &bad).unwrap();
+    let out = cli(d, &api, &["submit", "bad-names.yaml"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let printed = text(&out);
+    assert!(
+        printed.contains("tasks[40].name"),
+        "the details are printed: {printed}"
+    );
+    assert!(printed.contains("4990 more problems"), "{printed}");
+    assert!(!printed.contains("h2 protocol"), "{printed}");
+    let e = c
+        .runs
+        .submit(v1::SubmitRequest { document: bad })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().len() < 8 << 10, "{} bytes", e.message().len());
+    assert!(e.message().contains("5000 problems"), "{}", e.message());
+    assert!(
+        e.message().contains("4990 more problems"),
+        "{}",
+        e.message()
+    );
+    use tonic_types::StatusExt;
+    let details = e.get_details_bad_request().expect("BadRequest details");
+    let n = details.field_violations.len();
+    assert!((40..=100).contains(&n), "{n} problems in the details");
+    assert_eq!(details.field_violations[0].field, "tasks[0].name");
 
     // Get, Watch, Cancel, Rerun: missing, malformed and unknown ids.
     for (id, code, needle) in [
@@ -1047,4 +1086,65 @@ fn an_unreachable_server_exits_3_and_a_bad_file_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = cli(d, "ftp://x", &["list"], None);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_is_reported_by_logs_metrics_and_the_cli() {
+    // Redis without persistence: a restart loses every run.
+    let Some(redis) = support::redis::dedicated_with(&["--appendonly", "no", "--save", ""]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = redis.url();
+    let (server, addr, metrics) = server_at(d, &["--redis-url", &url], &[]);
+    let api = format!("http://{addr}");
+    assert!(
+        server.log().contains("no append-only file"),
+        "warned at start: {}",
+        server.log()
+    );
+    std::fs::write(
+        d.join("run.yaml"),
+        "repo: lost\ncommit: c1\ntasks:\n  - {name: a, command: 'true'}\n",
+    )
+    .unwrap();
+    let out = cli(d, &api, &["submit", "run.yaml", "--output", "json"], None);
+    let id = json(&out)["id"].as_str().unwrap().to_string();
+    // The server has read the store's epoch once its metrics refreshed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(&metrics, "/metrics").contains("stagetime_store_data_lost_total 0") {
+        assert!(Instant::now() < deadline, "no metrics refresh");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    redis.restart();
+    // Noticed on a following refresh: the CLI is told why the run is gone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let told = loop {
+        let out = cli(d, &api, &["status", &id], None);
+        let said = text(&out);
+        if said.contains("lost its data") {
+            assert_eq!(out.status.code(), Some(2), "{said}");
+            break said;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never told: {said}\nserver log: {}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(told.contains("NotFound"), "{told}");
+    assert_eq!(
+        metric(
+            &http_get(&metrics, "/metrics"),
+            "stagetime_store_data_lost_total"
+        ),
+        1.0
+    );
+    assert!(
+        server.log().contains("the store lost its data"),
+        "{}",
+        server.log()
+    );
 }

@@ -32,12 +32,13 @@ use futures::stream::BoxStream;
 use stagetime_core::control::Submitted;
 use stagetime_core::store::{RunId, RunState, RunSummary};
 use stagetime_core::view::RunView;
-use stagetime_core::{Error, ErrorKind};
+use stagetime_core::{Error, ErrorKind, FieldError};
 use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic_types::StatusExt;
 
 use super::{legacy, v1};
 
@@ -184,8 +185,10 @@ pub struct ClientError {
     kind: ErrorKind,
     code: Option<Code>,
     message: String,
+    /// The problems of a refused input, from the status details.
+    problems: Vec<FieldError>,
     #[source]
-    source: Option<Error>,
+    source: Option<Box<Error>>,
 }
 
 impl ClientError {
@@ -206,6 +209,12 @@ impl ClientError {
         &self.message
     }
 
+    /// The problems of a refused input (field path and message; the first
+    /// 100 the server sent as `google.rpc.BadRequest` details).
+    pub fn problems(&self) -> &[FieldError] {
+        &self.problems
+    }
+
     /// True when the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         self.kind == ErrorKind::Unavailable
@@ -216,10 +225,19 @@ impl ClientError {
             Some(Code::Unauthenticated) => " (set STAGETIME_AUTH_TOKEN)",
             _ => "",
         };
-        match self.code {
+        let mut text = match self.code {
             Some(code) => format!("{code:?}: {}{hint}", self.message),
             None => self.message.clone(),
+        };
+        // The message lists the first problems; the details list more.
+        let listed = self.message.lines().count().saturating_sub(1);
+        if self.problems.len() > listed {
+            text.push_str("\nin detail:");
+            for p in &self.problems {
+                text.push_str(&format!("\n  {p}"));
+            }
         }
+        text
     }
 
     fn protocol(message: impl Into<String>) -> Self {
@@ -227,6 +245,7 @@ impl ClientError {
             kind: ErrorKind::Other,
             code: None,
             message: message.into(),
+            problems: Vec::new(),
             source: None,
         }
     }
@@ -250,10 +269,20 @@ impl From<tonic::Status> for ClientError {
             | Code::Unknown => ErrorKind::Unavailable,
             _ => ErrorKind::Other,
         };
+        let problems = s
+            .get_details_bad_request()
+            .map(|b| {
+                b.field_violations
+                    .into_iter()
+                    .map(|v| FieldError::new(v.field, v.description))
+                    .collect()
+            })
+            .unwrap_or_default();
         ClientError {
             kind,
             code: Some(s.code()),
             message: s.message().to_string(),
+            problems,
             source: None,
         }
     }
@@ -265,7 +294,8 @@ impl From<Error> for ClientError {
             kind: e.kind(),
             code: None,
             message: e.to_string(),
-            source: Some(e),
+            problems: Vec::new(),
+            source: Some(Box::new(e)),
         }
     }
 }
@@ -533,6 +563,7 @@ impl Client {
                             "watch of run {} failed {WATCH_RETRIES} times in a row: {broke}",
                             w.id
                         ),
+                        problems: Vec::new(),
                         source: None,
                     };
                     return Some((Err(e), w));

@@ -1,10 +1,12 @@
 //! Conversions between the model and the wire, and errors to gRPC statuses.
 
+use stagetime_core::error::cut;
 use stagetime_core::scheduler::TaskStatus;
 use stagetime_core::store::{RunId, RunState, RunSummary};
 use stagetime_core::view::{RunView, TaskView};
 use stagetime_core::{Error, ErrorKind};
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use super::v1;
 
@@ -193,8 +195,44 @@ pub(crate) fn status_of(e: &Error) -> Status {
         ErrorKind::Forbidden => Code::PermissionDenied,
         _ => Code::Internal,
     };
-    Status::new(code, e.to_string())
+    match e {
+        // The trailer carries a bounded summary; the problems themselves
+        // (bounded too) travel as `google.rpc.BadRequest` details.
+        Error::Invalid(errors) => {
+            // Trailers travel in HTTP/2 headers, which peers cap (16 KiB
+            // by default): the details get a byte budget, not just a count.
+            let mut budget = MAX_DETAIL_BYTES;
+            let violations: Vec<FieldViolation> = errors
+                .0
+                .iter()
+                .take(MAX_DETAILED_PROBLEMS)
+                .map(|f| FieldViolation::new(cut(&f.path, 200), cut(&f.message, 300)))
+                .take_while(|v| {
+                    let size = v.field.len() + v.description.len() + 8;
+                    budget = budget.saturating_sub(size);
+                    budget > 0
+                })
+                .collect();
+            Status::with_error_details(
+                code,
+                format!(
+                    "invalid revision run ({} problems):\n{}",
+                    errors.len(),
+                    errors.summary(MAX_MESSAGE_PROBLEMS)
+                ),
+                ErrorDetails::with_bad_request(violations),
+            )
+        }
+        _ => Status::new(code, cut(&e.to_string(), 2_000)),
+    }
 }
+
+/// Problems listed in an error's message (the `grpc-message` trailer).
+pub(crate) const MAX_MESSAGE_PROBLEMS: usize = 10;
+/// Problems sent as status details (at most; see [`MAX_DETAIL_BYTES`]).
+pub(crate) const MAX_DETAILED_PROBLEMS: usize = 100;
+/// Bytes of problems sent as status details (before base64).
+const MAX_DETAIL_BYTES: usize = 6 << 10;
 
 /// `INVALID_ARGUMENT` naming one field.
 pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> Status {

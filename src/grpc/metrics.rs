@@ -12,6 +12,7 @@
 //! | `stagetime_store_errors_total` | counter | `op` | both |
 //! | `stagetime_commit_conflicts_total` | counter | | worker |
 //! | `stagetime_grpc_requests_total` | counter | `method`, `code` | server |
+//! | `stagetime_store_data_lost_total` | counter | | both (the store's epoch changed: Redis lost its data) |
 //!
 //! Calls refused for want of a valid token are counted with `method` =
 //! `<service>/*` (they never reach a method).
@@ -29,7 +30,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use stagetime_core::Error;
 use stagetime_core::engine::{Clock, EngineListener, SystemClock};
-use stagetime_core::store::{RunRecord, Store};
+use stagetime_core::store::{EpochWatch, RunRecord, Store};
 use tracing::debug;
 
 type Labels = Vec<(&'static str, String)>;
@@ -55,6 +56,8 @@ pub struct Metrics {
     store_errors: Family<Labels, Counter>,
     conflicts: Counter,
     grpc_requests: Family<Labels, Counter>,
+    store_data_lost: Counter,
+    epoch: Arc<EpochWatch>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +82,8 @@ impl Metrics {
             store_errors: Family::default(),
             conflicts: Counter::default(),
             grpc_requests: Family::default(),
+            store_data_lost: Counter::default(),
+            epoch: Arc::new(EpochWatch::default()),
         };
         registry.register("stagetime_runs", "Stored runs by state", m.runs.clone());
         registry.register(
@@ -132,6 +137,11 @@ impl Metrics {
             m.conflicts.clone(),
         );
         registry.register(
+            "stagetime_store_data_lost",
+            "Times the store's data set was found wiped (its epoch changed): runs stored before are gone",
+            m.store_data_lost.clone(),
+        );
+        registry.register(
             "stagetime_grpc_requests",
             "gRPC requests by method and status code",
             m.grpc_requests.clone(),
@@ -149,11 +159,39 @@ impl Metrics {
             .inc();
     }
 
-    /// Reads the store's figures into the gauges once.
+    /// When this process noticed that the store lost its data, if it did.
+    pub fn store_lost_at_ms(&self) -> Option<u64> {
+        self.epoch.lost_at_ms()
+    }
+
+    /// Compares the store's epoch with the first one seen: a change means
+    /// Redis lost its data (restarted without persistence, flushed) —
+    /// logged as an error and counted.
+    ///
+    /// # Errors
+    /// The store's error (also counted as a store error `epoch`).
+    pub async fn check_store_epoch(&self, store: &dyn Store) -> Result<(), Error> {
+        let epoch = store
+            .epoch()
+            .await
+            .inspect_err(|e| self.store_error("epoch", e))?;
+        if self.epoch.changed(epoch.as_deref(), SystemClock.now_ms()) {
+            self.store_data_lost.inc();
+            tracing::error!(
+                "the store lost its data (its epoch changed): every run stored before is gone; \
+                 was Redis restarted without persistence or flushed?"
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads the store's figures into the gauges once, and checks that the
+    /// store kept its data ([`Metrics::check_store_epoch`]).
     ///
     /// # Errors
     /// The store's error (also counted as a store error `stats`).
     pub async fn refresh_store(&self, store: &dyn Store) -> Result<(), Error> {
+        self.check_store_epoch(store).await?;
         let stats = match store.stats(SystemClock.now_ms()).await {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(()),

@@ -15,6 +15,7 @@
 
 mod auth;
 pub mod client;
+pub mod codec;
 mod convert;
 pub mod metrics;
 mod server;

@@ -51,6 +51,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// How often an open `Watch` reads the run from the store (default 250 ms).
     pub watch_poll: Duration,
+    /// A new connection that sends nothing (no TLS or HTTP/2 preface) for
+    /// this long is closed (default 10 s).
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long is closed (default
+    /// 2 min). Live clients are never silent that long: the server pings
+    /// every connection every 30 s and clients answer.
+    pub idle_timeout: Duration,
     /// The workers' backend (its capabilities and name): submissions with
     /// tasks it cannot run are refused, naming each task, instead of
     /// failing at launch (default `None`: anything is accepted).
@@ -66,6 +73,8 @@ impl Default for Limits {
             max_watches: 1_024,
             max_connections: 4_096,
             watch_poll: Duration::from_millis(250),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
             runnable_by: None,
         }
     }
@@ -216,6 +225,10 @@ pub async fn serve(
             limit_connections(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 limits.max_connections,
+                Silence {
+                    first: limits.handshake_timeout,
+                    between: limits.idle_timeout,
+                },
             ),
             shutdown,
         )
@@ -223,11 +236,22 @@ pub async fn serve(
         .map_err(|e| Error::unavailable("grpc server", e))
 }
 
+/// How long a connection may stay silent: before its first byte, and
+/// between reads after that.
+#[derive(Debug, Clone, Copy)]
+struct Silence {
+    first: Duration,
+    between: Duration,
+}
+
 /// Accepts a connection only while fewer than `max` are open: each accepted
-/// stream holds a permit until it is dropped (the connection closed).
+/// stream holds a permit until it is dropped (the connection closed). A
+/// connection silent for longer than `silence` allows fails its read, which
+/// closes it and frees its permit.
 fn limit_connections<S, IO>(
     incoming: S,
     max: usize,
+    silence: Silence,
 ) -> impl Stream<Item = std::io::Result<Limited<IO>>>
 where
     S: Stream<Item = std::io::Result<IO>>,
@@ -244,15 +268,24 @@ where
             Ok(Limited {
                 io,
                 _permit: permit,
+                silence,
+                heard: false,
+                deadline: Box::pin(tokio::time::sleep(silence.first)),
             })
         }
     })
 }
 
-/// A connection counted against [`Limits::max_connections`].
+/// A connection counted against [`Limits::max_connections`], closed when
+/// silent for too long ([`Limits::handshake_timeout`],
+/// [`Limits::idle_timeout`]).
 struct Limited<IO> {
     io: IO,
     _permit: OwnedSemaphorePermit,
+    silence: Silence,
+    /// Whether the peer sent anything yet.
+    heard: bool,
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<IO: Connected> Connected for Limited<IO> {
@@ -269,7 +302,26 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Limited<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.heard = true;
+                let next = tokio::time::Instant::now() + this.silence.between;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let what = if this.heard {
+                        "the connection was idle too long"
+                    } else {
+                        "the client sent nothing after connecting"
+                    };
+                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, what)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -312,7 +364,11 @@ mod tests {
     async fn a_connection_beyond_the_limit_waits_until_one_closes() {
         let conns: Vec<std::io::Result<tokio::io::DuplexStream>> =
             (0..3).map(|_| Ok(tokio::io::duplex(64).0)).collect();
-        let mut limited = Box::pin(limit_connections(futures::stream::iter(conns), 2));
+        let silence = Silence {
+            first: Duration::from_secs(60),
+            between: Duration::from_secs(60),
+        };
+        let mut limited = Box::pin(limit_connections(futures::stream::iter(conns), 2, silence));
         let first = limited.next().await.unwrap().unwrap();
         let _second = limited.next().await.unwrap().unwrap();
         let mut third = limited.next();
@@ -322,5 +378,42 @@ mod tests {
         );
         drop(first);
         assert!(third.await.unwrap().is_ok(), "accepted once one closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_and_frees_its_place() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (server_side, mut client) = tokio::io::duplex(64);
+        let silence = Silence {
+            first: Duration::from_secs(10),
+            between: Duration::from_secs(120),
+        };
+        let mut limited = Box::pin(limit_connections(
+            futures::stream::iter([Ok(server_side)]),
+            1,
+            silence,
+        ));
+        let mut conn = limited.next().await.unwrap().unwrap();
+        // Talking keeps it open past the handshake timeout...
+        client.write_all(b"PRI").await.unwrap();
+        let mut buf = [0u8; 3];
+        conn.read_exact(&mut buf).await.unwrap();
+        tokio::time::advance(Duration::from_secs(100)).await;
+        client.write_all(b"x").await.unwrap();
+        conn.read_exact(&mut buf[..1]).await.unwrap();
+        // ...silence beyond the idle timeout closes it.
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("idle"), "{err}");
+
+        let (never, _peer) = tokio::io::duplex(64);
+        let mut limited = Box::pin(limit_connections(
+            futures::stream::iter([Ok(never)]),
+            1,
+            silence,
+        ));
+        let mut conn = limited.next().await.unwrap().unwrap();
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert!(err.to_string().contains("sent nothing"), "{err}");
     }
 }

@@ -15,10 +15,14 @@ use tokio::sync::Semaphore;
 use tonic::{Code, Request, Response, Status};
 use tracing::{info, warn};
 
-use super::convert::{invalid, run_state_from_proto, run_to_proto, status_of, summary_to_proto};
+use super::convert::{
+    MAX_DETAILED_PROBLEMS, MAX_MESSAGE_PROBLEMS, invalid, run_state_from_proto, run_to_proto,
+    status_of, summary_to_proto,
+};
 use super::metrics::Metrics;
 use super::server::Limits;
 use super::{legacy, v1};
+use stagetime_core::error::cut;
 
 /// What every service shares.
 #[derive(Clone)]
@@ -72,7 +76,7 @@ impl Api {
                 field,
                 format!(
                     "{:?} is not a valid run id (1-63 of a-z, 0-9, '-', '.')",
-                    truncate(id, 80)
+                    cut(id, 80)
                 ),
             )
         })
@@ -92,6 +96,20 @@ impl Api {
         Ok(())
     }
 
+    /// The status of a failed run lookup: a run not found after the store
+    /// lost its data says so, instead of a bare NOT_FOUND.
+    fn lookup_status(&self, e: &Error) -> Status {
+        let lost = self.metrics.as_ref().and_then(|m| m.store_lost_at_ms());
+        match lost {
+            Some(ms) if e.kind() == ErrorKind::NotFound => Status::not_found(format!(
+                "{e}; note: the store lost its data at {} (Redis restarted without persistence or \
+                 flushed?): runs submitted before then are gone",
+                rfc3339(ms)
+            )),
+            _ => status_of(e),
+        }
+    }
+
     async fn submit_spec(&self, spec: RevisionRunSpec) -> Result<(RunId, bool), Error> {
         let runnable_by = self
             .limits
@@ -101,17 +119,6 @@ impl Api {
         let submitted = self.control.submit(spec, runnable_by).await?;
         Ok((submitted.id, submitted.created))
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// `stagetime.v1.Runs`: submit, get, list, watch, cancel, rerun.
@@ -180,7 +187,7 @@ impl RunsService {
             .control
             .view(&id)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| self.api.lookup_status(&e))?;
         Ok(run_to_proto(&run))
     }
 
@@ -249,7 +256,7 @@ impl RunsService {
             .control
             .cancel(&id)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| self.api.lookup_status(&e))?;
         info!(run = %id, "cancel requested");
         Ok(v1::CancelResponse {})
     }
@@ -262,7 +269,7 @@ impl RunsService {
             .control
             .rerun(&id, expected)
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| self.api.lookup_status(&e))?;
         info!(run = %id, "rerun requested");
         Ok(v1::RerunResponse { version })
     }
@@ -272,7 +279,12 @@ impl RunsService {
         let permit = Arc::clone(&self.watches).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted("too many watches open on this server; retry later")
         })?;
-        let first = self.api.control.get(&id).await.map_err(|e| status_of(&e))?;
+        let first = self
+            .api
+            .control
+            .get(&id)
+            .await
+            .map_err(|e| self.api.lookup_status(&e))?;
         let state = WatchState {
             store: Arc::clone(&self.api.store),
             control: self.api.control.clone(),
@@ -558,16 +570,25 @@ impl legacy::stage_time_application_service_server::StageTimeApplicationService 
                 }
             }
             Err(errors) => {
-                let json: Vec<serde_json::Value> = errors
+                // Bounded however many problems the request had.
+                let mut json: Vec<serde_json::Value> = errors
                     .0
                     .iter()
-                    .map(|e| serde_json::json!({"path": e.path, "message": e.message}))
+                    .take(MAX_DETAILED_PROBLEMS)
+                    .map(|e| serde_json::json!({"path": cut(&e.path, 200), "message": cut(&e.message, 300)}))
                     .collect();
+                if errors.len() > MAX_DETAILED_PROBLEMS {
+                    json.push(serde_json::json!({
+                        "path": "",
+                        "message": format!("… and {} more problems", errors.len() - MAX_DETAILED_PROBLEMS),
+                    }));
+                }
+                let summary = errors.summary(MAX_MESSAGE_PROBLEMS);
                 legacy::Response {
                     result: legacy::response::Result::Error as i32,
                     success: None,
                     error: Some(legacy::response::Error {
-                        message: format!("invalid revision run: {errors}").replace('\n', "; "),
+                        message: format!("invalid revision run: {summary}").replace('\n', "; "),
                         errors: serde_json::to_vec(&json).unwrap_or_default(),
                     }),
                 }
@@ -628,7 +649,7 @@ impl StatusService {
                 .map_err(|e| status_of(&e)),
             None => Err(Status::not_found(format!(
                 "revision_run_id: no run and no commit {:?}",
-                truncate(key, 80)
+                cut(key, 80)
             ))),
         }
     }

@@ -42,6 +42,28 @@ impl FieldErrors {
         self.0.is_empty()
     }
 
+    /// How many problems were recorded.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The first `max` problems, one per line, each cut to 300 characters,
+    /// then how many more there are: a bounded text for transports and
+    /// terminals whatever the input was (5,000 bad names stay readable).
+    pub fn summary(&self, max: usize) -> String {
+        let mut out = String::new();
+        for (i, e) in self.0.iter().take(max).enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(&cut(&e.to_string(), 300));
+        }
+        if self.0.len() > max {
+            out.push_str(&format!("\n… and {} more problems", self.0.len() - max));
+        }
+        out
+    }
+
     /// `Ok(value)` when no problem was recorded, otherwise [`Error::Invalid`].
     pub fn into_result<T>(self, value: T) -> Result<T, Error> {
         if self.0.is_empty() {
@@ -62,6 +84,18 @@ impl fmt::Display for FieldErrors {
         }
         Ok(())
     }
+}
+
+/// `s` cut to at most `max` bytes (at a character boundary), with `…` when cut.
+pub fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// How an error should be treated by whoever receives it.

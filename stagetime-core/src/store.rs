@@ -471,6 +471,22 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.load_run(id).await?.version)
     }
 
+    /// The id of the store's data set: made when the data set is first
+    /// used and kept with it, so a different answer later means the data
+    /// was wiped or lost (e.g. Redis restarted without persistence) —
+    /// every run stored before is gone. Callers remember the first answer
+    /// and compare ([`EpochWatch`]).
+    ///
+    /// Idempotent: creates the epoch only when there is none. The default
+    /// answers `Ok(None)`: a store that cannot lose its data behind the
+    /// process's back (the in-memory store) has no epoch.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    async fn epoch(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Queue figures and run counts by state at `now_ms`, for metrics.
     ///
     /// The default answers `Ok(None)`: a store that keeps no such figures
@@ -519,6 +535,45 @@ pub const RUN_STATES: [RunState; 5] = [
     RunState::Cancelled,
 ];
 
+/// Remembers a store's first [`Store::epoch`] and tells when it changed.
+#[derive(Debug, Default)]
+pub struct EpochWatch {
+    first: std::sync::Mutex<Option<String>>,
+    lost_at_ms: std::sync::atomic::AtomicU64,
+}
+
+impl EpochWatch {
+    /// Compares `epoch` (just read) with the first one seen: `true` when
+    /// the store's data set changed since (it was wiped), remembering
+    /// `now_ms` as when the loss was noticed. The new epoch becomes the
+    /// one compared with next, so one loss is told once.
+    pub fn changed(&self, epoch: Option<&str>, now_ms: u64) -> bool {
+        let Some(epoch) = epoch else { return false };
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        match first.as_deref() {
+            None => {
+                *first = Some(epoch.to_string());
+                false
+            }
+            Some(seen) if seen == epoch => false,
+            Some(_) => {
+                *first = Some(epoch.to_string());
+                self.lost_at_ms
+                    .store(now_ms.max(1), std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+        }
+    }
+
+    /// When a loss was last noticed (ms since the epoch), if ever.
+    pub fn lost_at_ms(&self) -> Option<u64> {
+        match self.lost_at_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(ms),
+        }
+    }
+}
+
 /// A store that is shared behind an `Arc`.
 pub type SharedStore = std::sync::Arc<dyn Store>;
 
@@ -531,3 +586,20 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[allow(dead_code)]
 fn _assert_object_safe(_: &dyn Store) {}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::EpochWatch;
+
+    #[test]
+    fn a_new_epoch_is_a_loss_told_once() {
+        let w = EpochWatch::default();
+        assert!(!w.changed(None, 1));
+        assert!(!w.changed(Some("a"), 2));
+        assert!(!w.changed(Some("a"), 3));
+        assert_eq!(w.lost_at_ms(), None);
+        assert!(w.changed(Some("b"), 4));
+        assert_eq!(w.lost_at_ms(), Some(4));
+        assert!(!w.changed(Some("b"), 5), "told once");
+    }
+}

@@ -52,6 +52,11 @@ impl Keys {
         format!("{}run:{{{}}}:delayed", self.prefix, id)
     }
 
+    /// The data set's epoch (see `Store::epoch`): set once, never expires.
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
     /// The work stream (consumer group: [`crate::RedisConfig::group`]).
     pub fn stream(&self) -> String {
         format!("{}queue", self.prefix)

@@ -159,6 +159,41 @@ impl RedisStore {
         &self.keys
     }
 
+    /// Why the Redis server may lose data on a restart, if it may: neither
+    /// an append-only file nor snapshots configured. `None` when it
+    /// persists, or when `CONFIG` is not allowed (managed services) — then
+    /// nothing can be told.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when Redis cannot be reached.
+    pub async fn persistence_warning(&self) -> Result<Option<String>> {
+        let con = self.con.clone();
+        let config = |name: &'static str| {
+            let mut con = con.clone();
+            async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg(name)
+                    .query_async::<Vec<String>>(&mut con)
+                    .await
+            }
+        };
+        let (aof, save) = match (config("appendonly").await, config("save").await) {
+            (Ok(a), Ok(s)) => (a, s),
+            (Err(e), _) | (_, Err(e)) if e.is_io_error() || e.is_timeout() => {
+                return Err(classify(e, "CONFIG GET"));
+            }
+            _ => return Ok(None),
+        };
+        let aof_on = aof.get(1).is_some_and(|v| v == "yes");
+        let snapshots = save.get(1).is_some_and(|v| !v.trim().is_empty());
+        Ok((!aof_on && !snapshots).then(|| {
+            "redis keeps no append-only file and takes no snapshots: a restart loses every run \
+             (set appendonly yes; see docs/redis.md)"
+                .to_string()
+        }))
+    }
+
     /// Sizes of the work stream, its pending entries and the timers.
     ///
     /// # Errors
@@ -997,6 +1032,31 @@ impl Store for RedisStore {
     /// claims are taken over. The oldest age is that of the oldest entry
     /// not yet delivered or not yet acknowledged (stream ids carry Redis's
     /// clock).
+    async fn epoch(&self) -> Result<Option<String>> {
+        let mut con = self.con.clone();
+        let fresh = format!(
+            "{:016x}{:016x}",
+            RandomState::new().build_hasher().finish(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        );
+        // SET NX .. GET answers the value kept when there is one (Redis >= 7);
+        // a plain SET NX + GET works on 6.2 too.
+        let (_, epoch): (Value, Option<String>) = redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.epoch())
+            .arg(&fresh)
+            .arg("NX")
+            .cmd("GET")
+            .arg(self.keys.epoch())
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "epoch"))?;
+        Ok(epoch)
+    }
+
     async fn stats(&self, now_ms: u64) -> Result<Option<StoreStats>> {
         let mut con = self.con.clone();
         let mut pipe = redis::pipe();

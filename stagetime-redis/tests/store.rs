@@ -753,6 +753,13 @@ async fn an_unreachable_server_is_unavailable_and_a_restart_is_survived() {
         return;
     };
     let store = server.store("restart").await;
+    let epoch = store.epoch().await.unwrap().expect("redis keeps an epoch");
+    assert_eq!(store.epoch().await.unwrap().as_ref(), Some(&epoch), "kept");
+    assert_eq!(
+        store.persistence_warning().await.unwrap(),
+        None,
+        "AOF is on"
+    );
     store
         .create_run(record("rs", "demo", "c1", 1_000), vec![start("rs")])
         .await
@@ -782,6 +789,11 @@ async fn an_unreachable_server_is_unavailable_and_a_restart_is_survived() {
         }
     }
     assert_eq!(loaded.expect("reconnected").id, id("rs"));
+    assert_eq!(
+        store.epoch().await.unwrap(),
+        Some(epoch.clone()),
+        "a restart with AOF keeps the data set"
+    );
     let got = store.claim("w", 10, 1_000, Duration::ZERO).await.unwrap();
     assert_eq!(got.len(), 1, "the start item survived the restart (AOF)");
     let r = next(store.load_run(&id("rs")).await.unwrap());
@@ -810,6 +822,27 @@ async fn an_unreachable_server_is_unavailable_and_a_restart_is_survived() {
     assert_eq!(
         store.load_run(&id("rs")).await.unwrap_err().kind(),
         ErrorKind::NotFound
+    );
+    // The loss shows: the data set has a new epoch.
+    let after = store.epoch().await.unwrap().expect("epoch");
+    assert_ne!(after, epoch, "a wiped data set has another epoch");
+    let watch = stagetime_core::store::EpochWatch::default();
+    assert!(!watch.changed(Some(&epoch), 1));
+    assert!(watch.changed(Some(&after), 2));
+}
+
+#[tokio::test]
+async fn a_server_without_persistence_is_warned_about() {
+    let Some(server) = support::dedicated_with(&["--appendonly", "no", "--save", ""]) else {
+        return;
+    };
+    let store = server.store("nopersist").await;
+    let warning = store.persistence_warning().await.unwrap();
+    assert!(
+        warning
+            .as_deref()
+            .is_some_and(|w| w.contains("appendonly yes")),
+        "{warning:?}"
     );
 }
 
