@@ -22,7 +22,8 @@ use stagetime::local::LocalBackend;
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::store::Store;
-use stagetime::telemetry::{Endpoint, Failure, LogFormat, Shutdown, bind, run_main};
+use stagetime::runtime::{Failure, Shutdown, bind, run_main};
+use stagetime::telemetry::{Endpoint, LogFormat};
 use tracing::info;
 
 #[derive(Parser)]

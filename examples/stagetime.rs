@@ -24,7 +24,7 @@ use stagetime::report::{GraphFormat, RunView, graph, plan_table, progress_line, 
 use stagetime::scheduler::TaskStatus;
 use stagetime::spec::parse_document;
 use stagetime::store::{RunId, RunState};
-use stagetime::telemetry::{Failure, parse_duration};
+use stagetime::runtime::{Failure, parse_duration};
 
 #[derive(Parser)]
 #[command(
