@@ -16,8 +16,8 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use stagetime::kube::operator::{Operator, OperatorConfig, OperatorMetrics};
 use stagetime::redis::{RedisConfig, RedisStore};
-use stagetime::store::Store;
 use stagetime::runtime::{Failure, Shutdown, parse_duration, run_main};
+use stagetime::store::Store;
 use stagetime::telemetry::{Endpoint, LogFormat};
 use tracing::info;
 

@@ -21,8 +21,8 @@ use stagetime::kube::TektonBackend;
 use stagetime::local::LocalBackend;
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
-use stagetime::store::Store;
 use stagetime::runtime::{Failure, Shutdown, bind, run_main};
+use stagetime::store::Store;
 use stagetime::telemetry::{Endpoint, LogFormat};
 use tracing::info;
 

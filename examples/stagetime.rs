@@ -21,10 +21,10 @@ use stagetime::local::LocalBackend;
 use stagetime::memory::MemoryStore;
 use stagetime::plan::Plan;
 use stagetime::report::{GraphFormat, RunView, graph, plan_table, progress_line, summary};
+use stagetime::runtime::{Failure, parse_duration};
 use stagetime::scheduler::TaskStatus;
 use stagetime::spec::parse_document;
 use stagetime::store::{RunId, RunState};
-use stagetime::runtime::{Failure, parse_duration};
 
 #[derive(Parser)]
 #[command(

@@ -23,8 +23,8 @@ use stagetime::grpc::metrics::Metrics;
 use stagetime::kube::{TektonBackend, TektonConfig};
 use stagetime::local::LocalBackend;
 use stagetime::redis::{RedisConfig, RedisStore};
-use stagetime::store::Store;
 use stagetime::runtime::{Failure, Shutdown, parse_duration, run_main};
+use stagetime::store::Store;
 use stagetime::telemetry::{Endpoint, LogFormat};
 use tracing::info;
 

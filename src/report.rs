@@ -634,7 +634,10 @@ mod tests {
     #[test]
     fn dot_graph_has_stage_clusters_finally_and_edges() {
         let dot = graph(&plan(), GraphFormat::Dot, None);
-        assert!(dot.contains("  subgraph cluster_0 {\n    label=\"stage 0\";"), "{dot}");
+        assert!(
+            dot.contains("  subgraph cluster_0 {\n    label=\"stage 0\";"),
+            "{dot}"
+        );
         assert!(
             dot.contains("label=\"finally\";\n    style=dashed;"),
             "{dot}"
@@ -709,18 +712,30 @@ mod tests {
         assert!(dot.contains("  \"s1-t7\" -> \"stage 1 done\";\n"), "{dot}");
         assert!(dot.contains("  \"stage 1 done\" -> \"s2-t0\";\n"), "{dot}");
         assert!(!dot.contains("\"s0-t0\" -> \"s1-t0\""), "{dot}");
-        assert!(dot.contains("  \"s2-t4\" -> \"all stages done\";\n"), "{dot}");
+        assert!(
+            dot.contains("  \"s2-t4\" -> \"all stages done\";\n"),
+            "{dot}"
+        );
         assert!(dot.contains("  \"all stages done\" -> \"f0\";\n"), "{dot}");
         assert!(dot.contains("  \"f0\" -> \"f1\";\n"), "{dot}");
         assert!(!dot.contains("\"all stages done\" -> \"f1\""), "{dot}");
         let mermaid = graph(&plan, GraphFormat::Mermaid, None);
         assert_eq!(mermaid.matches(" --> ").count(), 32, "{mermaid}");
-        assert!(mermaid.contains("  Stage0Done{{\"stage 0 done\"}}\n"), "{mermaid}");
+        assert!(
+            mermaid.contains("  Stage0Done{{\"stage 0 done\"}}\n"),
+            "{mermaid}"
+        );
         assert!(mermaid.contains("  s0_t3 --> Stage0Done\n"), "{mermaid}");
         assert!(mermaid.contains("  Stage0Done --> s1_t0\n"), "{mermaid}");
         assert!(mermaid.contains("  AllStagesDone --> f0\n"), "{mermaid}");
-        assert!(mermaid.contains("  subgraph group3[\"finally\"]\n"), "{mermaid}");
-        assert!(mermaid.contains("  style group3 stroke-dasharray:5 5\n"), "{mermaid}");
+        assert!(
+            mermaid.contains("  subgraph group3[\"finally\"]\n"),
+            "{mermaid}"
+        );
+        assert!(
+            mermaid.contains("  style group3 stroke-dasharray:5 5\n"),
+            "{mermaid}"
+        );
 
         // Ten tasks per stage: 10 edges on each side of each barrier, not 100.
         let dot = graph(&wide_plan(&[10, 10, 10], 0), GraphFormat::Dot, None);
@@ -778,10 +793,19 @@ mod tests {
             "{mermaid}"
         );
         assert!(mermaid.contains("  build --> Stage0Done\n"), "{mermaid}");
-        assert!(mermaid.contains("  Stage0Done --> unit_test\n"), "{mermaid}");
-        assert!(mermaid.contains("  style build fill:#a1d99b\n"), "{mermaid}");
+        assert!(
+            mermaid.contains("  Stage0Done --> unit_test\n"),
+            "{mermaid}"
+        );
+        assert!(
+            mermaid.contains("  style build fill:#a1d99b\n"),
+            "{mermaid}"
+        );
         assert!(!mermaid.contains("style notify"), "{mermaid}");
-        let styles: Vec<&str> = mermaid.lines().filter(|l| l.starts_with("  style ")).collect();
+        let styles: Vec<&str> = mermaid
+            .lines()
+            .filter(|l| l.starts_with("  style "))
+            .collect();
         assert_eq!(
             styles,
             [

@@ -743,7 +743,8 @@ impl Engine {
                 && last_house.elapsed() >= policy.every
             {
                 last_house = tokio::time::Instant::now();
-                match self.backend.housekeeping(&policy.at(self.clock.now_ms())).await {
+                let policy = policy.at(self.clock.now_ms());
+                match self.backend.housekeeping(&policy).await {
                     Ok(r) if !r.deleted.is_empty() => {
                         info!(deleted = r.deleted.len(), "backend housekeeping")
                     }

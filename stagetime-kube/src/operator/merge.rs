@@ -22,8 +22,8 @@
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
-use stagetime_core::plan::{Plan, is_dns1123_label};
 use stagetime_core::legacy::{parse_entry, parse_volume_claim, split_entries, split_items};
+use stagetime_core::plan::{Plan, is_dns1123_label};
 use stagetime_core::spec::{PipelineSpec, TaskSpec, WorkspaceSpec};
 use stagetime_core::{Error, FieldErrors};
 
@@ -187,9 +187,7 @@ pub fn merge_technology(
         for (k, v) in parse_overrides(text, &field("vclaims"), errors) {
             if v.is_empty() {
                 claims.remove(&k);
-            } else if let Some(c) =
-                parse_volume_claim(&k, &v, &[','], &field("vclaims"), errors)
-            {
+            } else if let Some(c) = parse_volume_claim(&k, &v, &[','], &field("vclaims"), errors) {
                 claims.insert(k, c);
             }
         }
