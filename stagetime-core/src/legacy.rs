@@ -176,26 +176,6 @@ pub fn parse_entry(entry: &str) -> Result<Option<(&str, &str)>, String> {
     }
 }
 
-/// The entries of `text`, separated by `separator`, in order ([`parse_entry`]);
-/// blank ones are skipped, malformed ones reported at `at(i)`, `i` being the
-/// entry's position among the separated pieces.
-pub fn split_entries<'a>(
-    text: &'a str,
-    separator: char,
-    errors: &mut FieldErrors,
-    at: impl Fn(usize) -> String,
-) -> Vec<(&'a str, &'a str)> {
-    let mut out = Vec::new();
-    for (i, entry) in text.split(separator).enumerate() {
-        match parse_entry(entry) {
-            Ok(Some(kv)) => out.push(kv),
-            Ok(None) => {}
-            Err(why) => errors.push(at(i), why),
-        }
-    }
-    out
-}
-
 /// The items of a list value such as `a;b;c`: split on any of
 /// `separators`, trimmed, blank ones skipped.
 pub fn split_items(value: &str, separators: &[char]) -> Vec<String> {
@@ -207,14 +187,23 @@ pub fn split_items(value: &str, separators: &[char]) -> Vec<String> {
         .collect()
 }
 
-/// Splits a legacy field `a=1, b=2` into entries: comma separated
-/// ([`split_entries`]), malformed ones reported at `path[i]`.
+/// Splits a legacy field `a=1, b=2` into entries ([`parse_entry`]): comma
+/// separated, blank ones (trailing commas) skipped, malformed ones reported
+/// at `path[i]`, `i` counting the comma-separated pieces.
 pub fn split_compact<'a>(
     text: &'a str,
     path: &str,
     errors: &mut FieldErrors,
 ) -> Vec<(&'a str, &'a str)> {
-    split_entries(text, ',', errors, |i| format!("{path}[{i}]"))
+    let mut out = Vec::new();
+    for (i, entry) in text.split(',').enumerate() {
+        match parse_entry(entry) {
+            Ok(Some(kv)) => out.push(kv),
+            Ok(None) => {}
+            Err(why) => errors.push(format!("{path}[{i}]"), why),
+        }
+    }
+    out
 }
 
 /// Parses `k=v, k2=v2` into a map; duplicate keys are errors.

@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
-use stagetime_core::legacy::{parse_entry, parse_volume_claim, split_entries, split_items};
+use stagetime_core::legacy::{parse_entry, parse_volume_claim, split_items};
 use stagetime_core::plan::{Plan, is_dns1123_label};
 use stagetime_core::spec::{PipelineSpec, TaskSpec, WorkspaceSpec};
 use stagetime_core::{Error, FieldErrors};
@@ -57,8 +57,8 @@ const OVERRIDE_SEPARATOR: char = ';';
 /// ```
 pub fn parse_overrides(text: &str, path: &str, errors: &mut FieldErrors) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
-    for (k, v) in split_entries(text, OVERRIDE_SEPARATOR, errors, |_| path.to_string()) {
-        push_unique(&mut out, k, v, path, errors);
+    for entry in text.split(OVERRIDE_SEPARATOR) {
+        push_entry(&mut out, entry, path, errors);
     }
     out
 }
@@ -73,27 +73,21 @@ pub fn parse_entries(
 ) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
-        let at = format!("{path}[{i}]");
-        match parse_entry(entry) {
-            Ok(Some((k, v))) => push_unique(&mut out, k, v, &at, errors),
-            Ok(None) => {}
-            Err(why) => errors.push(at, why),
-        }
+        push_entry(&mut out, entry, &format!("{path}[{i}]"), errors);
     }
     out
 }
 
-fn push_unique(
-    out: &mut Vec<(String, String)>,
-    k: &str,
-    v: &str,
-    path: &str,
-    errors: &mut FieldErrors,
-) {
-    if out.iter().any(|(have, _)| have == k) {
-        errors.push(path, format!("{k:?} is given twice"));
-    } else {
-        out.push((k.to_string(), v.to_string()));
+/// Adds `entry` (core's [`parse_entry`]) to `out`; a malformed entry or a
+/// key already in `out` is reported at `path`.
+fn push_entry(out: &mut Vec<(String, String)>, entry: &str, path: &str, errors: &mut FieldErrors) {
+    match parse_entry(entry) {
+        Ok(Some((k, _))) if out.iter().any(|(have, _)| have == k) => {
+            errors.push(path, format!("{k:?} is given twice"))
+        }
+        Ok(Some((k, v))) => out.push((k.to_string(), v.to_string())),
+        Ok(None) => {}
+        Err(why) => errors.push(path, why),
     }
 }
 
