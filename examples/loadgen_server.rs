@@ -24,7 +24,10 @@ use stagetime::grpc::client::{Client, ClientConfig};
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::store::{RunState, Store};
 use stagetime_core::testkit::InstantBackend;
-use stagetime_core::testkit::w1::{self, OwnRedis};
+
+#[path = "../stagetime-redis/examples/support/w1.rs"]
+mod w1;
+use w1::OwnRedis;
 
 struct Args {
     runs: usize,

@@ -16,8 +16,9 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use stagetime::kube::operator::{Operator, OperatorConfig, OperatorMetrics};
 use stagetime::redis::{RedisConfig, RedisStore};
+use stagetime::runtime::{Failure, Shutdown, parse_duration, run_main};
 use stagetime::store::Store;
-use stagetime::telemetry::{Endpoint, Failure, LogFormat, Shutdown, parse_duration, run_main};
+use stagetime::telemetry::{Endpoint, LogFormat};
 use tracing::info;
 
 #[derive(Parser)]

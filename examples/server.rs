@@ -20,8 +20,9 @@ use stagetime::grpc::metrics::Metrics;
 use stagetime::grpc::{Limits, ServerConfig, TlsFiles, load_token};
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
+use stagetime::runtime::{Failure, Shutdown, bind, run_main};
 use stagetime::store::Store;
-use stagetime::telemetry::{Endpoint, Failure, LogFormat, Shutdown, bind, run_main};
+use stagetime::telemetry::{Endpoint, LogFormat};
 use tracing::info;
 
 #[derive(Parser)]

@@ -22,10 +22,11 @@ use stagetime::kube::TektonConfig;
 use stagetime::memory::MemoryStore;
 use stagetime::plan::Plan;
 use stagetime::report::{GraphFormat, RunView, graph, plan_table, progress_line, summary};
+use stagetime::runtime::{Failure, parse_duration, run_cli};
 use stagetime::scheduler::TaskStatus;
 use stagetime::spec::{DocumentFormat, parse_document};
 use stagetime::store::{RunId, RunState};
-use stagetime::telemetry::{Failure, LogFormat, parse_duration, run_cli};
+use stagetime::telemetry::LogFormat;
 
 #[derive(Parser)]
 #[command(

@@ -17,13 +17,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use stagetime::backend::HousekeepingPolicy;
 use stagetime::backends::BackendKind;
 use stagetime::engine::{Engine, EngineConfig};
 use stagetime::grpc::metrics::Metrics;
 use stagetime::kube::TektonConfig;
 use stagetime::redis::{RedisConfig, RedisStore};
+use stagetime::runtime::{Failure, Shutdown, parse_duration, run_main};
 use stagetime::store::Store;
-use stagetime::telemetry::{Endpoint, Failure, LogFormat, Shutdown, parse_duration, run_main};
+use stagetime::telemetry::{Endpoint, LogFormat};
 use tracing::info;
 
 #[derive(Parser)]
@@ -116,11 +118,11 @@ async fn run(args: Args) -> Result<(), Failure> {
 
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let consumer = format!("worker-{host}-{}", std::process::id());
-    let housekeeping = (!args.housekeeping_interval.is_zero()).then_some((
-        args.housekeeping_ttl,
-        args.housekeeping_keep_last,
-        args.housekeeping_interval,
-    ));
+    let housekeeping = (!args.housekeeping_interval.is_zero()).then_some(HousekeepingPolicy {
+        every: args.housekeeping_interval,
+        ttl: args.housekeeping_ttl,
+        keep_last: args.housekeeping_keep_last,
+    });
     let engine = Arc::new(
         Engine::new(store, backend)
             .with_config(EngineConfig {

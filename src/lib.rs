@@ -11,6 +11,7 @@
 //!   `backends` chooses a backend by name for the binaries;
 //! - `redis` (feature `redis`): the Redis-backed shared store;
 //! - `telemetry` (feature `telemetry`): logging, metrics and probe endpoint of the binaries;
+//! - `runtime` (feature `telemetry`): how the binaries' processes run: `run_main`, exit statuses, shutdown;
 //! - `grpc` (feature `grpc`): the gRPC server (legacy and `stagetime.v1` services) and client;
 //! - [`report`]: plan tables, dependency graphs and run summaries as text.
 
@@ -26,5 +27,7 @@ pub use stagetime_redis as redis;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 pub mod report;
+#[cfg(feature = "telemetry")]
+pub mod runtime;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

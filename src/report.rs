@@ -13,7 +13,8 @@
 //! .unwrap();
 //! let plan = Plan::build(spec).unwrap();
 //! let dot = graph(&plan, GraphFormat::Dot, None);
-//! assert!(dot.contains("\"build\" -> \"test\""));
+//! assert!(dot.contains("\"build\" -> \"stage 0 done\""));
+//! assert!(dot.contains("\"stage 0 done\" -> \"test\""));
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -200,9 +201,66 @@ fn status_colour(s: TaskStatus) -> Option<&'static str> {
     }
 }
 
-/// The dependency graph of `plan`: one cluster per stage, finally tasks in a
-/// dashed cluster, an edge per direct dependency. With `run` (a run of this
-/// plan), each task is labelled and coloured with its status.
+/// A node of the drawn graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GraphNode {
+    /// A task of the plan.
+    Task(TaskIndex),
+    /// The barrier after stage group `g`: every task of the group is done.
+    StageDone(u32),
+    /// Every main task is done: what the finally tasks wait for.
+    StagesDone,
+}
+
+/// The edges of [`graph`], linear in tasks + `needs` as in the plan itself:
+/// each stage barrier is one node, with an edge in from every task of its
+/// stage and an edge out to every task of the next stage that has no
+/// `needs`; explicit `needs` are drawn directly; the finally tasks without
+/// `needs` follow one last node that the main tasks nothing else waits for
+/// lead into (every main task is done before it, transitively).
+fn graph_edges(plan: &Plan) -> Vec<(GraphNode, GraphNode)> {
+    use GraphNode::{StageDone, StagesDone, Task};
+    // A barrier nothing is gated by (the last stage's, or one whose next
+    // stage only has tasks with `needs`) is not drawn.
+    let barrier_drawn = |g: u32| !plan.barrier_dependents(g).is_empty();
+    let mut edges = Vec::new();
+    for (g, stage) in (0..).zip(&plan.stages) {
+        if barrier_drawn(g) {
+            edges.extend(stage.members.iter().map(|&m| (Task(m), StageDone(g))));
+            edges.extend(
+                plan.barrier_dependents(g)
+                    .iter()
+                    .map(|&d| (StageDone(g), Task(d))),
+            );
+        }
+    }
+    for i in 0..plan.len() as TaskIndex {
+        edges.extend(plan.needs_of(i).iter().map(|&d| (Task(d), Task(i))));
+    }
+    if plan.len() > plan.main_count as usize {
+        for i in 0..plan.main_count {
+            let waited_for = !plan.dependents_of(i).is_empty()
+                || plan.stage_group_of(i).is_some_and(barrier_drawn);
+            if !waited_for {
+                edges.push((Task(i), StagesDone));
+            }
+        }
+        for i in plan.main_count..plan.len() as TaskIndex {
+            if plan.needs_of(i).is_empty() {
+                edges.push((StagesDone, Task(i)));
+            }
+        }
+    }
+    edges
+}
+
+/// The dependency graph of `plan`, readable for wide stages: one cluster per
+/// stage and one (dashed) for the finally tasks; between consecutive stages
+/// one barrier node ("stage N done") instead of an edge from every task to
+/// every task; explicit `needs` as direct edges; a last barrier ("all stages
+/// done") before the finally tasks. Tasks that may fail are drawn dashed and
+/// labelled "(can fail)". With `run` (a run of this plan), each task is
+/// labelled and coloured with its status.
 pub fn graph(plan: &Plan, format: GraphFormat, run: Option<&RunView>) -> String {
     let statuses: HashMap<&str, TaskStatus> = run
         .map(|r| {
@@ -212,33 +270,46 @@ pub fn graph(plan: &Plan, format: GraphFormat, run: Option<&RunView>) -> String 
                 .collect()
         })
         .unwrap_or_default();
-    let mut edges = Vec::new();
-    for i in 0..plan.len() as TaskIndex {
-        for d in plan.direct_dependencies(i) {
-            edges.push((plan.task(d).name(), plan.task(i).name()));
+    let edges = graph_edges(plan);
+    let mut barriers: Vec<GraphNode> = Vec::new();
+    for (a, b) in &edges {
+        for n in [*a, *b] {
+            if !matches!(n, GraphNode::Task(_)) && !barriers.contains(&n) {
+                barriers.push(n);
+            }
         }
     }
-    let finally: Vec<&str> = plan
-        .tasks
-        .iter()
-        .filter(|t| t.is_finally)
-        .map(|t| t.name())
-        .collect();
+    let finally: Vec<TaskIndex> = (plan.main_count..plan.len() as TaskIndex).collect();
     let clusters = plan
         .stages
         .iter()
-        .map(|stage| {
-            let members = stage.members.iter().map(|&m| plan.task(m).name()).collect();
-            (format!("stage {}", stage.number), members)
-        })
+        .map(|stage| (format!("stage {}", stage.number), stage.members.clone()))
         .chain((!finally.is_empty()).then(|| ("finally".to_string(), finally)));
-    let label = |name: &str| match statuses.get(name) {
-        Some(&s) => format!("{name}\\n{}", s.as_str()),
-        None => name.to_string(),
+    // Name, then "(can fail)", then the status; lines split by `\n`.
+    let label = |i: TaskIndex| {
+        let task = plan.task(i);
+        let mut label = task.name().to_string();
+        if task.spec.can_fail {
+            label.push_str("\\n(can fail)");
+        }
+        if let Some(&s) = statuses.get(task.name()) {
+            label.push_str(&format!("\\n{}", s.as_str()));
+        }
+        label
+    };
+    let barrier_title = |n: GraphNode| match n {
+        GraphNode::StageDone(g) => format!("stage {} done", plan.stages[g as usize].number),
+        _ => "all stages done".to_string(),
     };
     let mut out = String::new();
     match format {
         GraphFormat::Dot => {
+            // Task names are DNS-1123 labels: a barrier's title, with its
+            // spaces, never names a task.
+            let id = |n: GraphNode| match n {
+                GraphNode::Task(i) => format!("\"{}\"", plan.task(i).name()),
+                barrier => format!("\"{}\"", barrier_title(barrier)),
+            };
             out.push_str("digraph revision_run {\n  rankdir=LR;\n");
             for (g, (title, members)) in clusters.enumerate() {
                 let style = if title == "finally" {
@@ -250,42 +321,90 @@ pub fn graph(plan: &Plan, format: GraphFormat, run: Option<&RunView>) -> String 
                     "  subgraph cluster_{g} {{\n    label=\"{title}\";\n{style}"
                 ));
                 for m in members {
-                    out.push_str(&format!("    \"{m}\""));
-                    if let Some(&s) = statuses.get(m) {
-                        out.push_str(&format!(" [label=\"{}\"", label(m)));
-                        if let Some(c) = status_colour(s) {
-                            out.push_str(&format!(", style=filled, fillcolor=\"{c}\""));
+                    let task = plan.task(m);
+                    out.push_str(&format!("    {}", id(GraphNode::Task(m))));
+                    let status = statuses.get(task.name());
+                    let mut attrs = Vec::new();
+                    if status.is_some() || task.spec.can_fail {
+                        attrs.push(format!("label=\"{}\"", label(m)));
+                    }
+                    let colour = status.and_then(|&s| status_colour(s));
+                    match (colour, task.spec.can_fail) {
+                        (Some(c), true) => {
+                            attrs.push(format!("style=\"filled,dashed\", fillcolor=\"{c}\""))
                         }
-                        out.push(']');
+                        (Some(c), false) => attrs.push(format!("style=filled, fillcolor=\"{c}\"")),
+                        (None, true) => attrs.push("style=dashed".into()),
+                        (None, false) => {}
+                    }
+                    if !attrs.is_empty() {
+                        out.push_str(&format!(" [{}]", attrs.join(", ")));
                     }
                     out.push_str(";\n");
                 }
                 out.push_str("  }\n");
             }
+            // A barrier is a join bar, as in activity diagrams.
+            for b in &barriers {
+                out.push_str(&format!(
+                    "  {} [shape=box, label=\"\", xlabel=\"{}\", width=0.08, height=0.8, style=filled, fillcolor=black];\n",
+                    id(*b),
+                    barrier_title(*b)
+                ));
+            }
             for (a, b) in &edges {
-                out.push_str(&format!("  \"{a}\" -> \"{b}\";\n"));
+                out.push_str(&format!("  {} -> {};\n", id(*a), id(*b)));
             }
             out.push_str("}\n");
         }
         GraphFormat::Mermaid => {
+            // Task ids are lower case (DNS-1123): barrier ids are not.
+            let id = |n: GraphNode| match n {
+                GraphNode::Task(i) => mermaid_id(plan.task(i).name()),
+                GraphNode::StageDone(g) => {
+                    format!("Stage{}Done", plan.stages[g as usize].number)
+                }
+                GraphNode::StagesDone => "AllStagesDone".to_string(),
+            };
             out.push_str("flowchart LR\n");
+            let mut finally_group = None;
             for (g, (title, members)) in clusters.enumerate() {
+                if title == "finally" {
+                    finally_group = Some(g);
+                }
                 out.push_str(&format!("  subgraph group{g}[\"{title}\"]\n"));
                 for m in members {
                     out.push_str(&format!(
                         "    {}[\"{}\"]\n",
-                        mermaid_id(m),
+                        id(GraphNode::Task(m)),
                         label(m).replace("\\n", "<br/>")
                     ));
                 }
                 out.push_str("  end\n");
             }
-            for (a, b) in &edges {
-                out.push_str(&format!("  {} --> {}\n", mermaid_id(a), mermaid_id(b)));
+            for b in &barriers {
+                out.push_str(&format!("  {}{{{{\"{}\"}}}}\n", id(*b), barrier_title(*b)));
             }
-            for (name, s) in &statuses {
-                if let Some(c) = status_colour(*s) {
-                    out.push_str(&format!("  style {} fill:{c}\n", mermaid_id(name)));
+            for (a, b) in &edges {
+                out.push_str(&format!("  {} --> {}\n", id(*a), id(*b)));
+            }
+            if let Some(g) = finally_group {
+                out.push_str(&format!("  style group{g} stroke-dasharray:5 5\n"));
+            }
+            for (i, task) in (0..).zip(&plan.tasks) {
+                let mut style = Vec::new();
+                if let Some(c) = statuses.get(task.name()).and_then(|&s| status_colour(s)) {
+                    style.push(format!("fill:{c}"));
+                }
+                if task.spec.can_fail {
+                    style.push("stroke-dasharray:5 5".to_string());
+                }
+                if !style.is_empty() {
+                    out.push_str(&format!(
+                        "  style {} {}\n",
+                        id(GraphNode::Task(i)),
+                        style.join(",")
+                    ));
                 }
             }
         }
@@ -347,20 +466,168 @@ mod tests {
         RunView::assemble(header, tasks)
     }
 
+    /// Stages of `sizes[s]` tasks `s<s>-t<n>` (stage `s`), and `finally`
+    /// tasks `f<n>` each needing the one before.
+    fn wide_plan(sizes: &[usize], finally: usize) -> Plan {
+        let mut doc = String::from("repo: demo\ncommit: abc1\ntasks:\n");
+        for (s, &n) in sizes.iter().enumerate() {
+            for t in 0..n {
+                doc.push_str(&format!(
+                    "  - {{name: s{s}-t{t}, stage: {s}, command: 'true'}}\n"
+                ));
+            }
+        }
+        if finally > 0 {
+            doc.push_str("finally:\n  - {name: f0, command: 'true'}\n");
+            for f in 1..finally {
+                doc.push_str(&format!(
+                    "  - {{name: f{f}, needs: [f{}], command: 'true'}}\n",
+                    f - 1
+                ));
+            }
+        }
+        Plan::build(yaml_serde::from_str(&doc).unwrap()).unwrap()
+    }
+
+    fn dot_edges(dot: &str) -> Vec<&str> {
+        dot.lines().filter(|l| l.contains(" -> ")).collect()
+    }
+
     #[test]
     fn dot_graph_has_stage_clusters_finally_and_edges() {
         let dot = graph(&plan(), GraphFormat::Dot, None);
-        assert!(dot.contains("label=\"stage 0\""), "{dot}");
+        assert!(
+            dot.contains("  subgraph cluster_0 {\n    label=\"stage 0\";"),
+            "{dot}"
+        );
         assert!(
             dot.contains("label=\"finally\";\n    style=dashed;"),
             "{dot}"
         );
-        assert!(dot.contains("\"build\" -> \"unit-test\";"), "{dot}");
-        assert!(dot.contains("\"build\" -> \"lint\";"), "{dot}");
+        assert_eq!(
+            dot_edges(&dot),
+            [
+                "  \"build\" -> \"stage 0 done\";",
+                "  \"stage 0 done\" -> \"unit-test\";",
+                "  \"stage 0 done\" -> \"lint\";",
+                "  \"unit-test\" -> \"all stages done\";",
+                "  \"lint\" -> \"all stages done\";",
+                "  \"all stages done\" -> \"notify\";",
+            ],
+            "{dot}"
+        );
         assert!(
-            !dot.contains("fillcolor"),
+            dot.contains("  \"stage 0 done\" [shape=box, label=\"\", xlabel=\"stage 0 done\""),
+            "{dot}"
+        );
+        assert!(
+            !dot.contains("fillcolor=\"#"),
             "no statuses without a run: {dot}"
         );
+    }
+
+    #[test]
+    fn can_fail_tasks_are_dashed_and_labelled() {
+        let dot = graph(&plan(), GraphFormat::Dot, None);
+        assert!(
+            dot.contains("    \"lint\" [label=\"lint\\n(can fail)\", style=dashed];\n"),
+            "{dot}"
+        );
+        assert!(dot.contains("    \"unit-test\";\n"), "{dot}");
+        let run = view(&[
+            ("build", TaskStatus::Succeeded),
+            ("unit-test", TaskStatus::Running),
+            ("lint", TaskStatus::Failed),
+            ("notify", TaskStatus::Waiting),
+        ]);
+        let dot = graph(&plan(), GraphFormat::Dot, Some(&run));
+        assert!(
+            dot.contains(
+                "\"lint\" [label=\"lint\\n(can fail)\\nfailed\", style=\"filled,dashed\", fillcolor=\"#fc9272\"]"
+            ),
+            "{dot}"
+        );
+        let mermaid = graph(&plan(), GraphFormat::Mermaid, Some(&run));
+        assert!(
+            mermaid.contains("    lint[\"lint<br/>(can fail)<br/>failed\"]\n"),
+            "{mermaid}"
+        );
+        assert!(
+            mermaid.contains("  style lint fill:#fc9272,stroke-dasharray:5 5\n"),
+            "{mermaid}"
+        );
+    }
+
+    #[test]
+    fn a_barrier_replaces_the_all_pairs_edges_between_stages() {
+        // 4, 8 and 5 tasks in three stages, two finally tasks: 19 tasks.
+        let plan = wide_plan(&[4, 8, 5], 2);
+        assert_eq!(plan.len(), 19);
+        let all_pairs: usize = (0..plan.len() as TaskIndex)
+            .map(|i| plan.direct_dependencies(i).len())
+            .sum();
+        assert_eq!(all_pairs, 73, "every dependency drawn as its own edge");
+        let dot = graph(&plan, GraphFormat::Dot, None);
+        // 4 into and 8 out of the first barrier, 8 into and 5 out of the
+        // second, 5 into and 1 out of the last, and f0 -> f1.
+        assert_eq!(dot_edges(&dot).len(), 4 + 8 + 8 + 5 + 5 + 1 + 1, "{dot}");
+        assert!(dot.contains("  \"s1-t7\" -> \"stage 1 done\";\n"), "{dot}");
+        assert!(dot.contains("  \"stage 1 done\" -> \"s2-t0\";\n"), "{dot}");
+        assert!(!dot.contains("\"s0-t0\" -> \"s1-t0\""), "{dot}");
+        assert!(
+            dot.contains("  \"s2-t4\" -> \"all stages done\";\n"),
+            "{dot}"
+        );
+        assert!(dot.contains("  \"all stages done\" -> \"f0\";\n"), "{dot}");
+        assert!(dot.contains("  \"f0\" -> \"f1\";\n"), "{dot}");
+        assert!(!dot.contains("\"all stages done\" -> \"f1\""), "{dot}");
+        let mermaid = graph(&plan, GraphFormat::Mermaid, None);
+        assert_eq!(mermaid.matches(" --> ").count(), 32, "{mermaid}");
+        assert!(
+            mermaid.contains("  Stage0Done{{\"stage 0 done\"}}\n"),
+            "{mermaid}"
+        );
+        assert!(mermaid.contains("  s0_t3 --> Stage0Done\n"), "{mermaid}");
+        assert!(mermaid.contains("  Stage0Done --> s1_t0\n"), "{mermaid}");
+        assert!(mermaid.contains("  AllStagesDone --> f0\n"), "{mermaid}");
+        assert!(
+            mermaid.contains("  subgraph group3[\"finally\"]\n"),
+            "{mermaid}"
+        );
+        assert!(
+            mermaid.contains("  style group3 stroke-dasharray:5 5\n"),
+            "{mermaid}"
+        );
+
+        // Ten tasks per stage: 10 edges on each side of each barrier, not 100.
+        let dot = graph(&wide_plan(&[10, 10, 10], 0), GraphFormat::Dot, None);
+        assert_eq!(dot_edges(&dot).len(), 40, "{dot}");
+        assert!(!dot.contains("all stages done"), "no finally: {dot}");
+    }
+
+    #[test]
+    fn explicit_needs_are_drawn_directly_and_bypass_the_barrier() {
+        let spec = yaml_serde::from_str(
+            "repo: demo\ncommit: abc1\ntasks:\n  - {name: build, command: make}\n  - {name: docs, command: make docs}\n  - {name: test, stage: 1, needs: [build], command: make test}\n  - {name: e2e, stage: 2, command: make e2e}\nfinally:\n  - {name: notify, command: 'true'}\n",
+        )
+        .unwrap();
+        let plan = Plan::build(spec).unwrap();
+        let dot = graph(&plan, GraphFormat::Dot, None);
+        assert_eq!(
+            dot_edges(&dot),
+            [
+                // Nothing of stage 1 waits for stage 0 as a whole: no barrier.
+                "  \"test\" -> \"stage 1 done\";",
+                "  \"stage 1 done\" -> \"e2e\";",
+                "  \"build\" -> \"test\";",
+                // docs: nothing waits for it, but finally does.
+                "  \"docs\" -> \"all stages done\";",
+                "  \"e2e\" -> \"all stages done\";",
+                "  \"all stages done\" -> \"notify\";",
+            ],
+            "{dot}"
+        );
+        assert!(!dot.contains("stage 0 done"), "{dot}");
     }
 
     #[test]
@@ -387,9 +654,30 @@ mod tests {
             mermaid.contains("unit_test[\"unit-test<br/>failed\"]"),
             "{mermaid}"
         );
-        assert!(mermaid.contains("build --> unit_test"), "{mermaid}");
-        assert!(mermaid.contains("style build fill:#a1d99b"), "{mermaid}");
+        assert!(mermaid.contains("  build --> Stage0Done\n"), "{mermaid}");
+        assert!(
+            mermaid.contains("  Stage0Done --> unit_test\n"),
+            "{mermaid}"
+        );
+        assert!(
+            mermaid.contains("  style build fill:#a1d99b\n"),
+            "{mermaid}"
+        );
         assert!(!mermaid.contains("style notify"), "{mermaid}");
+        let styles: Vec<&str> = mermaid
+            .lines()
+            .filter(|l| l.starts_with("  style "))
+            .collect();
+        assert_eq!(
+            styles,
+            [
+                "  style group2 stroke-dasharray:5 5",
+                "  style build fill:#a1d99b",
+                "  style unit_test fill:#fc9272",
+                "  style lint fill:#9ecae1,stroke-dasharray:5 5",
+            ],
+            "in plan order: {mermaid}"
+        );
     }
 
     #[test]

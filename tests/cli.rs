@@ -184,7 +184,12 @@ fn graph_prints_dot_and_mermaid() {
     let out = run_cli(dir.path(), &["graph", demo.to_str().unwrap()]);
     let dot = String::from_utf8_lossy(&out.stdout);
     assert!(
-        dot.starts_with("digraph") && dot.contains("\"lint\" -> \"flaky-integration\""),
+        dot.starts_with("digraph")
+            && dot.contains("  \"lint\" -> \"stage 0 done\";\n")
+            && dot.contains("  \"stage 0 done\" -> \"flaky-integration\";\n")
+            && dot.contains("\"experimental\" [label=\"experimental\\n(can fail)\", style=dashed]")
+            && dot.contains("  \"package\" -> \"all stages done\";\n")
+            && dot.contains("  \"all stages done\" -> \"notify\";\n"),
         "{dot}"
     );
     let out = run_cli(
@@ -195,7 +200,8 @@ fn graph_prints_dot_and_mermaid() {
     assert!(
         m.starts_with("flowchart")
             && m.contains("    flaky_integration[\"flaky-integration\"]\n")
-            && m.contains("  flaky_integration --> package\n"),
+            && m.contains("  flaky_integration --> Stage1Done\n")
+            && m.contains("  Stage1Done --> package\n"),
         "{m}"
     );
 }

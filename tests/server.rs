@@ -1035,7 +1035,7 @@ async fn bad_input_on_every_rpc_is_refused_naming_the_field_and_stores_nothing()
 fn tls_serves_https_clients_that_trust_the_ca() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    if !stagetime_core::testkit::make_test_certs(d) {
+    if !support::redis::certs::make_test_certs(d) {
         stagetime_core::testkit::skip_or_fail("openssl (to make test certificates)");
         return;
     }

@@ -301,7 +301,7 @@ impl From<Error> for ClientError {
 }
 
 #[cfg(feature = "telemetry")]
-impl From<ClientError> for crate::telemetry::Failure {
+impl From<ClientError> for crate::runtime::Failure {
     /// Exit status 2 for what the caller must fix (input, ids, versions,
     /// tokens), 3 for a server or store that is unavailable or broken.
     fn from(e: ClientError) -> Self {
@@ -313,7 +313,7 @@ impl From<ClientError> for crate::telemetry::Failure {
             | ErrorKind::Forbidden => Self::INVALID,
             _ => Self::UNAVAILABLE,
         };
-        crate::telemetry::Failure {
+        crate::runtime::Failure {
             code,
             message: e.to_string(),
         }

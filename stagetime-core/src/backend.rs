@@ -169,6 +169,30 @@ pub struct Housekeeping {
     pub now_ms: u64,
 }
 
+/// When and how an engine has its backend do housekeeping
+/// ([`EngineConfig::housekeeping`](crate::engine::EngineConfig::housekeeping)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HousekeepingPolicy {
+    /// How often a pass runs.
+    pub every: Duration,
+    /// Finished work older than this may be deleted ([`Housekeeping::ttl`]).
+    pub ttl: Duration,
+    /// The newest this many finished attempts per repository are always kept
+    /// ([`Housekeeping::keep_last`]).
+    pub keep_last: usize,
+}
+
+impl HousekeepingPolicy {
+    /// The pass of this policy at `now_ms` (ms since the epoch).
+    pub fn at(&self, now_ms: u64) -> Housekeeping {
+        Housekeeping {
+            ttl: self.ttl,
+            keep_last: self.keep_last,
+            now_ms,
+        }
+    }
+}
+
 /// What one housekeeping pass removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HousekeepingReport {

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use tokio::sync::broadcast;
 use tracing::{debug, error, info, warn};
 
-use crate::backend::{Backend, Housekeeping, LaunchKey, LaunchRequest, Observation};
+use crate::backend::{Backend, HousekeepingPolicy, LaunchKey, LaunchRequest, Observation};
 use crate::control::{RunControl, Submitted};
 use crate::error::{Error, ErrorKind, Result};
 use crate::plan::Plan;
@@ -92,8 +92,8 @@ pub struct EngineConfig {
     pub claim_wait: Duration,
     /// How often finished runs past retention are purged (`None`: never).
     pub purge_every: Option<Duration>,
-    /// Backend housekeeping policy and period (`None`: never).
-    pub housekeeping: Option<(Duration, usize, Duration)>,
+    /// Backend housekeeping: how often, and what it may delete (`None`: never).
+    pub housekeeping: Option<HousekeepingPolicy>,
     /// Reconcile running runs with the backend when the engine starts.
     pub reconcile_on_start: bool,
     /// At shutdown, how long the batch being applied may take to finish;
@@ -694,7 +694,7 @@ impl Engine {
     async fn chores(self: Arc<Self>) {
         let purge_every = self.config.purge_every;
         let housekeeping = self.config.housekeeping;
-        let tick = [purge_every, housekeeping.map(|h| h.2)]
+        let tick = [purge_every, housekeeping.map(|h| h.every)]
             .into_iter()
             .flatten()
             .min()
@@ -713,15 +713,11 @@ impl Engine {
                     Err(e) => warn!(error = %e, "purging expired runs failed"),
                 }
             }
-            if let Some((ttl, keep_last, every)) = housekeeping
-                && last_house.elapsed() >= every
+            if let Some(policy) = housekeeping
+                && last_house.elapsed() >= policy.every
             {
                 last_house = tokio::time::Instant::now();
-                let policy = Housekeeping {
-                    ttl,
-                    keep_last,
-                    now_ms: self.clock.now_ms(),
-                };
+                let policy = policy.at(self.clock.now_ms());
                 match self.backend.housekeeping(&policy).await {
                     Ok(r) if !r.deleted.is_empty() => {
                         info!(deleted = r.deleted.len(), "backend housekeeping")

@@ -146,32 +146,61 @@ impl LegacyPipelinerun {
     }
 }
 
-/// Splits `a=1, b=2` into entries: comma separated, each split on its first
-/// `=`, whitespace trimmed, empty segments (trailing commas) ignored.
+/// One `name=value` entry of a compact field, split on its first `=`, name
+/// and value trimmed: `Ok(None)` for a blank entry (a trailing separator),
+/// an empty value is kept.
 ///
-/// Returns `(key, value, segment index)`; reports segments without `=` or
-/// with an empty key.
+/// This is the one parser of the compact syntax: the legacy request's fields
+/// (entries separated by `,`) and the operator's RevisionRun overrides and
+/// template entries use it.
+///
+/// ```
+/// use stagetime_core::legacy::parse_entry;
+/// assert_eq!(parse_entry(" b = x=y "), Ok(Some(("b", "x=y"))));
+/// assert_eq!(parse_entry("c="), Ok(Some(("c", ""))));
+/// assert_eq!(parse_entry("  "), Ok(None));
+/// assert_eq!(parse_entry("oops").unwrap_err(), "entry \"oops\" has no '='");
+/// ```
+///
+/// # Errors
+/// Why the entry is not `name=value`: it has no `=`, or an empty name.
+pub fn parse_entry(entry: &str) -> Result<Option<(&str, &str)>, String> {
+    let entry = entry.trim();
+    if entry.is_empty() {
+        return Ok(None);
+    }
+    match entry.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok(Some((k.trim(), v.trim()))),
+        Some(_) => Err(format!("entry {entry:?} has an empty name")),
+        None => Err(format!("entry {entry:?} has no '='")),
+    }
+}
+
+/// The items of a list value such as `a;b;c`: split on any of
+/// `separators`, trimmed, blank ones skipped.
+pub fn split_items(value: &str, separators: &[char]) -> Vec<String> {
+    value
+        .split(separators)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Splits a legacy field `a=1, b=2` into entries ([`parse_entry`]): comma
+/// separated, blank ones (trailing commas) skipped, malformed ones reported
+/// at `path[i]`, `i` counting the comma-separated pieces.
 pub fn split_compact<'a>(
     text: &'a str,
     path: &str,
     errors: &mut FieldErrors,
 ) -> Vec<(&'a str, &'a str)> {
     let mut out = Vec::new();
-    for (i, segment) in text.split(',').enumerate() {
-        let segment = segment.trim();
-        if segment.is_empty() {
-            continue;
-        }
-        match segment.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => out.push((k.trim(), v.trim())),
-            Some(_) => errors.push(
-                format!("{path}[{i}]"),
-                format!("entry {segment:?} has an empty name"),
-            ),
-            None => errors.push(
-                format!("{path}[{i}]"),
-                format!("entry {segment:?} is not of the form name=value"),
-            ),
+    for (i, entry) in text.split(',').enumerate() {
+        match parse_entry(entry) {
+            Ok(Some(kv)) => out.push(kv),
+            Ok(None) => {}
+            Err(why) => errors.push(format!("{path}[{i}]"), why),
         }
     }
     out
@@ -196,13 +225,7 @@ pub fn parse_list_params(
 ) -> BTreeMap<String, Vec<String>> {
     let mut map = BTreeMap::new();
     for (k, v) in split_compact(text, path, errors) {
-        let items: Vec<String> = v
-            .split(';')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
-        if map.insert(k.to_string(), items).is_some() {
+        if map.insert(k.to_string(), split_items(v, &[';'])).is_some() {
             errors.push(path, format!("{k:?} is given twice"));
         }
     }
@@ -264,32 +287,47 @@ pub fn parse_workspaces(text: &str, path: &str, errors: &mut FieldErrors) -> Vec
 
 /// Parses `name=storageClass;accessMode;size` volume claim templates.
 pub fn parse_volume_claims(text: &str, path: &str, errors: &mut FieldErrors) -> Vec<WorkspaceSpec> {
-    let mut out = Vec::new();
-    for (name, v) in split_compact(text, path, errors) {
-        let parts: Vec<&str> = v.split(';').map(str::trim).collect();
-        let [class, mode, size] = parts.as_slice() else {
-            errors.push(
-                path,
-                format!("volume claim {name:?}: expected storageClass;accessMode;size, got {v:?}"),
-            );
-            continue;
-        };
-        if size.is_empty() {
-            errors.push(path, format!("volume claim {name:?}: the size is empty"));
-            continue;
-        }
-        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        out.push(WorkspaceSpec {
-            name: name.to_string(),
-            volume_claim_template: Some(VolumeClaimTemplateSpec {
-                storage_class: opt(class),
-                access_mode: opt(mode),
-                storage: size.to_string(),
-            }),
-            ..WorkspaceSpec::default()
-        });
+    split_compact(text, path, errors)
+        .into_iter()
+        .filter_map(|(name, v)| parse_volume_claim(name, v, &[';'], path, errors))
+        .collect()
+}
+
+/// The volume claim template `name` from `storageClass;accessMode;size`
+/// (split on any of `separators`; class and mode may be empty), or `None`
+/// after reporting at `path` why not.
+pub fn parse_volume_claim(
+    name: &str,
+    value: &str,
+    separators: &[char],
+    path: &str,
+    errors: &mut FieldErrors,
+) -> Option<WorkspaceSpec> {
+    let parts: Vec<&str> = value.split(separators).map(str::trim).collect();
+    let [class, mode, size] = parts.as_slice() else {
+        errors.push(
+            path,
+            format!(
+                "volume claim {name:?}: expected storageClass{s}accessMode{s}size, got {value:?}",
+                s = separators[0]
+            ),
+        );
+        return None;
+    };
+    if size.is_empty() {
+        errors.push(path, format!("volume claim {name:?}: the size is empty"));
+        return None;
     }
-    out
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Some(WorkspaceSpec {
+        name: name.to_string(),
+        volume_claim_template: Some(VolumeClaimTemplateSpec {
+            storage_class: opt(class),
+            access_mode: opt(mode),
+            storage: size.to_string(),
+        }),
+        ..WorkspaceSpec::default()
+    })
 }
 
 #[cfg(test)]

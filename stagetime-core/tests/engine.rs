@@ -12,8 +12,8 @@ use futures::executor::block_on;
 use futures::stream::BoxStream;
 use mockall::mock;
 use stagetime_core::backend::{
-    Backend, Capabilities, Housekeeping, HousekeepingReport, LaunchKey, LaunchRequest, Launched,
-    Observation,
+    Backend, Capabilities, Housekeeping, HousekeepingPolicy, HousekeepingReport, LaunchKey,
+    LaunchRequest, Launched, Observation,
 };
 use stagetime_core::engine::{Engine, EngineConfig, TokioClock};
 use stagetime_core::memory::MemoryStore;
@@ -581,4 +581,48 @@ async fn the_listener_sees_transitions_finishes_and_backend_errors() {
     assert!(listener.committed.load(Ordering::SeqCst) >= 3);
     assert_eq!(listener.finished.load(Ordering::SeqCst), 1);
     assert_eq!(listener.backend_errors.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn housekeeping_runs_every_period_with_the_policy_ttl_and_keep_last() {
+    let passes: Arc<Mutex<Vec<Housekeeping>>> = Arc::default();
+    let mut backend = MockFaultyBackend::new();
+    let inner = InstantBackend::new();
+    backend.expect_name().return_const("recording".to_string());
+    backend.expect_capabilities().return_const(Capabilities {
+        commands: true,
+        pipelines: true,
+    });
+    backend.expect_observe().returning(move || inner.observe());
+    backend.expect_reconcile().returning(|_| Ok(Vec::new()));
+    let seen = Arc::clone(&passes);
+    backend.expect_housekeeping().returning(move |policy| {
+        seen.lock().unwrap().push(*policy);
+        Ok(HousekeepingReport::default())
+    });
+    let clock = Arc::new(TokioClock::new());
+    let policy = HousekeepingPolicy {
+        every: Duration::from_secs(3600),
+        ttl: Duration::from_secs(7 * 86_400),
+        keep_last: 5,
+    };
+    let running = run(Engine::new(Arc::new(MemoryStore::new()), Arc::new(backend))
+        .with_config(EngineConfig {
+            housekeeping: Some(policy),
+            ..config()
+        })
+        .with_clock(clock.clone()));
+    // Paused time: the sleep advances the clock past two periods at once.
+    tokio::time::sleep(Duration::from_secs(2 * 3600 + 60)).await;
+    running.shutdown().await;
+    let passes = passes.lock().unwrap().clone();
+    assert_eq!(passes.len(), 2, "{passes:?}");
+    for pass in &passes {
+        assert_eq!((pass.ttl, pass.keep_last), (policy.ttl, policy.keep_last));
+    }
+    assert!(
+        passes[1].now_ms - passes[0].now_ms >= 3_600_000,
+        "{passes:?}"
+    );
+    assert_eq!(policy.at(42).now_ms, 42);
 }

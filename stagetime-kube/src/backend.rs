@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use futures::channel::mpsc::{UnboundedSender, unbounded};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::jiff::Timestamp;
@@ -15,7 +14,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use stagetime_core::backend::{
     Backend, Capabilities, Housekeeping, HousekeepingReport, LaunchKey, LaunchRequest, Launched,
-    Observation,
+    Observation, Observers,
 };
 use stagetime_core::{AttemptOutcome, Error, Result, RunId};
 use tokio::task::JoinHandle;
@@ -31,7 +30,8 @@ use crate::render::{
 use crate::status;
 use crate::types::PipelineRun;
 
-type Subscribers = Arc<Mutex<Vec<UnboundedSender<Observation>>>>;
+/// The observers of every `observe` stream, shared with the watch task.
+type Subscribers = Arc<Mutex<Observers>>;
 
 /// Runs task attempts as `tekton.dev/v1` PipelineRuns in one namespace.
 ///
@@ -230,8 +230,7 @@ fn log_watch_error(err: kube::Error, verb: &str, namespace: &str) {
 }
 
 fn fan_out(subs: &Subscribers, obs: Observation) {
-    let mut list = subs.lock().unwrap_or_else(|e| e.into_inner());
-    list.retain(|tx| tx.unbounded_send(obs.clone()).is_ok());
+    subs.lock().unwrap_or_else(|e| e.into_inner()).publish(obs);
 }
 
 /// The launch key a PipelineRun's labels name, if they name one.
@@ -495,14 +494,14 @@ impl Backend for TektonBackend {
     }
 
     fn observe(&self) -> BoxStream<'static, Observation> {
-        let (tx, rx) = unbounded();
-        self.inner
+        let stream = self
+            .inner
             .subscribers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(tx);
+            .subscribe();
         self.start_watcher();
-        rx.boxed()
+        stream
     }
 
     async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>> {

@@ -19,11 +19,14 @@ use std::time::{Duration, Instant};
 use stagetime_core::backend::Backend;
 use stagetime_core::engine::{Engine, EngineConfig};
 use stagetime_core::store::{RunFilter, RunState, Store};
-use stagetime_core::testkit::w1::{self, OwnRedis, STAGES, TASKS_PER_STAGE};
 use stagetime_core::testkit::{GatedStore, InstantBackend};
 use stagetime_core::{Error, Result};
 use stagetime_redis::{RedisConfig, RedisStore};
 use tokio::sync::broadcast::error::RecvError;
+
+#[path = "support/w1.rs"]
+mod w1;
+use w1::{OwnRedis, STAGES, TASKS_PER_STAGE};
 
 struct Args {
     runs: usize,

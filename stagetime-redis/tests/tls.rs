@@ -26,7 +26,7 @@ async fn the_store_works_over_tls_and_checks_the_certificate() {
         return; // no redis-server: skipped (or failed) by the harness
     }
     let dir = tempfile::tempdir().unwrap();
-    if !stagetime_core::testkit::make_test_certs(dir.path()) {
+    if !support::certs::make_test_certs(dir.path()) {
         support::skip("openssl not available to make test certificates");
         return;
     }

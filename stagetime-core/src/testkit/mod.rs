@@ -1,7 +1,6 @@
 //! Test kit (feature `test-util`): an instant backend for tests and
 //! benchmarks, a store with a gate before claims, proptest strategies for
-//! random specs, test certificates, workload W1 of the load generators,
-//! and the conformance suites every [`Store`](crate::store::Store) and
+//! random specs, and the conformance suites every [`Store`](crate::store::Store) and
 //! [`Backend`](crate::backend::Backend) implementation must pass.
 //!
 //! Run a suite against your implementation with one macro call in a test file:
@@ -15,15 +14,12 @@
 //! harness says so loudly); every case then passes as skipped.
 
 pub mod backend_suite;
-mod certs;
 mod gated;
 mod instant;
 pub mod store_suite;
 pub mod strategies;
-pub mod w1;
 
 pub use backend_suite::{BackendHarness, TaskBehaviour};
-pub use certs::make_test_certs;
 pub use gated::{ClaimGate, GatedStore};
 pub use instant::InstantBackend;
 pub use store_suite::StoreUnderTest;

@@ -22,8 +22,9 @@
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
+use stagetime_core::legacy::{parse_entry, parse_volume_claim, split_items};
 use stagetime_core::plan::{Plan, is_dns1123_label};
-use stagetime_core::spec::{PipelineSpec, TaskSpec, VolumeClaimTemplateSpec, WorkspaceSpec};
+use stagetime_core::spec::{PipelineSpec, TaskSpec, WorkspaceSpec};
 use stagetime_core::{Error, FieldErrors};
 
 use crate::crd::{PipelineRunTemplate, Repo, RevisionRun, TEMPLATE_STAGE, Technology};
@@ -39,9 +40,10 @@ const OVERRIDE_SEPARATOR: char = ';';
 
 /// Splits an override string `k=v; k2=v2` into `(key, value)` entries.
 ///
-/// Entries are separated by `;`, split on their first `=` and trimmed; empty
-/// entries are ignored. Entries without `=`, with an empty key, or with a
-/// key given twice are reported at `path`.
+/// Entries are separated by `;` and parsed by core's compact-entry parser
+/// ([`stagetime_core::legacy::parse_entry`]): split on their first `=` and
+/// trimmed; empty entries are ignored. Entries without `=`, with an empty
+/// key, or with a key given twice are reported at `path`.
 ///
 /// ```
 /// use stagetime_core::FieldErrors;
@@ -56,14 +58,13 @@ const OVERRIDE_SEPARATOR: char = ';';
 pub fn parse_overrides(text: &str, path: &str, errors: &mut FieldErrors) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for entry in text.split(OVERRIDE_SEPARATOR) {
-        if let Some((k, v)) = split_entry(entry, path, errors) {
-            push_unique(&mut out, k, v, path, errors);
-        }
+        push_entry(&mut out, entry, path, errors);
     }
     out
 }
 
-/// Parses a template's list of `k=v` entries; problems are reported at
+/// Parses a template's list of `k=v` entries (one per item, see
+/// [`stagetime_core::legacy::parse_entry`]); problems are reported at
 /// `path[i]`.
 pub fn parse_entries(
     entries: &[String],
@@ -72,87 +73,22 @@ pub fn parse_entries(
 ) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
-        let at = format!("{path}[{i}]");
-        if let Some((k, v)) = split_entry(entry, &at, errors) {
-            push_unique(&mut out, k, v, &at, errors);
-        }
+        push_entry(&mut out, entry, &format!("{path}[{i}]"), errors);
     }
     out
 }
 
-fn split_entry(entry: &str, path: &str, errors: &mut FieldErrors) -> Option<(String, String)> {
-    let entry = entry.trim();
-    if entry.is_empty() {
-        return None;
-    }
-    match entry.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Some((k.trim().to_string(), v.trim().to_string())),
-        Some(_) => {
-            errors.push(path, format!("entry {entry:?} has an empty name"));
-            None
+/// Adds `entry` (core's [`parse_entry`]) to `out`; a malformed entry or a
+/// key already in `out` is reported at `path`.
+fn push_entry(out: &mut Vec<(String, String)>, entry: &str, path: &str, errors: &mut FieldErrors) {
+    match parse_entry(entry) {
+        Ok(Some((k, _))) if out.iter().any(|(have, _)| have == k) => {
+            errors.push(path, format!("{k:?} is given twice"))
         }
-        None => {
-            errors.push(path, format!("entry {entry:?} has no '='"));
-            None
-        }
+        Ok(Some((k, v))) => out.push((k.to_string(), v.to_string())),
+        Ok(None) => {}
+        Err(why) => errors.push(path, why),
     }
-}
-
-fn push_unique(
-    out: &mut Vec<(String, String)>,
-    k: String,
-    v: String,
-    path: &str,
-    errors: &mut FieldErrors,
-) {
-    if out.iter().any(|(have, _)| *have == k) {
-        errors.push(path, format!("{k:?} is given twice"));
-    } else {
-        out.push((k, v));
-    }
-}
-
-fn list_items(value: &str, separators: &[char]) -> Vec<String> {
-    value
-        .split(separators)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-fn claim(
-    name: &str,
-    value: &str,
-    separators: &[char],
-    path: &str,
-    errors: &mut FieldErrors,
-) -> Option<WorkspaceSpec> {
-    let parts: Vec<&str> = value.split(separators).map(str::trim).collect();
-    let [class, mode, size] = parts.as_slice() else {
-        errors.push(
-            path,
-            format!(
-                "volume claim {name:?}: expected storageClass{s}accessMode{s}size, got {value:?}",
-                s = separators[0]
-            ),
-        );
-        return None;
-    };
-    if size.is_empty() {
-        errors.push(path, format!("volume claim {name:?}: the size is empty"));
-        return None;
-    }
-    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    Some(WorkspaceSpec {
-        name: name.to_string(),
-        volume_claim_template: Some(VolumeClaimTemplateSpec {
-            storage_class: opt(class),
-            access_mode: opt(mode),
-            storage: size.to_string(),
-        }),
-        ..WorkspaceSpec::default()
-    })
 }
 
 /// One technology laid over its template: the task's stage, and its
@@ -203,14 +139,14 @@ pub fn merge_technology(
     let mut list_params: BTreeMap<String, Vec<String>> =
         parse_entries(&t.listparams, &format!("{tname}.listparams"), errors)
             .into_iter()
-            .map(|(k, v)| (k, list_items(&v, &[';', ','])))
+            .map(|(k, v)| (k, split_items(&v, &[';', ','])))
             .collect();
     let mut claims: BTreeMap<String, WorkspaceSpec> = BTreeMap::new();
     for (i, (k, v)) in parse_entries(&t.vclaims, &format!("{tname}.vclaims"), errors)
         .into_iter()
         .enumerate()
     {
-        if let Some(c) = claim(
+        if let Some(c) = parse_volume_claim(
             &k,
             &v,
             &[';', ','],
@@ -238,14 +174,14 @@ pub fn merge_technology(
     }
     if let Some(text) = &tech.listparams {
         for (k, v) in parse_overrides(text, &field("listparams"), errors) {
-            list_params.insert(k, list_items(&v, &[',']));
+            list_params.insert(k, split_items(&v, &[',']));
         }
     }
     if let Some(text) = &tech.vclaims {
         for (k, v) in parse_overrides(text, &field("vclaims"), errors) {
             if v.is_empty() {
                 claims.remove(&k);
-            } else if let Some(c) = claim(&k, &v, &[','], &field("vclaims"), errors) {
+            } else if let Some(c) = parse_volume_claim(&k, &v, &[','], &field("vclaims"), errors) {
                 claims.insert(k, c);
             }
         }

@@ -8,6 +8,7 @@
 //! when the test process exits, since statics are never dropped.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod durable;
 
 use std::net::TcpListener;

@@ -1,5 +1,6 @@
 //! Test certificates made with `openssl`: a private CA and a server
-//! certificate for 127.0.0.1 / localhost signed by it.
+//! certificate for 127.0.0.1 / localhost signed by it (for the TLS tests
+//! here and of the root package, which includes this harness).
 
 use std::path::Path;
 use std::process::{Command, Stdio};

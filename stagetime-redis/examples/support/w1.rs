@@ -1,12 +1,14 @@
-//! Workload W1 of the load generators: revision runs of 4 stages × 5 instant
-//! tasks, on a throwaway `redis-server` of their own when none is given.
+//! Workload W1 of the load generators (`loadgen` here and the root
+//! package's `loadgen_server`, which includes this file with `#[path]`):
+//! revision runs of 4 stages × 5 instant tasks, on a throwaway
+//! `redis-server` of their own when none is given.
+#![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::spec::RevisionRunSpec;
-
-use super::{command_task, spec_with};
+use stagetime_core::spec::RevisionRunSpec;
+use stagetime_core::testkit::{command_task, spec_with};
 
 /// Stages of a W1 run.
 pub const STAGES: u32 = 4;
