@@ -6,6 +6,7 @@ pub mod backend;
 pub mod control;
 pub mod engine;
 pub mod error;
+pub mod fn_backend;
 pub mod legacy;
 pub mod local;
 pub mod memory;
@@ -16,7 +17,12 @@ pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testkit;
 
+pub use async_trait::async_trait;
 pub use backend::{Backend, LaunchKey, LaunchRequest, Observation};
+pub use engine::Engine;
+pub use fn_backend::FnBackend;
+pub use memory::MemoryStore;
+pub use tokio_util::sync::CancellationToken;
 pub use error::{Error, ErrorKind, FieldError, FieldErrors, Result};
 pub use plan::Plan;
 pub use scheduler::{AttemptOutcome, Command, Event, RunOutcome, StageScheduler};
