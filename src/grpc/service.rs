@@ -695,6 +695,7 @@ mod tests {
                 stagetime_core::backend::Capabilities {
                     commands: false,
                     pipelines: true,
+                    custom: false,
                 },
                 "tekton".into(),
             )),

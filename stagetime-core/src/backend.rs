@@ -225,7 +225,7 @@ pub struct HousekeepingReport {
 /// `stagetime_kube::TektonBackend` (PipelineRuns), [`crate::FnBackend`] (an
 /// `async fn` per attempt, for embedding) and, for tests and benchmarks,
 /// `testkit::InstantBackend`. Every implementation must pass the backend
-/// conformance suite ([`crate::backend_conformance_tests!`], feature
+/// conformance suite (`backend_conformance_tests!`, feature
 /// `test-util`).
 ///
 /// **Most embedders need not implement this trait**: wrap an `async fn

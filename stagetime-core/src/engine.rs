@@ -317,14 +317,14 @@ impl Engine {
     /// # #[tokio::main] async fn main() -> stagetime_core::Result<()> {
     /// use std::sync::Arc;
     /// use stagetime_core::backend::Capabilities;
-    /// use stagetime_core::{AttemptOutcome, Engine, FnBackend, MemoryStore, RevisionRunSpec, TaskSpec};
+    /// use stagetime_core::{AttemptOutcome, Engine, FnBackend, MemoryStore, RevisionRunSpec, RunState, TaskSpec};
     ///
     /// let backend = FnBackend::new("ok", Capabilities::CUSTOM, |_, _| async { AttemptOutcome::Succeeded });
     /// let engine = Arc::new(Engine::new(Arc::new(MemoryStore::new()), Arc::new(backend)));
     /// let running = engine.spawn();
     /// let spec = RevisionRunSpec::new("demo", "c0ffee").task(TaskSpec::new("a").custom(1.into()));
     /// let run = engine.submit(spec).await?;
-    /// assert!(engine.wait_finished(&run.id).await?.state.is_success());
+    /// assert_eq!(engine.wait_finished(&run.id).await?.state, RunState::Succeeded);
     /// running.shutdown().await
     /// # }
     /// ```

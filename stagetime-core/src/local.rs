@@ -436,6 +436,8 @@ impl Backend for LocalBackend {
             tokio::fs::remove_dir_all(&path)
                 .await
                 .map_err(|e| Error::io(format!("deleting {}", path.display()), e))?;
+            // A run created again later must find no claim on it here.
+            self.lock().creations.retain(|run, _| run.as_str() != name);
             report.deleted.push(path.display().to_string());
         }
         Ok(report)

@@ -292,6 +292,7 @@ fn faulty_backend(
     mock.expect_capabilities().return_const(Capabilities {
         commands: true,
         pipelines: true,
+        custom: false,
     });
     let i = inner.clone();
     mock.expect_observe().returning(move || i.observe());
