@@ -13,26 +13,27 @@ use std::time::Duration;
 use serde_json::json;
 use stagetime_core::backend::Capabilities;
 use stagetime_core::{
-    AttemptOutcome, Backend, Engine, FnBackend, MemoryStore, RevisionRunSpec, TaskSpec,
+    AttemptOutcome, Backend, CancellationToken, Engine, FnBackend, LaunchRequest, MemoryStore,
+    RevisionRunSpec, TaskSpec,
 };
 
-/// The whole backend: one attempt = wait `sleep_ms`, then fail if asked to.
-pub fn backend() -> impl Backend {
-    FnBackend::new(
-        "sleeper",
-        Capabilities::CUSTOM,
-        |request, _cancel| async move {
-            let payload = request.task.custom.unwrap_or_default();
-            let ms = payload["sleep_ms"].as_u64().unwrap_or(0);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            match payload["fail"].as_str() {
-                Some(reason) => AttemptOutcome::Failed {
-                    message: reason.into(),
-                },
-                None => AttemptOutcome::Succeeded,
-            }
+/// One attempt of a task: wait `sleep_ms`, then fail if the payload says `fail`.
+async fn attempt(request: LaunchRequest, _cancel: CancellationToken) -> AttemptOutcome {
+    let payload = request.task.custom.unwrap_or_default();
+    let ms = payload["sleep_ms"].as_u64().unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    match payload["fail"].as_str() {
+        Some(reason) => AttemptOutcome::Failed {
+            message: reason.into(),
         },
-    )
+        None => AttemptOutcome::Succeeded,
+    }
+}
+
+/// The whole backend: [`FnBackend`] does the rest (repeat launches, cancel,
+/// observers, reconcile).
+pub fn backend() -> impl Backend {
+    FnBackend::new("sleeper", Capabilities::CUSTOM, attempt)
 }
 
 #[tokio::main]

@@ -49,7 +49,8 @@ fn main() -> stagetime_core::Result<()> {
                         outcome: result,
                     });
                 }
-                // A real driver sleeps `after`; this one fires timers at once.
+                // A real driver sleeps `after`; this one fires timers at once
+                // (no task here has a timeout: only retry delays come here).
                 Command::ScheduleTimer { timer, after } => {
                     println!("timer {timer:?} after {after:?}: firing now");
                     events.push_back(Event::TimerFired { timer });
