@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use stagetime_core::backend::Capabilities;
 use stagetime_core::{
-    AttemptOutcome, Backend, CancellationToken, Engine, FnBackend, LaunchRequest, MemoryStore,
-    RevisionRunSpec, TaskSpec,
+    AttemptOutcome, Backend, CancellationToken, Capabilities, Engine, FnBackend, LaunchRequest,
+    MemoryStore, RevisionRunSpec, TaskSpec,
 };
 
 /// One attempt of a task: wait `sleep_ms`, then fail if the payload says `fail`.

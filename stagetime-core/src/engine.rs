@@ -316,8 +316,7 @@ impl Engine {
     /// ```
     /// # #[tokio::main] async fn main() -> stagetime_core::Result<()> {
     /// use std::sync::Arc;
-    /// use stagetime_core::backend::Capabilities;
-    /// use stagetime_core::{AttemptOutcome, Engine, FnBackend, MemoryStore, RevisionRunSpec, RunState, TaskSpec};
+    /// use stagetime_core::{AttemptOutcome, Capabilities, Engine, FnBackend, MemoryStore, RevisionRunSpec, RunState, TaskSpec};
     ///
     /// let backend = FnBackend::new("ok", Capabilities::CUSTOM, |_, _| async { AttemptOutcome::Succeeded });
     /// let engine = Arc::new(Engine::new(Arc::new(MemoryStore::new()), Arc::new(backend)));

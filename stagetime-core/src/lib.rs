@@ -24,8 +24,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use stagetime_core::backend::Capabilities;
-//! use stagetime_core::{AttemptOutcome, Engine, FnBackend, MemoryStore, RevisionRunSpec, RunState, TaskSpec};
+//! use stagetime_core::{AttemptOutcome, Capabilities, Engine, FnBackend, MemoryStore, RevisionRunSpec, RunState, TaskSpec};
 //! use serde_json::json;
 //!
 //! #[tokio::main]
@@ -81,7 +80,7 @@ pub mod store;
 pub mod testkit;
 
 pub use async_trait::async_trait;
-pub use backend::{Backend, LaunchKey, LaunchRequest, Observation};
+pub use backend::{Backend, Capabilities, LaunchKey, LaunchRequest, Observation};
 pub use engine::Engine;
 pub use error::{Error, ErrorKind, FieldError, FieldErrors, Result};
 pub use fn_backend::FnBackend;
