@@ -696,6 +696,7 @@ mod tests {
                 stagetime_core::backend::Capabilities {
                     commands: false,
                     pipelines: true,
+                    custom: false,
                 },
                 "tekton".into(),
             )),

@@ -49,6 +49,16 @@ pub struct RunMeta {
     /// The run's `annotations` (free-form metadata for backends).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// When the run was created in its store (ms since the epoch; 0 when
+    /// unknown). A run id used again after its record was gone (a new
+    /// process with a memory store, a purge) gets a new creation time, which
+    /// tells backends that keep outcomes on disk a new run from a resumed one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub created_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Everything a backend needs to launch one attempt.
@@ -69,7 +79,8 @@ pub struct LaunchRequest {
 }
 
 impl LaunchRequest {
-    /// The request for `task`, attempt `attempt`, of a run.
+    /// The request for `task`, attempt `attempt`, of a run
+    /// ([`RunMeta::created_ms`] left 0: the engine sets it from the record).
     pub fn for_task(run: &RunId, plan: &Plan, task: TaskIndex, attempt: u32) -> Self {
         let t = plan.task(task);
         let s = &plan.spec;
@@ -87,6 +98,7 @@ impl LaunchRequest {
                 author: s.author.clone(),
                 pushed_at: s.pushed_at.clone(),
                 annotations: s.annotations.clone(),
+                created_ms: 0,
             },
             task: t.spec.clone(),
             stage: t.stage,
@@ -114,35 +126,66 @@ pub struct Observation {
     pub outcome: AttemptOutcome,
 }
 
-/// What a backend can run.
+/// What a backend can run: which of a task's targets (`command`,
+/// `pipeline`, `custom`) it understands. [`crate::Engine::submit`] refuses a
+/// run with a task that has none of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {
     /// Runs a task's `command`.
     pub commands: bool,
     /// Runs a task's `pipeline`.
     pub pipelines: bool,
+    /// Runs a task's opaque `custom` payload (see [`TaskSpec::custom`]).
+    pub custom: bool,
 }
 
 impl Capabilities {
+    /// Only a task's `command` (a shell command).
+    pub const COMMANDS: Capabilities = Capabilities {
+        commands: true,
+        pipelines: false,
+        custom: false,
+    };
+
+    /// Only a task's `custom` payload: the usual choice of an embedded backend.
+    pub const CUSTOM: Capabilities = Capabilities {
+        commands: false,
+        pipelines: false,
+        custom: true,
+    };
+
+    /// True when this backend can run something of `task`.
+    pub fn can_run(&self, task: &TaskSpec) -> bool {
+        (self.commands && task.command.is_some())
+            || (self.pipelines && task.pipeline.is_some())
+            || (self.custom && task.custom.is_some())
+    }
+
     /// Checks that every task of `plan` has something this backend can run.
     ///
     /// # Errors
     /// [`crate::Error::Invalid`] naming each task that cannot run here.
     pub fn check(&self, plan: &Plan, backend: &str) -> Result<()> {
         let mut errors = crate::FieldErrors::default();
+        let wanted: Vec<&str> = [
+            (self.commands, "`command`"),
+            (self.pipelines, "`pipeline`"),
+            (self.custom, "`custom`"),
+        ]
+        .into_iter()
+        .filter_map(|(yes, what)| yes.then_some(what))
+        .collect();
+        let what = if wanted.is_empty() {
+            "target".to_string()
+        } else {
+            wanted.join(" or ")
+        };
         for (i, t) in plan.tasks.iter().enumerate() {
-            let runnable = (self.commands && t.spec.command.is_some())
-                || (self.pipelines && t.spec.pipeline.is_some());
-            if !runnable {
+            if !self.can_run(&t.spec) {
                 let (section, pos) = if t.is_finally {
                     ("finally", i - plan.main_count as usize)
                 } else {
                     ("tasks", i)
-                };
-                let what = if self.commands {
-                    "`command`"
-                } else {
-                    "`pipeline`"
                 };
                 errors.push(
                     format!("{section}[{pos}]"),
@@ -203,9 +246,33 @@ pub struct HousekeepingReport {
 /// What runs task attempts.
 ///
 /// Implementations: [`crate::local::LocalBackend`] (child processes),
-/// `stagetime_kube::TektonBackend` (PipelineRuns) and, for tests and
-/// benchmarks, `testkit::InstantBackend`. Every implementation must pass the
-/// backend conformance suite in `stagetime_core::testkit`.
+/// `stagetime_kube::TektonBackend` (PipelineRuns), [`crate::FnBackend`] (an
+/// `async fn` per attempt, for embedding) and, for tests and benchmarks,
+/// `testkit::InstantBackend`. Every implementation must pass the backend
+/// conformance suite (`backend_conformance_tests!`, feature
+/// `test-util`).
+///
+/// **Most embedders need not implement this trait**: wrap an `async fn
+/// (LaunchRequest, CancellationToken) -> AttemptOutcome` in
+/// [`crate::FnBackend`], which provides every contract below.
+///
+/// To implement it, put `#[stagetime_core::async_trait]` on the `impl` block
+/// (the trait is written with [`async_trait`](crate::async_trait), re-exported
+/// by this crate; without it the compiler reports a lifetime mismatch,
+/// E0195). The signatures this page shows are the macro's expansion: write
+/// them as plain `async fn`. `launch`, `cancel` and `observe` are required;
+/// `reconcile` and `housekeeping` have defaults that are right for backends
+/// whose attempts live only inside this process.
+///
+/// Contracts the engine relies on (the conformance suite checks each):
+/// - every launched attempt's end is published to every [`observe`]
+///   stream exactly once or more (repeats are ignored), **including a
+///   cancelled attempt's** ([`AttemptOutcome::Cancelled`]) — an attempt
+///   whose end is never observed keeps its run running until its timeout;
+/// - launching a key that exists starts nothing;
+/// - cancel of an unknown or finished attempt succeeds.
+///
+/// [`observe`]: Backend::observe
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// A short name for messages (`local`, `tekton`).
@@ -227,8 +294,10 @@ pub trait Backend: Send + Sync + 'static {
     /// holds the name; [`crate::Error::Forbidden`].
     async fn launch(&self, request: LaunchRequest) -> Result<Launched>;
 
-    /// Cancels one attempt. Idempotent: cancelling an unknown or finished
-    /// attempt succeeds and does nothing.
+    /// Cancels one attempt; its end must then be observed (as
+    /// [`AttemptOutcome::Cancelled`], or however it really ended if it
+    /// finished first). Idempotent: cancelling an unknown or finished attempt
+    /// succeeds and does nothing.
     ///
     /// # Errors
     /// [`crate::Error::Unavailable`]; [`crate::Error::Forbidden`].
@@ -236,21 +305,36 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A stream of attempt ends observed from now on. May be called more than
     /// once; every stream sees every observation. An attempt's end may be
-    /// observed more than once (the engine ignores repeats).
+    /// observed more than once (the engine ignores repeats). [`Observers`]
+    /// implements this fan-out.
     fn observe(&self) -> BoxStream<'static, Observation>;
 
     /// The ends of a run's attempts that already happened, e.g. after a
-    /// restart. Idempotent and read-only.
+    /// restart: the engine calls it for every running run when it starts.
+    /// Idempotent and read-only.
+    ///
+    /// Returning nothing is allowed: it is the default, and it is right for a
+    /// backend whose attempts do not outlive its process (with an in-memory
+    /// store, runs do not either). A backend whose attempts do outlive it
+    /// (processes, cluster objects) must report them, or runs restarted with
+    /// a durable store wait for those attempts until their timeouts.
     ///
     /// # Errors
     /// [`crate::Error::Unavailable`]; [`crate::Error::Forbidden`].
-    async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>>;
+    async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>> {
+        let _ = run;
+        Ok(Vec::new())
+    }
 
-    /// Deletes finished work per `policy`. Idempotent.
+    /// Deletes finished work per `policy`. Idempotent. The default deletes
+    /// nothing (right for backends that keep nothing).
     ///
     /// # Errors
     /// [`crate::Error::Unavailable`]; [`crate::Error::Forbidden`].
-    async fn housekeeping(&self, policy: &Housekeeping) -> Result<HousekeepingReport>;
+    async fn housekeeping(&self, policy: &Housekeeping) -> Result<HousekeepingReport> {
+        let _ = policy;
+        Ok(HousekeepingReport::default())
+    }
 }
 
 /// A backend that is shared behind an `Arc`.

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -162,6 +163,52 @@ pub struct Engine {
     plans: Arc<PlanCache>,
     updates: broadcast::Sender<Arc<RunRecord>>,
     listener: Arc<dyn EngineListener>,
+    /// How many [`Engine::run`] loops (and [`Engine::spawn`]s not yet
+    /// polled) there are: [`Engine::wait_finished`] refuses to wait without one.
+    loops: Arc<AtomicUsize>,
+}
+
+/// Counts one run loop while alive.
+struct LoopGuard(Arc<AtomicUsize>);
+
+impl LoopGuard {
+    fn enter(loops: &Arc<AtomicUsize>) -> Self {
+        loops.fetch_add(1, Ordering::SeqCst);
+        LoopGuard(Arc::clone(loops))
+    }
+}
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Capacity of [`Engine::subscribe`]'s channel, in records.
+pub const UPDATES_CAPACITY: usize = 1024;
+
+/// A running engine started by [`Engine::spawn`]. Dropping it shuts the
+/// engine down too (gracefully, in the background).
+#[derive(Debug)]
+#[must_use = "dropping the handle shuts the engine down"]
+pub struct EngineHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl EngineHandle {
+    /// Shuts the engine down gracefully (see [`Engine::run`]) and waits for it.
+    ///
+    /// # Errors
+    /// As [`Engine::run`]; [`Error::Unavailable`] when its task panicked.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task)
+            .await
+            .map_err(|e| Error::unavailable("engine", format!("the engine task failed: {e}")))?
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -182,8 +229,9 @@ impl Engine {
             clock: Arc::new(SystemClock),
             config: EngineConfig::default(),
             plans: Arc::new(PlanCache::default()),
-            updates: broadcast::channel(1024).0,
+            updates: broadcast::channel(UPDATES_CAPACITY).0,
             listener: Arc::new(NoListener),
+            loops: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -215,8 +263,16 @@ impl Engine {
         &self.backend
     }
 
-    /// Every record this engine commits, as it commits it (for progress
-    /// displays; a slow receiver may miss updates and should reload).
+    /// Every record this engine commits, from now on, as it commits it (for
+    /// progress displays). Records committed by other engines sharing the
+    /// store are not included.
+    ///
+    /// A [`tokio::sync::broadcast`] channel holding the newest
+    /// [`UPDATES_CAPACITY`] records: a receiver that falls further behind
+    /// gets [`broadcast::error::RecvError::Lagged`] (the oldest records are
+    /// gone; reload what it shows from the store) and then continues with
+    /// the records still held. Sending never waits for receivers, so a slow
+    /// receiver never slows the engine.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RunRecord>> {
         self.updates.subscribe()
     }
@@ -256,6 +312,42 @@ impl Engine {
             .with_plans(Arc::clone(&self.plans))
     }
 
+    /// Starts [`Engine::run`] on a tokio task, for embedding: the engine runs
+    /// until [`EngineHandle::shutdown`] is called or the handle is dropped.
+    /// Call it inside a tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> stagetime_core::Result<()> {
+    /// use std::sync::Arc;
+    /// use stagetime_core::{AttemptOutcome, Capabilities, Engine, FnBackend, MemoryStore, RevisionRunSpec, RunState, TaskSpec};
+    ///
+    /// let backend = FnBackend::new("ok", Capabilities::CUSTOM, |_, _| async { AttemptOutcome::Succeeded });
+    /// let engine = Arc::new(Engine::new(Arc::new(MemoryStore::new()), Arc::new(backend)));
+    /// let running = engine.spawn();
+    /// let spec = RevisionRunSpec::new("demo", "c0ffee").task(TaskSpec::new("a").custom(1.into()));
+    /// let run = engine.submit(spec).await?;
+    /// assert_eq!(engine.wait_finished(&run.id).await?.state, RunState::Succeeded);
+    /// running.shutdown().await
+    /// # }
+    /// ```
+    pub fn spawn(self: &Arc<Self>) -> EngineHandle {
+        let guard = LoopGuard::enter(&self.loops);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let engine = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            engine
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        EngineHandle {
+            stop: Some(stop),
+            task,
+        }
+    }
+
     /// Runs the engine until `shutdown` resolves: claims and applies work,
     /// feeds backend observations into the queue, reconciles running runs at
     /// start, purges expired runs and does backend housekeeping periodically.
@@ -274,6 +366,7 @@ impl Engine {
     /// applying work): the process should exit so that it is restarted, and
     /// its unacknowledged work is reclaimed by other engines.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let _running = LoopGuard::enter(&self.loops);
         // Subscribe before any work is claimed, so no launch can finish unseen.
         let observations = self.backend.observe();
         let observer = tokio::spawn(Arc::clone(&self).forward_observations(observations));
@@ -473,7 +566,7 @@ impl Engine {
             let outbox = std::mem::take(&mut record.outbox);
             let mut remaining = Vec::new();
             for command in outbox {
-                match self.execute(id, &plan, &command).await {
+                match self.execute(id, &plan, record.created_ms, &command).await {
                     Ok(Some(result)) => {
                         events.push(result.event);
                         if let Some(handle) = result.handle
@@ -574,11 +667,13 @@ impl Engine {
         &self,
         id: &RunId,
         plan: &Plan,
+        created_ms: u64,
         command: &Command,
     ) -> Result<Option<Executed>> {
         match *command {
             Command::Launch { task, attempt } => {
-                let request = LaunchRequest::for_task(id, plan, task, attempt);
+                let mut request = LaunchRequest::for_task(id, plan, task, attempt);
+                request.run.created_ms = created_ms;
                 let launch = || async {
                     let r = self.backend.launch(request.clone()).await;
                     if let Err(e) = &r {
@@ -732,14 +827,36 @@ impl Engine {
     /// Waits until run `id` has finished and returns its record. Uses this
     /// engine's updates, and reloads from the store when it may have missed some.
     ///
+    /// Needs this engine's run loop ([`Engine::spawn`] or [`Engine::run`]):
+    /// with none running, nothing would ever finish the run, so instead of
+    /// waiting forever it fails after about a second. (To wait for runs that
+    /// *other* engines drive, poll [`Store::load_run`].)
+    ///
     /// # Errors
-    /// Store errors (e.g. [`Error::NotFound`]).
+    /// Store errors (e.g. [`Error::NotFound`]); [`Error::Unsupported`] when
+    /// the run is unfinished and no run loop of this engine is running.
     pub async fn wait_finished(&self, id: &RunId) -> Result<RunRecord> {
         let mut rx = self.subscribe();
+        // One check may come before a freshly spawned `run` was first polled:
+        // only two in a row, a second apart, mean that no loop runs.
+        let mut no_loop_seen = false;
         loop {
             let record = self.store.load_run(id).await?;
             if record.state.is_finished() {
                 return Ok(record);
+            }
+            if self.loops.load(Ordering::SeqCst) == 0 {
+                if no_loop_seen {
+                    return Err(Error::Unsupported {
+                        message: format!(
+                            "Engine::wait_finished: run {id} is {} and no run loop of this engine is running, so it would never finish; start one with Engine::spawn or Engine::run first",
+                            record.state.as_str()
+                        ),
+                    });
+                }
+                no_loop_seen = true;
+            } else {
+                no_loop_seen = false;
             }
             loop {
                 match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {

@@ -5,6 +5,15 @@
 //! to `<root>/<run>/<task>/<attempt>.log` and the outcome recorded in
 //! `<attempt>.outcome.json` next to it (so a restarted backend can reconcile).
 //! Timeout and cancel kill the whole process group.
+//!
+//! A run's directory belongs to one *creation* of the run
+//! ([`RunMeta::created_ms`](crate::backend::RunMeta::created_ms), recorded in
+//! `<root>/<run>/run.json`). The same run resumed — by a restarted process
+//! with a durable store — finds its attempts and reuses their outcomes; a run
+//! created again with the same id (the same content submitted by a new
+//! process with a memory store, or after a purge) finds a directory of an
+//! earlier creation, which is deleted before its first launch, so nothing of
+//! the earlier run is reused.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +39,8 @@ use crate::store::RunId;
 struct Shared {
     /// Attempts launched by this instance; a present key is never launched again.
     attempts: HashMap<LaunchKey, Option<oneshot::Sender<()>>>,
+    /// The creation of each run whose directory this instance has checked.
+    creations: HashMap<RunId, u64>,
     observers: Observers,
 }
 
@@ -50,10 +61,7 @@ impl std::fmt::Debug for LocalBackend {
 
 impl LocalBackend {
     /// What it runs: a task's `command`, never its `pipeline`.
-    pub const CAPABILITIES: Capabilities = Capabilities {
-        commands: true,
-        pipelines: false,
-    };
+    pub const CAPABILITIES: Capabilities = Capabilities::COMMANDS;
 
     /// A backend keeping working directories and logs under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -82,6 +90,42 @@ impl LocalBackend {
             .join(format!("{}.outcome.json", key.attempt))
     }
 
+    fn creation_path(&self, run: &RunId) -> PathBuf {
+        self.root.join(run.as_str()).join("run.json")
+    }
+
+    /// Makes `<root>/<run>` belong to the run's creation `created_ms`: a
+    /// directory left by an earlier creation of the same id is deleted (its
+    /// outcomes are another run's). Runs under the lock, so that the
+    /// check-and-delete happens once per run, before any of its launches.
+    /// `created_ms` 0 (unknown) checks nothing.
+    fn claim_run_dir(&self, s: &mut Shared, run: &RunId, created_ms: u64) -> Result<()> {
+        if created_ms == 0 || s.creations.get(run) == Some(&created_ms) {
+            return Ok(());
+        }
+        let dir = self.root.join(run.as_str());
+        let marker = self.creation_path(run);
+        let recorded = std::fs::read(&marker)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RunCreation>(&b).ok());
+        let io = |ctx: &str, e| Error::io(format!("{ctx} {}", dir.display()), e);
+        if recorded.map(|r| r.created_ms) != Some(created_ms) {
+            // Attempts of the earlier creation known here are no longer ours
+            // (dropping a running one's cancel sender kills it).
+            s.attempts.retain(|k, _| k.run != *run);
+            if dir.exists() {
+                warn!(run = %run, dir = %dir.display(), "deleting the directory of an earlier run with the same id");
+                std::fs::remove_dir_all(&dir).map_err(|e| io("deleting", e))?;
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| io("creating", e))?;
+            let json = serde_json::to_vec(&RunCreation { created_ms })
+                .map_err(|e| Error::io("encoding run.json", std::io::Error::other(e)))?;
+            std::fs::write(&marker, json).map_err(|e| io("writing run.json in", e))?;
+        }
+        s.creations.insert(run.clone(), created_ms);
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -90,6 +134,12 @@ impl LocalBackend {
         let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
         s.observers.publish(observation);
     }
+}
+
+/// The contents of `<root>/<run>/run.json`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunCreation {
+    created_ms: u64,
 }
 
 /// `STAGETIME_PARAM_<NAME>`: the param name upper-cased, other characters as `_`.
@@ -130,6 +180,7 @@ impl Backend for LocalBackend {
         let (cancel_tx, cancel_rx) = oneshot::channel();
         {
             let mut s = self.lock();
+            self.claim_run_dir(&mut s, &key.run, request.run.created_ms)?;
             if s.attempts.contains_key(&key) {
                 return Ok(Launched {
                     handle,
@@ -296,6 +347,9 @@ impl Backend for LocalBackend {
             .await
             .map_err(|e| Error::io("listing tasks", e))?
         {
+            if !task.file_type().await.is_ok_and(|t| t.is_dir()) {
+                continue; // run.json
+            }
             let task_name = task.file_name().to_string_lossy().to_string();
             let mut files = tokio::fs::read_dir(task.path())
                 .await
@@ -382,6 +436,8 @@ impl Backend for LocalBackend {
             tokio::fs::remove_dir_all(&path)
                 .await
                 .map_err(|e| Error::io(format!("deleting {}", path.display()), e))?;
+            // A run created again later must find no claim on it here.
+            self.lock().creations.retain(|run, _| run.as_str() != name);
             report.deleted.push(path.display().to_string());
         }
         Ok(report)

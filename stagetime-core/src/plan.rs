@@ -241,10 +241,10 @@ impl Plan {
                         }
                     },
                 };
-                if t.command.is_none() && t.pipeline.is_none() {
+                if t.command.is_none() && t.pipeline.is_none() && t.custom.is_none() {
                     errors.push(
                         path.clone(),
-                        "needs a `command` (local backend) or a `pipeline` (Tekton), or both",
+                        "needs a `command` (local backend), a `pipeline` (Tekton) or a `custom` payload (a custom backend)",
                     );
                 }
                 if let Some(p) = &t.pipeline {

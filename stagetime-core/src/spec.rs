@@ -87,6 +87,30 @@ pub struct RunOptions {
     pub cancel_in_progress: bool,
 }
 
+/// Building a run in code: `RevisionRunSpec::new("repo", "commit").task(...)`.
+impl RevisionRunSpec {
+    /// A run of `commit` of `repo` with no tasks yet.
+    pub fn new(repo: impl Into<String>, commit: impl Into<String>) -> Self {
+        RevisionRunSpec {
+            repo: repo.into(),
+            commit: commit.into(),
+            ..RevisionRunSpec::default()
+        }
+    }
+
+    /// Adds a task.
+    pub fn task(mut self, task: TaskSpec) -> Self {
+        self.tasks.push(task);
+        self
+    }
+
+    /// Adds a finally task.
+    pub fn finally_task(mut self, task: TaskSpec) -> Self {
+        self.finally.push(task);
+        self
+    }
+}
+
 impl RunOptions {
     fn is_default(&self) -> bool {
         self == &RunOptions::default()
@@ -124,6 +148,65 @@ pub struct TaskSpec {
     /// Tekton pipeline for the Tekton backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineSpec>,
+    /// An opaque payload for a custom (embedded) backend, handed to it as
+    /// written in [`crate::LaunchRequest::task`]; stagetime checks nothing in
+    /// it. Only backends declaring [`crate::backend::Capabilities::custom`]
+    /// run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<serde_json::Value>,
+}
+
+/// Building a task in code: `TaskSpec::new("test").stage(1).command("make test")`.
+impl TaskSpec {
+    /// A task called `name` in stage 0 with nothing to run yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        TaskSpec {
+            name: name.into(),
+            ..TaskSpec::default()
+        }
+    }
+
+    /// Puts the task in stage `stage`.
+    pub fn stage(mut self, stage: u32) -> Self {
+        self.stage = Some(stage.into());
+        self
+    }
+
+    /// Makes the task wait for exactly these tasks instead of the stage barrier.
+    pub fn needs<S: Into<String>>(mut self, tasks: impl IntoIterator<Item = S>) -> Self {
+        self.needs = Some(tasks.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Lets the task fail without failing the run.
+    pub fn can_fail(mut self) -> Self {
+        self.can_fail = true;
+        self
+    }
+
+    /// Allows `retries` further attempts after a failure or timeout.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Sets the timeout of one attempt, e.g. `"5m"` (checked by `Plan::build`).
+    pub fn timeout(mut self, timeout: impl Into<String>) -> Self {
+        self.timeout = Some(timeout.into());
+        self
+    }
+
+    /// Sets the shell command (local backend).
+    pub fn command(mut self, command: impl Into<String>) -> Self {
+        self.command = Some(command.into());
+        self
+    }
+
+    /// Sets the opaque payload for a custom backend.
+    pub fn custom(mut self, payload: serde_json::Value) -> Self {
+        self.custom = Some(payload);
+        self
+    }
 }
 
 fn is_false(b: &bool) -> bool {

@@ -196,7 +196,63 @@ pub struct RunRecord {
     pub outbox: Vec<Command>,
 }
 
+/// One task of a run record, as [`RunRecord::tasks`] yields it: the task as
+/// written, the scheduler's state and the engine's times, joined.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordedTask<'a> {
+    /// The task as written.
+    pub spec: &'a crate::spec::TaskSpec,
+    /// True for tasks of `finally`.
+    pub is_finally: bool,
+    /// Where it is.
+    pub status: crate::scheduler::TaskStatus,
+    /// Attempts launched so far (the current or last attempt's number).
+    pub attempts: u32,
+    /// The last message (failure reason, skip reason).
+    pub message: Option<&'a str>,
+    /// Launch and end times, and the backend's handle.
+    pub timing: &'a TaskTiming,
+}
+
+impl RecordedTask<'_> {
+    /// The task's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
 impl RunRecord {
+    /// Every task of the run — the `tasks`, then the `finally` tasks, in
+    /// document order — with its status, attempts and times.
+    ///
+    /// ```
+    /// # fn show(record: &stagetime_core::RunRecord) {
+    /// for task in record.tasks() {
+    ///     println!("{} {:?} after {} attempt(s)", task.name(), task.status, task.attempts);
+    /// }
+    /// # }
+    /// ```
+    pub fn tasks(&self) -> impl Iterator<Item = RecordedTask<'_>> {
+        let main = self.spec.tasks.iter().map(|t| (t, false));
+        let finally = self.spec.finally.iter().map(|t| (t, true));
+        main.chain(finally)
+            .zip(self.scheduler.tasks())
+            .zip(self.timings.iter())
+            .map(|(((spec, is_finally), state), timing)| RecordedTask {
+                spec,
+                is_finally,
+                status: state.status,
+                attempts: state.attempt,
+                message: state.message.as_deref(),
+                timing,
+            })
+    }
+
+    /// The task called `name`.
+    pub fn task(&self, name: &str) -> Option<RecordedTask<'_>> {
+        self.tasks().find(|t| t.spec.name == name)
+    }
+
     /// The listing view of this record.
     pub fn summary(&self) -> RunSummary {
         RunSummary {

@@ -292,6 +292,7 @@ fn faulty_backend(
     mock.expect_capabilities().return_const(Capabilities {
         commands: true,
         pipelines: true,
+        custom: false,
     });
     let i = inner.clone();
     mock.expect_observe().returning(move || i.observe());
@@ -592,6 +593,7 @@ async fn housekeeping_runs_every_period_with_the_policy_ttl_and_keep_last() {
     backend.expect_capabilities().return_const(Capabilities {
         commands: true,
         pipelines: true,
+        custom: false,
     });
     backend.expect_observe().returning(move || inner.observe());
     backend.expect_reconcile().returning(|_| Ok(Vec::new()));

@@ -93,6 +93,7 @@ impl TektonBackend {
     pub const CAPABILITIES: Capabilities = Capabilities {
         commands: false,
         pipelines: true,
+        custom: false,
     };
 
     /// A backend using `client` for the namespace and settings of `cfg`.

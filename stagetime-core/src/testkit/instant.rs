@@ -105,6 +105,7 @@ impl Backend for InstantBackend {
         Capabilities {
             commands: true,
             pipelines: true,
+            custom: true,
         }
     }
 

@@ -114,6 +114,7 @@ impl Backend for DurableBackend {
         Capabilities {
             commands: true,
             pipelines: true,
+            custom: false,
         }
     }
 
