@@ -29,7 +29,7 @@ use stagetime::telemetry::{Failure, parse_duration};
 #[derive(Parser)]
 #[command(
     name = "stagetime",
-    version,
+    version = env!("STAGETIME_BUILD_VERSION"),
     about = "Commit-driven, staged revision runs"
 )]
 struct Cli {
