@@ -136,6 +136,11 @@ fn tekton_config(args: &Args) -> Result<TektonConfig, Failure> {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
+    // Bad Tekton settings are refused before anything connects.
+    let tekton = match args.backend {
+        BackendKind::Tekton => Some(tekton_config(&args)?),
+        BackendKind::Local => None,
+    };
     let shutdown = Shutdown::on_signal();
 
     let config = RedisConfig::new(args.redis_url.clone())
@@ -147,7 +152,9 @@ async fn run(args: Args) -> Result<(), Failure> {
     let store: Arc<dyn Store> = Arc::new(store?);
     let backend: Arc<dyn Backend> = match args.backend {
         BackendKind::Local => Arc::new(LocalBackend::new(args.workdir.join("runs"))),
-        BackendKind::Tekton => Arc::new(TektonBackend::try_default(tekton_config(&args)?).await?),
+        BackendKind::Tekton => {
+            Arc::new(TektonBackend::try_default(tekton.unwrap_or_default()).await?)
+        }
     };
 
     let mut registry = Registry::default();

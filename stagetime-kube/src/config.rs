@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use stagetime_core::{Error, FieldErrors};
+use stagetime_core::FieldErrors;
 
 use crate::types::PodTemplate;
 
@@ -79,12 +79,12 @@ impl std::str::FromStr for CancelMode {
 /// ```
 ///
 /// # Errors
-/// [`Error::Invalid`] naming each bad field (`podTemplate.<path>`) and why.
-pub fn parse_pod_template(text: &str) -> Result<PodTemplate, Error> {
+/// Every bad field (`podTemplate.<path>`) and why.
+pub fn parse_pod_template(text: &str) -> Result<PodTemplate, FieldErrors> {
     let invalid = |path: String, message: String| {
         let mut e = FieldErrors::default();
         e.push(path, message);
-        Error::Invalid(e)
+        e
     };
     let value: serde_json::Value = yaml_serde::from_str(text)
         .map_err(|e| invalid("podTemplate".into(), format!("not YAML or JSON: {e}")))?;
@@ -129,7 +129,7 @@ pub fn parse_pod_template(text: &str) -> Result<PodTemplate, Error> {
         }
     }
     if !errors.is_empty() {
-        return Err(Error::Invalid(errors));
+        return Err(errors);
     }
     serde_json::from_value(serde_json::Value::Object(template))
         .map_err(|e| invalid("podTemplate".into(), e.to_string()))

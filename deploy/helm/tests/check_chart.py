@@ -268,6 +268,24 @@ def main() -> int:
             check_restricted(name, doc)
         check_expectations(name, docs)
         print(f"ok   {name}: {len(docs)} objects rendered, linted and valid")
+    # The README's install command, as `helm install --dry-run=client` does it
+    # (no cluster: the release is kept in memory).
+    readme_set = "image.repository=registry.example.com/stagetime,image.tag=0.1.0"
+    config = helm.Config(storage_driver="memory", namespace=NAMESPACE, kube_apiserver="http://127.0.0.1:1")
+    try:
+        release = config.install(
+            str(CHART), RELEASE, helm.parse_set_string(readme_set),
+            namespace=NAMESPACE, create_namespace=True, dry_run="client",
+        )
+        images = {c["image"] for d in yaml.safe_load_all(release["manifest"]) if d and pod_spec(d)
+                  for c in pod_spec(d)["containers"] if c["name"] != "redis"}
+        expect("install", images == {"registry.example.com/stagetime:0.1.0"}, f"images {images}")
+        print(f"ok   helm install --dry-run=client --set {readme_set}")
+    except helm.HelmError as e:
+        fail(f"install (dry run): {e}")
+    finally:
+        config.close()
+
     for crd in chart.crds:
         doc = yaml.safe_load(crd["data"])
         validate("crds", doc)
