@@ -24,7 +24,7 @@ use tracing::info;
 #[derive(Parser)]
 #[command(
     name = "operator",
-    version,
+    version = env!("STAGETIME_BUILD_VERSION"),
     about = "stagetime operator (RevisionRun CRDs)"
 )]
 struct Args {

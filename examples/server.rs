@@ -26,7 +26,7 @@ use stagetime::telemetry::{Endpoint, LogFormat};
 use tracing::info;
 
 #[derive(Parser)]
-#[command(name = "server", version, about = "stagetime gRPC server")]
+#[command(name = "server", version = env!("STAGETIME_BUILD_VERSION"), about = "stagetime gRPC server")]
 struct Args {
     /// gRPC address.
     #[arg(long, env = "STAGETIME_LISTEN", default_value = "0.0.0.0:50051")]

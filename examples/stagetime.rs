@@ -31,7 +31,7 @@ use stagetime::telemetry::LogFormat;
 #[derive(Parser)]
 #[command(
     name = "stagetime",
-    version,
+    version = env!("STAGETIME_BUILD_VERSION"),
     about = "Commit-driven, staged revision runs"
 )]
 struct Cli {

@@ -21,7 +21,8 @@ use stagetime::backend::HousekeepingPolicy;
 use stagetime::backends::BackendKind;
 use stagetime::engine::{Engine, EngineConfig};
 use stagetime::grpc::metrics::Metrics;
-use stagetime::kube::TektonConfig;
+use stagetime::kube::config::parse_pod_template;
+use stagetime::kube::{CancelMode, TektonConfig};
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::runtime::{Failure, Shutdown, parse_duration, run_main};
 use stagetime::store::Store;
@@ -29,7 +30,7 @@ use stagetime::telemetry::{Endpoint, LogFormat};
 use tracing::info;
 
 #[derive(Parser)]
-#[command(name = "worker", version, about = "stagetime worker")]
+#[command(name = "worker", version = env!("STAGETIME_BUILD_VERSION"), about = "stagetime worker")]
 struct Args {
     /// Redis URL (redis:// or rediss://).
     #[arg(long, env = "REDIS_URL")]
@@ -43,6 +44,29 @@ struct Args {
     /// Namespace of the PipelineRuns (Tekton backend).
     #[arg(long, env = "STAGETIME_NAMESPACE", default_value = "default")]
     namespace: String,
+    /// Service account of the PipelineRuns' pods (Tekton backend; absent: Tekton's default).
+    #[arg(long, env = "STAGETIME_PIPELINERUN_SERVICE_ACCOUNT")]
+    pipelinerun_service_account: Option<String>,
+    /// `spec.timeouts.pipeline` of tasks without a timeout (Tekton backend; 0s: Tekton's default).
+    #[arg(long, env = "STAGETIME_PIPELINERUN_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pipelinerun_timeout: Duration,
+    /// Pod template of the PipelineRuns (Tekton backend), YAML or JSON:
+    /// securityContext, nodeSelector, tolerations, affinity,
+    /// priorityClassName, runtimeClassName, imagePullSecrets. Its
+    /// securityContext replaces the default `fsGroup: 65532`.
+    #[arg(
+        long,
+        env = "STAGETIME_POD_TEMPLATE",
+        conflicts_with = "pod_template_file"
+    )]
+    pod_template: Option<String>,
+    /// --pod-template from a file.
+    #[arg(long, env = "STAGETIME_POD_TEMPLATE_FILE")]
+    pod_template_file: Option<PathBuf>,
+    /// What cancelling writes into a PipelineRun's spec.status (Tekton
+    /// backend): Cancelled, CancelledRunFinally or StoppedRunFinally.
+    #[arg(long, env = "STAGETIME_CANCEL_MODE", default_value = "Cancelled")]
+    cancel_mode: CancelMode,
     /// Working directories and logs of the local backend.
     #[arg(long, env = "STAGETIME_WORKDIR", default_value = ".stagetime")]
     workdir: PathBuf,
@@ -84,7 +108,34 @@ fn main() -> ExitCode {
     run_main(args.log_format, run(args))
 }
 
+/// The Tekton backend's settings from the flags.
+fn tekton_config(args: &Args) -> Result<TektonConfig, Failure> {
+    let pod_template = match (&args.pod_template, &args.pod_template_file) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+            Failure::invalid(format!("--pod-template-file {}: {e}", path.display()))
+        })?),
+        (None, None) => None,
+    };
+    let pod_template = pod_template
+        .map(|text| parse_pod_template(&text))
+        .transpose()
+        .map_err(|e| Failure::invalid(format!("--pod-template: {e}")))?;
+    Ok(TektonConfig {
+        service_account: args.pipelinerun_service_account.clone(),
+        default_timeout: (!args.pipelinerun_timeout.is_zero()).then_some(args.pipelinerun_timeout),
+        pod_template,
+        cancel_mode: args.cancel_mode,
+        ..TektonConfig::new(args.namespace.clone())
+    })
+}
+
 async fn run(args: Args) -> Result<(), Failure> {
+    // Bad Tekton settings are refused before anything connects.
+    let tekton = match args.backend {
+        BackendKind::Tekton => Some(tekton_config(&args)?),
+        _ => None,
+    };
     let shutdown = Shutdown::on_signal();
 
     let config = RedisConfig::new(args.redis_url.clone())
@@ -100,10 +151,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     let store: Arc<dyn Store> = Arc::new(store);
     let backend = args
         .backend
-        .open(
-            args.workdir.join("runs"),
-            TektonConfig::new(args.namespace.clone()),
-        )
+        .open(args.workdir.join("runs"), tekton.unwrap_or_default())
         .await?;
 
     let mut registry = Registry::default();

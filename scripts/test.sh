@@ -18,6 +18,11 @@ fi
 echo "== preparing the Kubernetes-API emulator"
 bash stagetime-kube/tests/emulator/setup.sh
 
+# The Helm chart: lint, render (default + values files) through Helm v4 as a
+# library, Kubernetes schema validation, bad values refused, rendered/ in sync.
+echo "== helm chart"
+bash deploy/helm/tests/run.sh
+
 export STAGETIME_REQUIRE_SERVERS=1
 export RUST_BACKTRACE=1
 

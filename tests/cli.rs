@@ -254,3 +254,19 @@ fn ctrl_c_cancels_kills_the_process_group_and_runs_finally() {
     });
     assert!(gone, "the task's process group was not killed");
 }
+
+#[test]
+fn version_is_the_one_the_build_was_given() {
+    // build.rs: STAGETIME_VERSION from the build's environment (the image
+    // build's VERSION), else the crate's version.
+    let want = option_env!("STAGETIME_VERSION")
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or(env!("CARGO_PKG_VERSION"));
+    assert_eq!(env!("STAGETIME_BUILD_VERSION"), want.trim());
+    let out = run_cli(Path::new("."), &["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("stagetime {}", want.trim())
+    );
+}

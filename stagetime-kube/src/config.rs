@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+use stagetime_core::FieldErrors;
+
+use crate::types::PodTemplate;
+
 /// The earlier system's fixed `fsGroup` of every TaskRun pod.
 pub const DEFAULT_FS_GROUP: i64 = 65532;
 
@@ -16,6 +20,9 @@ pub enum CancelMode {
     Cancelled,
     /// `CancelledRunFinally`: cancel running tasks, then run the Pipeline's finally tasks.
     CancelledRunFinally,
+    /// `StoppedRunFinally`: start no new tasks, let the running ones finish,
+    /// then run the Pipeline's finally tasks.
+    StoppedRunFinally,
 }
 
 impl CancelMode {
@@ -24,7 +31,136 @@ impl CancelMode {
         match self {
             CancelMode::Cancelled => "Cancelled",
             CancelMode::CancelledRunFinally => "CancelledRunFinally",
+            CancelMode::StoppedRunFinally => "StoppedRunFinally",
         }
+    }
+}
+
+impl std::fmt::Display for CancelMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CancelMode {
+    type Err = String;
+
+    /// Tekton's spelling (`CancelledRunFinally`) or kebab case
+    /// (`cancelled-run-finally`), case-insensitively.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s
+            .trim()
+            .replace(['-', '_'], "")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "cancelled" => Ok(CancelMode::Cancelled),
+            "cancelledrunfinally" => Ok(CancelMode::CancelledRunFinally),
+            "stoppedrunfinally" => Ok(CancelMode::StoppedRunFinally),
+            _ => Err(format!(
+                "cancel mode {s:?} is not one of Cancelled, CancelledRunFinally, StoppedRunFinally"
+            )),
+        }
+    }
+}
+
+/// Reads a pod template for `spec.taskRunTemplate.podTemplate` from YAML or
+/// JSON (what the worker's `--pod-template` takes), strictly: only
+/// [`PodTemplate::FIELDS`] at the top, and no key anywhere below that the
+/// Kubernetes types do not know (a typo such as `runAsUsr` is an error, not
+/// silently dropped). An empty document is an empty template.
+///
+/// ```
+/// use stagetime_kube::config::parse_pod_template;
+/// let t = parse_pod_template("nodeSelector: {pool: ci}\nsecurityContext: {fsGroup: 1000}").unwrap();
+/// assert_eq!(t.node_selector["pool"], "ci");
+/// let err = parse_pod_template("securityContext: {runAsUsr: 1}").unwrap_err();
+/// assert!(err.to_string().contains("securityContext.runAsUsr"), "{err}");
+/// ```
+///
+/// # Errors
+/// Every bad field (`podTemplate.<path>`) and why.
+pub fn parse_pod_template(text: &str) -> Result<PodTemplate, FieldErrors> {
+    let invalid = |path: String, message: String| {
+        let mut e = FieldErrors::default();
+        e.push(path, message);
+        e
+    };
+    let value: serde_json::Value = yaml_serde::from_str(text)
+        .map_err(|e| invalid("podTemplate".into(), format!("not YAML or JSON: {e}")))?;
+    let fields = match value {
+        serde_json::Value::Null => return Ok(PodTemplate::default()),
+        serde_json::Value::Object(m) => m,
+        other => {
+            return Err(invalid(
+                "podTemplate".into(),
+                format!("must be a mapping, not {other}"),
+            ));
+        }
+    };
+    let mut errors = FieldErrors::default();
+    let mut template = serde_json::Map::new();
+    for (key, value) in fields {
+        let path = format!("podTemplate.{key}");
+        if !PodTemplate::FIELDS.contains(&key.as_str()) {
+            errors.push(
+                path,
+                format!(
+                    "unknown field, expected one of {}",
+                    PodTemplate::FIELDS.join(", ")
+                ),
+            );
+            continue;
+        }
+        // Each field on its own, so that a type error names its field.
+        let single =
+            serde_json::Value::Object([(key.clone(), value.clone())].into_iter().collect());
+        match serde_json::from_value::<PodTemplate>(single) {
+            Err(e) => errors.push(path, e.to_string()),
+            Ok(parsed) => {
+                let back = serde_json::to_value(&parsed).unwrap_or_default();
+                let mut dropped = Vec::new();
+                unknown_keys(&value, &back[key.as_str()], &path, &mut dropped);
+                for p in dropped {
+                    errors.push(p, "unknown field");
+                }
+                template.insert(key, value);
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    serde_json::from_value(serde_json::Value::Object(template))
+        .map_err(|e| invalid("podTemplate".into(), e.to_string()))
+}
+
+/// Pushes the path of every key of `input` (not null) that `parsed` (the
+/// same value read into typed structs and written back) lost.
+fn unknown_keys(
+    input: &serde_json::Value,
+    parsed: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (input, parsed) {
+        (Value::Object(i), Value::Object(p)) => {
+            for (k, v) in i {
+                let sub = format!("{path}.{k}");
+                match p.get(k) {
+                    None if !v.is_null() => out.push(sub),
+                    None => {}
+                    Some(pv) => unknown_keys(v, pv, &sub, out),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(p)) => {
+            for (n, (iv, pv)) in i.iter().zip(p).enumerate() {
+                unknown_keys(iv, pv, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -83,8 +219,12 @@ impl RetryPolicy {
 pub struct TektonConfig {
     /// Namespace of the PipelineRuns.
     pub namespace: String,
-    /// `spec.taskRunTemplate.podTemplate.securityContext.fsGroup` (`None`: not set).
+    /// `spec.taskRunTemplate.podTemplate.securityContext.fsGroup` (`None`: not
+    /// set) when [`TektonConfig::pod_template`] has no `securityContext`.
     pub fs_group: Option<i64>,
+    /// `spec.taskRunTemplate.podTemplate` (`None`: only the `fsGroup` above).
+    /// Its `securityContext`, when set, replaces the default one whole.
+    pub pod_template: Option<PodTemplate>,
     /// `spec.timeouts.pipeline` when the task has no timeout (`None`: Tekton's default).
     pub default_timeout: Option<Duration>,
     /// `spec.taskRunTemplate.serviceAccountName` (`None`: Tekton's default).
@@ -104,6 +244,7 @@ impl Default for TektonConfig {
         TektonConfig {
             namespace: "default".to_string(),
             fs_group: Some(DEFAULT_FS_GROUP),
+            pod_template: None,
             default_timeout: Some(DEFAULT_PIPELINE_TIMEOUT),
             service_account: None,
             label_prefix: "stagetime".to_string(),

@@ -11,7 +11,7 @@
 //! * [`PipelineRunTemplate`]: a pipeline's defaults (`stage`, and `resolver`,
 //!   `params`, `vclaims`, `listparams` as lists of `k=v` entries).
 //!
-//! The CRD manifests in `deploy/crds/` are generated from these types
+//! The CRD manifests in `deploy/helm/stagetime/crds/` are generated from these types
 //! ([`crds`], [`crd_yaml`]); a test fails when they drift.
 
 // `printcolumn(type_ = "string", ...)` repeats per column inside `#[kube(...)]`,
@@ -279,7 +279,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![RevisionRun::crd(), Repo::crd(), PipelineRunTemplate::crd()]
 }
 
-/// A CRD as the YAML committed under `deploy/crds/` (file name:
+/// A CRD as the YAML committed under `deploy/helm/stagetime/crds/` (file name:
 /// `<plural>.<group>.yaml`).
 ///
 /// # Errors
@@ -293,7 +293,7 @@ pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, stagetime_core
     ))
 }
 
-/// The file name of a CRD under `deploy/crds/`: `<plural>.<group>.yaml`.
+/// The file name of a CRD under `deploy/helm/stagetime/crds/`: `<plural>.<group>.yaml`.
 pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
 }

@@ -9,7 +9,7 @@
 //! * [`status`]: the `Succeeded` condition as an attempt outcome — pure;
 //! * [`error`]: kube errors classified as [`stagetime_core::Error`];
 //! * [`backend`]: [`TektonBackend`], the [`stagetime_core::Backend`] itself;
-//! * [`config`]: [`TektonConfig`] (namespace, fsGroup, default timeout,
+//! * [`config`]: [`TektonConfig`] (namespace, fsGroup, pod template, default timeout,
 //!   service account, label prefix, cancel mode, rate limit, retries);
 //! * [`crd`]: the operator's custom resources (RevisionRun, Repo,
 //!   PipelineRunTemplate) and their generated CRDs;

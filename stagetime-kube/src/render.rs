@@ -4,7 +4,8 @@
 //! `spec.pipelineRef` by name or by resolver with name/value params;
 //! `spec.params` with list params as arrays; workspaces from a Secret, a PVC,
 //! a ConfigMap or a volume claim template; `spec.timeouts.pipeline`;
-//! `spec.taskRunTemplate.podTemplate.securityContext.fsGroup`; `stagetime/*`
+//! `spec.taskRunTemplate` (service account; pod template, by default only
+//! `securityContext.fsGroup`, as the earlier system); `stagetime/*`
 //! labels and the `canfail` annotation.
 
 use std::collections::BTreeMap;
@@ -214,6 +215,23 @@ fn pipeline_ref(p: &PipelineSpec) -> PipelineRef {
     }
 }
 
+/// `spec.taskRunTemplate`: the configured service account and pod template;
+/// without a configured `securityContext`, the default `fsGroup`.
+fn task_run_template(cfg: &TektonConfig) -> Option<TaskRunTemplate> {
+    let mut pod = cfg.pod_template.clone().unwrap_or_default();
+    if pod.security_context.is_none() {
+        pod.security_context = cfg.fs_group.map(|g| PodSecurityContext {
+            fs_group: Some(g),
+            ..PodSecurityContext::default()
+        });
+    }
+    let pod_template = (pod != PodTemplate::default()).then_some(pod);
+    (pod_template.is_some() || cfg.service_account.is_some()).then(|| TaskRunTemplate {
+        service_account_name: cfg.service_account.clone(),
+        pod_template,
+    })
+}
+
 /// The PipelineRun of one attempt.
 ///
 /// The run's `annotations` are copied onto the PipelineRun, except
@@ -277,13 +295,7 @@ pub fn render_pipelinerun(req: &LaunchRequest, cfg: &TektonConfig) -> Result<Pip
         value: ParamValue::Array(v.clone()),
     }));
     let timeout = req.timeout.or(cfg.default_timeout);
-    let task_run_template =
-        (cfg.fs_group.is_some() || cfg.service_account.is_some()).then(|| TaskRunTemplate {
-            service_account_name: cfg.service_account.clone(),
-            pod_template: cfg.fs_group.map(|g| PodTemplate {
-                security_context: Some(PodSecurityContext { fs_group: Some(g) }),
-            }),
-        });
+    let task_run_template = task_run_template(cfg);
     let spec = PipelineRunSpec {
         pipeline_ref: Some(pipeline_ref(p)),
         params,

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+pub use k8s_openapi::api::core::v1::PodSecurityContext;
+use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, Toleration};
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
@@ -176,22 +178,47 @@ pub struct TaskRunTemplate {
     pub pod_template: Option<PodTemplate>,
 }
 
-/// `podTemplate` (the part stagetime sets).
+/// `spec.taskRunTemplate.podTemplate`: the fields of Tekton's pod template
+/// a worker may set (`--pod-template`, see [`crate::config::parse_pod_template`]).
+/// Read leniently like the rest (unknown fields are ignored); the parser of
+/// the configuration is the strict one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTemplate {
-    /// Pod security context.
+    /// Pod security context (`fsGroup`, `runAsUser`, `runAsNonRoot`, `seccompProfile`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<PodSecurityContext>,
+    /// Node labels the TaskRun pods must run on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the TaskRun pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the TaskRun pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Priority class of the TaskRun pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Runtime class of the TaskRun pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+    /// Pull secrets for the step images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
 }
 
-/// `securityContext` (the part stagetime sets).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodSecurityContext {
-    /// Group of mounted volumes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fs_group: Option<i64>,
+impl PodTemplate {
+    /// The keys of a pod template stagetime accepts, as written in YAML.
+    pub const FIELDS: &'static [&'static str] = &[
+        "securityContext",
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "priorityClassName",
+        "runtimeClassName",
+        "imagePullSecrets",
+    ];
 }
 
 /// `status` of a PipelineRun (the part stagetime reads).

@@ -1,5 +1,6 @@
-//! The CRD manifests committed under `deploy/crds/` are exactly what the
-//! Rust types generate. Regenerate them after changing `src/crd.rs`:
+//! The CRD manifests committed under `deploy/helm/stagetime/crds/` (the
+//! chart's, which Helm installs before the rest) are exactly what the Rust
+//! types generate. Regenerate them after changing `src/crd.rs`:
 //!
 //! ```text
 //! UPDATE_CRDS=1 cargo test -p stagetime-kube --test crds
@@ -13,6 +14,8 @@ fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("deploy")
+        .join("helm")
+        .join("stagetime")
         .join("crds")
 }
 
@@ -29,7 +32,7 @@ fn committed_crds_match_the_types() {
         let have = std::fs::read_to_string(&path).unwrap_or_default();
         if have != want {
             if update {
-                std::fs::create_dir_all(dir()).expect("mkdir deploy/crds");
+                std::fs::create_dir_all(dir()).expect("mkdir the chart's crds/");
                 std::fs::write(&path, &want).expect("write the CRD");
                 eprintln!("updated {}", path.display());
             } else {
@@ -39,11 +42,11 @@ fn committed_crds_match_the_types() {
     }
     assert!(
         drifted.is_empty(),
-        "deploy/crds/ is out of date with stagetime-kube/src/crd.rs: {drifted:?}\n\
+        "deploy/helm/stagetime/crds/ is out of date with stagetime-kube/src/crd.rs: {drifted:?}\n\
          regenerate with: UPDATE_CRDS=1 cargo test -p stagetime-kube --test crds"
     );
     let mut present: Vec<String> = std::fs::read_dir(dir())
-        .expect("deploy/crds exists")
+        .expect("deploy/helm/stagetime/crds exists")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".yaml"))
@@ -52,7 +55,7 @@ fn committed_crds_match_the_types() {
     expected_files.sort();
     assert_eq!(
         present, expected_files,
-        "deploy/crds/ holds exactly the generated CRDs (remove stale files)"
+        "deploy/helm/stagetime/crds/ holds exactly the generated CRDs (remove stale files)"
     );
 }
 
@@ -74,7 +77,11 @@ fn the_example_resolves_to_a_valid_run() {
     use stagetime_kube::crd::{PipelineRunTemplate, Repo, RevisionRun};
     use stagetime_kube::operator::{RunIdentity, build_run_spec};
 
-    let path = dir().join("..").join("examples").join("revisionrun.yaml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("deploy")
+        .join("examples")
+        .join("revisionrun.yaml");
     let text = std::fs::read_to_string(&path).expect("deploy/examples/revisionrun.yaml");
     let (mut repos, mut templates, mut runs) = (Vec::new(), BTreeMap::new(), Vec::new());
     for doc in yaml_serde::Deserializer::from_str(&text) {

@@ -11,7 +11,7 @@
 //!   a `Ready=False` condition with the reason, and recover when fixed.
 //!
 //! Each test also checks that every Kubernetes call the operator and the
-//! worker made is allowed by the RBAC in `deploy/`.
+//! worker made is allowed by the RBAC of the Helm chart (`deploy/helm/stagetime`).
 
 mod support;
 

@@ -1,8 +1,11 @@
-//! The RBAC in `deploy/` is exactly what the code needs: a RevisionRun that
-//! succeeds, one deleted while running (finalizer, cancel) and a
-//! housekeeping pass, on the emulator with the real operator and worker
-//! code; every call they make must be allowed by the rules bound to their
-//! ServiceAccounts, and every rule must have been needed by some call.
+//! The RBAC of the Helm chart (`deploy/helm/stagetime`) is exactly what the
+//! code needs: a RevisionRun that succeeds, one deleted while running
+//! (finalizer, cancel) and a housekeeping pass, on the emulator with the real
+//! operator and worker code; every call they make must be allowed by the
+//! rules bound to their ServiceAccounts, and every rule must have been needed
+//! by some call — with the default values (Roles) and cluster-wide
+//! (ClusterRoles). The chart's renderings are read from
+//! `deploy/helm/tests/rendered/` (see support/rbac.rs).
 
 mod support;
 
@@ -14,7 +17,7 @@ use stagetime_core::backend::Housekeeping;
 use stagetime_kube::TektonBackend;
 use support::config;
 use support::operator::{Stack, eventually, label, tech};
-use support::rbac::{Rbac, assert_allowed, unused_rules};
+use support::rbac::{RENDERINGS, Rbac, assert_allowed, unused_rules};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_rbac_allows_every_call_and_nothing_more() {
@@ -95,32 +98,39 @@ async fn deploy_rbac_allows_every_call_and_nothing_more() {
     stack.stop().await;
 
     let requests = emu.requests_in(&ns).await;
-    let rbac = Rbac::load();
-    for actor in ["operator", "worker"] {
-        assert_allowed(&rbac, &requests, actor);
-        let unused = unused_rules(&rbac, &requests, actor);
+    for rendering in RENDERINGS {
+        let rbac = Rbac::load_rendering(rendering);
+        for actor in ["operator", "worker"] {
+            assert_allowed(&rbac, &requests, actor);
+            let unused = unused_rules(&rbac, &requests, actor);
+            assert!(
+                unused.is_empty(),
+                "{rendering}: the chart's RBAC of stagetime-{actor} grants what no call needed (least privilege): {unused:?}"
+            );
+        }
         assert!(
-            unused.is_empty(),
-            "deploy/ RBAC of stagetime-{actor} grants what no call needed (least privilege): {unused:?}"
+            rbac.granted("server").is_empty(),
+            "{rendering}: the server needs no Kubernetes API access"
         );
+        // Each Deployment runs as its own ServiceAccount.
+        for d in rbac.documents("Deployment") {
+            let name = d["metadata"]["name"].as_str().unwrap_or("");
+            assert_eq!(
+                d["spec"]["template"]["spec"]["serviceAccountName"], name,
+                "{rendering}: Deployment {name} runs as the ServiceAccount of the same name"
+            );
+        }
+        assert_eq!(rbac.documents("Deployment").count(), 3, "{rendering}");
     }
-    assert!(
-        rbac.granted("server").is_empty(),
-        "the server needs no Kubernetes API access"
-    );
-    // Each Deployment runs as its own ServiceAccount.
-    for d in rbac.documents("Deployment") {
-        let name = d["metadata"]["name"].as_str().unwrap_or("");
-        assert_eq!(
-            d["spec"]["template"]["spec"]["serviceAccountName"], name,
-            "Deployment {name} runs as the ServiceAccount of the same name"
-        );
-    }
-    assert_eq!(rbac.documents("Deployment").count(), 3);
+    // Namespaced by default, cluster-wide on request: never both.
+    let default = Rbac::load_rendering(RENDERINGS[0]);
+    let cluster = Rbac::load_rendering(RENDERINGS[1]);
+    assert_eq!(default.documents("ClusterRole").count(), 0);
+    assert_eq!(cluster.documents("Role").count(), 0);
 }
 
 #[test]
-fn deployments_have_probes_the_redis_secret_and_a_service() {
+fn chart_deployments_have_probes_the_redis_secret_and_a_service() {
     let rbac = Rbac::load();
     let mut seen = Vec::new();
     for d in rbac.documents("Deployment") {
@@ -146,15 +156,26 @@ fn deployments_have_probes_the_redis_secret_and_a_service() {
                 .any(|w| w == ["--metrics-listen", "0.0.0.0:9090"]),
             "{name}: {args:?}"
         );
-        let redis = c["env"]
-            .as_array()
-            .expect("env")
-            .iter()
-            .find(|e| e["name"] == "REDIS_URL")
-            .unwrap_or_else(|| panic!("{name}: REDIS_URL"));
+        let env = |var: &str| {
+            c["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .find(|e| e["name"] == var)
+                .unwrap_or_else(|| panic!("{name}: {var}"))
+                .clone()
+        };
+        // The bundled Redis: the URL names its Service, the password comes
+        // from the Secret (Kubernetes expands $(REDIS_PASSWORD) in the URL).
         assert_eq!(
-            redis["valueFrom"]["secretKeyRef"]["name"], "stagetime-redis",
-            "{name}: the Redis URL comes from the Secret"
+            env("REDIS_URL")["value"],
+            "redis://:$(REDIS_PASSWORD)@stagetime-redis.stagetime.svc:6379/0",
+            "{name}"
+        );
+        assert_eq!(
+            env("REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]["name"],
+            "stagetime-redis",
+            "{name}: the Redis password comes from the Secret"
         );
         assert!(
             c["image"]

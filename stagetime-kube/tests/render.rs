@@ -371,3 +371,109 @@ fn run_annotations_are_copied_and_the_owner_becomes_an_owner_reference() {
     assert_eq!(err.kind(), ErrorKind::Invalid);
     assert!(err.to_string().contains("stagetime/owner"), "{err}");
 }
+
+#[test]
+fn worker_pod_template_replaces_the_default_security_context_only_when_it_has_one() {
+    use stagetime_kube::config::parse_pod_template;
+    let (run, plan) = plan_of(NATIVE);
+    let template = parse_pod_template(
+        r#"
+securityContext: {runAsNonRoot: true, runAsUser: 1001, fsGroup: 2000, seccompProfile: {type: RuntimeDefault}}
+nodeSelector: {pool: ci}
+tolerations:
+  - {key: dedicated, operator: Equal, value: ci, effect: NoSchedule}
+priorityClassName: ci-low
+imagePullSecrets: [{name: registry}]
+"#,
+    )
+    .expect("a valid pod template");
+    let cfg = TektonConfig {
+        service_account: Some("pipeline-runner".into()),
+        pod_template: Some(template),
+        default_timeout: Some(Duration::from_secs(2 * 3600)),
+        ..TektonConfig::new("ci")
+    };
+    let deploy = rendered(&run, &plan, "deploy", 1, &cfg);
+    assert_eq!(
+        deploy["spec"]["taskRunTemplate"],
+        json!({
+            "serviceAccountName": "pipeline-runner",
+            "podTemplate": {
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 1001, "fsGroup": 2000,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "nodeSelector": {"pool": "ci"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ci", "effect": "NoSchedule"}],
+                "priorityClassName": "ci-low",
+                "imagePullSecrets": [{"name": "registry"}]
+            }
+        }),
+        "{deploy:#}"
+    );
+    assert_eq!(deploy["spec"]["timeouts"]["pipeline"], "2h0m0s");
+    // A template without securityContext keeps the default fsGroup beside its fields.
+    let cfg = TektonConfig {
+        pod_template: Some(parse_pod_template(r#"{"nodeSelector": {"pool": "ci"}}"#).unwrap()),
+        ..TektonConfig::new("ci")
+    };
+    assert_eq!(
+        rendered(&run, &plan, "deploy", 1, &cfg)["spec"]["taskRunTemplate"],
+        json!({"podTemplate": {"securityContext": {"fsGroup": 65532}, "nodeSelector": {"pool": "ci"}}})
+    );
+    // An empty template changes nothing.
+    let cfg = TektonConfig {
+        pod_template: Some(parse_pod_template("").unwrap()),
+        ..TektonConfig::new("ci")
+    };
+    assert_eq!(
+        rendered(&run, &plan, "deploy", 1, &cfg)["spec"]["taskRunTemplate"],
+        json!({"podTemplate": {"securityContext": {"fsGroup": 65532}}})
+    );
+}
+
+#[test]
+fn bad_pod_templates_are_refused_naming_the_field() {
+    use stagetime_kube::config::parse_pod_template;
+    for (text, field) in [
+        ("nodeSelectr: {pool: ci}", "podTemplate.nodeSelectr"),
+        (
+            "securityContext: {runAsUsr: 1000}",
+            "podTemplate.securityContext.runAsUsr",
+        ),
+        (
+            "securityContext: {runAsUser: lots}",
+            "podTemplate.securityContext",
+        ),
+        (
+            "tolerations: [{key: a, efect: NoSchedule}]",
+            "podTemplate.tolerations[0].efect",
+        ),
+        ("nodeSelector: [a, b]", "podTemplate.nodeSelector"),
+        ("- just\n- a list", "podTemplate"),
+        ("{not yaml", "podTemplate"),
+    ] {
+        let err = parse_pod_template(text).expect_err(text);
+        assert!(
+            err.0.iter().any(|e| e.path == field),
+            "{text}: {field} not named: {err}"
+        );
+    }
+}
+
+#[test]
+fn cancel_modes_read_tekton_and_kebab_spellings() {
+    for (text, mode) in [
+        ("Cancelled", CancelMode::Cancelled),
+        ("cancelled-run-finally", CancelMode::CancelledRunFinally),
+        ("CancelledRunFinally", CancelMode::CancelledRunFinally),
+        ("StoppedRunFinally", CancelMode::StoppedRunFinally),
+        ("stopped_run_finally", CancelMode::StoppedRunFinally),
+    ] {
+        assert_eq!(text.parse::<CancelMode>(), Ok(mode), "{text}");
+        assert_eq!(mode.as_str().parse::<CancelMode>(), Ok(mode));
+    }
+    let err = "Stop".parse::<CancelMode>().unwrap_err();
+    assert!(
+        err.contains("\"Stop\"") && err.contains("StoppedRunFinally"),
+        "{err}"
+    );
+}

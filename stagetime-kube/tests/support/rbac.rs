@@ -1,10 +1,16 @@
-//! The RBAC of `deploy/` against the API calls the code makes.
+//! The RBAC of the Helm chart against the API calls the code makes.
 //!
 //! Every request the emulator logged (with the `X-Stagetime-Actor` header
 //! of the client that made it) is mapped to (apiGroup, resource[/subresource],
 //! verb) and checked against the rules bound to the actor's ServiceAccount
-//! (`stagetime-<actor>`) in `deploy/*.yaml`. [`unused_rules`] finds rules no
-//! call needed (least privilege).
+//! (`stagetime-<actor>`) in a rendering of the chart. [`unused_rules`] finds
+//! rules no call needed (least privilege).
+//!
+//! The renderings are committed under `deploy/helm/tests/rendered/`
+//! (release `stagetime`, default values and `values/cluster-wide.yaml`);
+//! the chart tests (`deploy/helm/tests/run.sh`, part of scripts/test.sh)
+//! render the chart with Helm and fail when they differ from it, so these
+//! files are the chart's output without needing Helm here.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -90,36 +96,41 @@ struct Rule {
     verbs: Vec<String>,
 }
 
-/// The RBAC objects of `deploy/*.yaml`.
+/// The objects of one rendering of the chart.
 #[derive(Debug, Default)]
 pub struct Rbac {
     docs: Vec<Value>,
 }
 
-fn deploy_dir() -> PathBuf {
+/// The committed renderings of the chart: default values, cluster-wide RBAC.
+pub const RENDERINGS: [&str; 2] = ["default.yaml", "cluster-wide.yaml"];
+
+fn rendered_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("deploy")
+        .join("helm")
+        .join("tests")
+        .join("rendered")
 }
 
 impl Rbac {
-    /// Reads every YAML document of `deploy/*.yaml` (not the CRDs or examples).
+    /// The chart rendered with its default values.
     pub fn load() -> Rbac {
+        Rbac::load_rendering(RENDERINGS[0])
+    }
+
+    /// Reads every YAML document of `deploy/helm/tests/rendered/<file>`.
+    pub fn load_rendering(file: &str) -> Rbac {
+        let path = rendered_dir().join(file);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut docs = Vec::new();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
-            .expect("deploy/ exists")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-            .collect();
-        files.sort();
-        for f in files {
-            let text = std::fs::read_to_string(&f).expect("read manifest");
-            for doc in yaml_serde::Deserializer::from_str(&text) {
-                let v: Value = Value::deserialize(doc)
-                    .unwrap_or_else(|e| panic!("{}: not YAML: {e}", f.display()));
-                if !v.is_null() {
-                    docs.push(v);
-                }
+        for doc in yaml_serde::Deserializer::from_str(&text) {
+            let v: Value = Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
+            if !v.is_null() {
+                docs.push(v);
             }
         }
         Rbac { docs }
@@ -220,7 +231,7 @@ pub fn assert_allowed(rbac: &Rbac, requests: &[Value], actor: &str) {
         .collect();
     assert!(
         denied.is_empty(),
-        "deploy/ RBAC of stagetime-{actor} does not allow calls the code made: {denied:?}"
+        "the chart's RBAC of stagetime-{actor} does not allow calls the code made: {denied:?}"
     );
 }
 
