@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, env = "STAGETIME_REDIS_PREFIX", default_value = "stagetime")]
     redis_prefix: String,
     /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "STAGETIME_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = "STAGETIME_METRICS_LISTEN", default_value = "0.0.0.0:9092")]
     metrics_listen: String,
     /// How often the status of an active run is refreshed.
     #[arg(long, env = "STAGETIME_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]

@@ -96,7 +96,7 @@ struct Args {
     #[arg(long, env = "STAGETIME_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
-    #[arg(long, env = "STAGETIME_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = "STAGETIME_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
     metrics_listen: String,
     /// Log format: text or json.
     #[arg(long, env = "STAGETIME_LOG_FORMAT", default_value = "text")]

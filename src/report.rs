@@ -86,7 +86,7 @@ pub fn summary(run: &RunView) -> String {
             format!("stage {stage}\n")
         });
         for t in members {
-            let duration = match (t.first_launch_ms, t.finished_ms) {
+            let duration = match (t.timing.first_launch_ms, t.timing.finished_ms) {
                 (Some(a), Some(b)) => fmt_ms(b.saturating_sub(a)),
                 _ => "-".into(),
             };
@@ -99,7 +99,7 @@ pub fn summary(run: &RunView) -> String {
                 t.attempt
             ));
             if matches!(t.status, TaskStatus::Failed | TaskStatus::TimedOut)
-                && let Some(log) = &t.handle
+                && let Some(log) = &t.timing.handle
             {
                 failed_logs.push(format!("  {}: {log}", t.name));
             }
@@ -457,10 +457,12 @@ mod tests {
                 status,
                 attempt: 1,
                 message: None,
-                first_launch_ms: Some(1_000),
-                launch_ms: Some(1_000),
-                finished_ms: Some(2_250),
-                handle: Some(format!("/logs/{name}.log")),
+                timing: stagetime_core::store::TaskTiming {
+                    first_launch_ms: Some(1_000),
+                    launch_ms: Some(1_000),
+                    finished_ms: Some(2_250),
+                    handle: Some(format!("/logs/{name}.log")),
+                },
             })
             .collect();
         RunView::assemble(header, tasks)

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::telemetry::{LogFormat, init_logging};
+use crate::telemetry::{LogFormat, init_logging, init_logging_from};
 
 /// Why a binary stops early: the exit status and the message it logs.
 ///
@@ -112,17 +112,7 @@ pub fn run_cli<T: ExitStatus>(
     log_format: LogFormat,
     body: impl Future<Output = Result<T, Failure>>,
 ) -> ExitCode {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("STAGETIME_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // `try_init` fails only when a subscriber is already set, which is fine.
-    let _ = match log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    init_logging_from(log_format, "STAGETIME_LOG", "warn");
     run_to_exit(body)
 }
 

@@ -90,8 +90,15 @@ impl fmt::Display for LogFormat {
 /// Calling it again (e.g. from several tests in one process) is harmless: the
 /// first subscriber stays.
 pub fn init_logging(format: LogFormat) {
+    init_logging_from(format, "RUST_LOG", "info");
+}
+
+/// Installs logging to stderr in `format`, filtered by the environment
+/// variable `filter_env` (`tracing` directives such as `debug` or
+/// `stagetime=debug`), or `default` when it is unset or unreadable.
+pub fn init_logging_from(format: LogFormat, filter_env: &str, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env(filter_env).unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

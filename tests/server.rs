@@ -259,7 +259,9 @@ finally:
         dot.contains("\"b\" [label=\"b\\nfailed\", style=filled"),
         "{dot}"
     );
-    assert!(dot.contains("\"a\" -> \"b\""), "{dot}");
+    // Stage 1 waits on the barrier after stage 0.
+    assert!(dot.contains("\"a\" -> \"stage 0 done\""), "{dot}");
+    assert!(dot.contains("\"stage 0 done\" -> \"b\""), "{dot}");
     std::fs::write(
         d.join("other.yaml"),
         "repo: e2e\ncommit: c1\ntasks:\n  - {name: zzz, command: \"true\"}\n",

@@ -2,7 +2,7 @@
 
 use stagetime_core::error::cut;
 use stagetime_core::scheduler::TaskStatus;
-use stagetime_core::store::{RunId, RunState, RunSummary};
+use stagetime_core::store::{RunId, RunState, RunSummary, TaskTiming};
 use stagetime_core::view::{RunView, TaskView};
 use stagetime_core::{Error, ErrorKind};
 use tonic::{Code, Status};
@@ -79,10 +79,10 @@ pub fn run_to_proto(run: &RunView) -> v1::Run {
             attempt: t.attempt,
             retries: t.retries,
             message: t.message.clone().unwrap_or_default(),
-            first_launch_ms: t.first_launch_ms.unwrap_or(0),
-            launch_ms: t.launch_ms.unwrap_or(0),
-            finished_ms: t.finished_ms.unwrap_or(0),
-            handle: t.handle.clone().unwrap_or_default(),
+            first_launch_ms: t.timing.first_launch_ms.unwrap_or(0),
+            launch_ms: t.timing.launch_ms.unwrap_or(0),
+            finished_ms: t.timing.finished_ms.unwrap_or(0),
+            handle: t.timing.handle.clone().unwrap_or_default(),
             needs: t.needs.clone(),
         })
         .collect();
@@ -143,10 +143,12 @@ pub fn run_from_proto(run: &v1::Run) -> Result<RunView, Error> {
             status: task_status_from_proto(t.status()).unwrap_or(TaskStatus::Waiting),
             attempt: t.attempt,
             message: text(&t.message),
-            first_launch_ms: nonzero(t.first_launch_ms),
-            launch_ms: nonzero(t.launch_ms),
-            finished_ms: nonzero(t.finished_ms),
-            handle: text(&t.handle),
+            timing: TaskTiming {
+                first_launch_ms: nonzero(t.first_launch_ms),
+                launch_ms: nonzero(t.launch_ms),
+                finished_ms: nonzero(t.finished_ms),
+                handle: text(&t.handle),
+            },
         })
         .collect();
     let header = RunView {

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::scheduler::TaskStatus;
-use crate::store::{RunId, RunRecord, RunState};
+use crate::store::{RunId, RunRecord, RunState, TaskTiming};
 
 /// A run as people and programs look at it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,19 +183,11 @@ pub struct TaskView {
     /// Last failure or skip reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Launch of the first attempt (ms since the epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_launch_ms: Option<u64>,
-    /// Launch of the current or last attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub launch_ms: Option<u64>,
-    /// When the task finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_ms: Option<u64>,
-    /// The backend's handle of the last attempt: PipelineRun name (Tekton)
-    /// or log file (local).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub handle: Option<String>,
+    /// Launch and end times and the backend's handle of the last attempt
+    /// (PipelineRun name or log file), as the engine recorded them;
+    /// serialised inline.
+    #[serde(flatten)]
+    pub timing: TaskTiming,
 }
 
 impl TaskView {
@@ -207,8 +199,13 @@ impl TaskView {
     /// From the first launch to the end, or to `now_ms` while it runs;
     /// `None` before the first launch.
     pub fn duration_ms(&self, now_ms: u64) -> Option<u64> {
-        let start = self.first_launch_ms?;
-        Some(self.finished_ms.unwrap_or(now_ms).saturating_sub(start))
+        let start = self.timing.first_launch_ms?;
+        Some(
+            self.timing
+                .finished_ms
+                .unwrap_or(now_ms)
+                .saturating_sub(start),
+        )
     }
 
     /// True when the task ended in a way the run does not accept: failed or
@@ -240,22 +237,16 @@ impl RunView {
             .iter()
             .zip(states)
             .enumerate()
-            .map(|(i, (t, st))| {
-                let timing = record.timings.get(i).cloned().unwrap_or_default();
-                TaskView {
-                    name: t.name().to_string(),
-                    stage: t.stage,
-                    can_fail: t.spec.can_fail,
-                    retries: t.spec.retries,
-                    needs: t.spec.needs.clone().unwrap_or_default(),
-                    status: st.status,
-                    attempt: st.attempt,
-                    message: st.message.clone(),
-                    first_launch_ms: timing.first_launch_ms,
-                    launch_ms: timing.launch_ms,
-                    finished_ms: timing.finished_ms,
-                    handle: timing.handle,
-                }
+            .map(|(i, (t, st))| TaskView {
+                name: t.name().to_string(),
+                stage: t.stage,
+                can_fail: t.spec.can_fail,
+                retries: t.spec.retries,
+                needs: t.spec.needs.clone().unwrap_or_default(),
+                status: st.status,
+                attempt: st.attempt,
+                message: st.message.clone(),
+                timing: record.timings.get(i).cloned().unwrap_or_default(),
             })
             .collect();
         let spec = &record.spec;
@@ -452,7 +443,7 @@ mod tests {
     use super::*;
     use crate::StageScheduler;
     use crate::scheduler::{AttemptOutcome, Command, Event};
-    use crate::store::{RECORD_FORMAT, TaskTiming};
+    use crate::store::RECORD_FORMAT;
 
     fn record() -> RunRecord {
         let spec = serde_json::from_value(serde_json::json!({
@@ -524,7 +515,7 @@ mod tests {
         let build = view.task("build").unwrap();
         assert_eq!(build.status, TaskStatus::Succeeded);
         assert_eq!(build.duration_ms(9_999), Some(2_500));
-        assert_eq!(build.handle.as_deref(), Some("build-1"));
+        assert_eq!(build.timing.handle.as_deref(), Some("build-1"));
         assert_eq!(view.task("test").unwrap().retries, 2);
         assert!(view.task("notify").unwrap().is_finally());
 

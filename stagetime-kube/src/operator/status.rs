@@ -140,7 +140,7 @@ pub fn status_from_view(
             stage: stage_label(s),
             status: t.status.as_str().to_string(),
             attempt: t.attempt,
-            pipeline_run: t.handle.clone(),
+            pipeline_run: t.timing.handle.clone(),
             message: t.message.clone(),
         })
         .collect();
