@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::broadcast;
 use tracing::{debug, error, info, warn};
 
@@ -45,7 +45,7 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(crate::limits::millis)
             .unwrap_or(0)
     }
 }
@@ -76,7 +76,8 @@ impl Default for TokioClock {
 
 impl Clock for TokioClock {
     fn now_ms(&self) -> u64 {
-        self.base_ms + self.start.elapsed().as_millis() as u64
+        self.base_ms
+            .saturating_add(crate::limits::millis(self.start.elapsed()))
     }
 }
 
@@ -137,6 +138,13 @@ pub trait EngineListener: Send + Sync + 'static {
 
     /// A commit lost a compare-and-set race to another engine and is retried.
     fn conflict(&self) {}
+
+    /// Processing run `run` failed unexpectedly (a panic, a corrupt
+    /// record): the run was quarantined — marked failed where its record
+    /// could be read — and its work acknowledged. `reason` says what failed.
+    fn quarantined(&self, run: &RunId, reason: &str) {
+        let _ = (run, reason);
+    }
 }
 
 /// The listener that does nothing.
@@ -151,6 +159,11 @@ const MAX_CONFLICTS: usize = 64;
 const MAX_PASSES: usize = 1024;
 /// Attempts of one backend call before handing it back to the queue.
 const BACKEND_TRIES: u32 = 3;
+/// Committed records kept for subscribers that have not read them yet. A
+/// record is as big as its run, so this keeps the memory of a slow
+/// subscriber (a progress display) at a few runs' worth; a subscriber that
+/// falls further behind is told it lagged and reloads the run.
+const UPDATES_BUFFERED: usize = 16;
 
 /// Drives revision runs: see the module documentation.
 pub struct Engine {
@@ -181,7 +194,7 @@ impl Engine {
             clock: Arc::new(SystemClock),
             config: EngineConfig::default(),
             plans: Mutex::new(HashMap::new()),
-            updates: broadcast::channel(1024).0,
+            updates: broadcast::channel(UPDATES_BUFFERED).0,
             listener: Arc::new(NoListener),
         }
     }
@@ -357,12 +370,103 @@ impl Engine {
             }
         }
         let runs = groups.into_iter().map(|(id, items)| async move {
-            if let Err(e) = self.process_run(&id, items).await {
-                self.listener.store_error("commit", &e);
-                warn!(run = %id, error = %e, "run not advanced; its work will be retried");
+            let tokens: Vec<ClaimToken> = items.iter().map(|c| c.token.clone()).collect();
+            // A panic is confined to its run: the others of the batch go on.
+            let processed = std::panic::AssertUnwindSafe(self.process_run(&id, items))
+                .catch_unwind()
+                .await;
+            match processed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.kind() == ErrorKind::Corrupt => {
+                    self.quarantine(&id, &tokens, &e.to_string()).await;
+                }
+                Ok(Err(e)) => {
+                    self.listener.store_error("commit", &e);
+                    warn!(run = %id, error = %e, "run not advanced; its work will be retried");
+                }
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_string());
+                    let reason = format!("processing the run panicked: {what}");
+                    self.quarantine(&id, &tokens, &reason).await;
+                }
             }
         });
         futures::future::join_all(runs).await;
+    }
+
+    /// Ends a run whose processing failed unexpectedly: marks it failed
+    /// (every task not over says why), cancels its running attempts as far
+    /// as the backend allows, and acknowledges its work, so that it neither
+    /// comes back to crash engine after engine nor holds up other runs.
+    /// A record that cannot be read is only acknowledged.
+    async fn quarantine(&self, id: &RunId, tokens: &[ClaimToken], reason: &str) {
+        error!(run = %id, reason, "quarantining the run: processing it failed unexpectedly");
+        self.listener.quarantined(id, reason);
+        self.forget_plan(id);
+        let message = format!("internal error: {reason}");
+        for _ in 0..MAX_CONFLICTS {
+            let record = match self.store.load_run(id).await {
+                Ok(r) => r,
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
+                    if let Err(e) = self.store.ack(tokens).await {
+                        warn!(run = %id, error = %e, "cannot acknowledge the work of a quarantined run");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(run = %id, error = %e, "cannot quarantine the run now; its work will be retried");
+                    return;
+                }
+            };
+            let now = self.clock.now_ms();
+            let mut next = record.clone();
+            for (task, attempt) in next.scheduler.quarantine(&message) {
+                let name = record
+                    .spec
+                    .tasks
+                    .iter()
+                    .chain(&record.spec.finally)
+                    .nth(task as usize)
+                    .map(|t| t.name.clone());
+                if let Some(task) = name {
+                    let key = LaunchKey {
+                        run: id.clone(),
+                        task,
+                        attempt,
+                    };
+                    if let Err(e) = self.backend.cancel(&key).await {
+                        warn!(%key, error = %e, "cannot cancel an attempt of a quarantined run");
+                    }
+                }
+            }
+            next.version = record.version + 1;
+            next.updated_ms = now;
+            next.outbox.clear();
+            next.state = RunState::of(&next.scheduler);
+            next.finished_ms.get_or_insert(now);
+            let commit = Commit {
+                expected_version: record.version,
+                record: next.clone(),
+                enqueue: Vec::new(),
+                ack: tokens.to_vec(),
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    self.listener.committed(&record, &next);
+                    let _ = self.updates.send(Arc::new(next));
+                    return;
+                }
+                Err(e) if e.kind() == ErrorKind::Conflict => continue,
+                Err(e) => {
+                    warn!(run = %id, error = %e, "cannot record the quarantine; its work will be retried");
+                    return;
+                }
+            }
+        }
     }
 
     async fn load_plan(&self, record: &RunRecord) -> Result<Arc<Plan>> {
@@ -404,23 +508,14 @@ impl Engine {
         let tokens: Vec<ClaimToken> = items.iter().map(|c| c.token.clone()).collect();
         let mut record = match self.store.load_run(id).await {
             Ok(r) => r,
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
-                if e.kind() == ErrorKind::Corrupt {
-                    error!(run = %id, error = %e, "skipping work of an unreadable run");
-                } else {
-                    debug!(run = %id, "dropping work of a run that no longer exists");
-                }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                debug!(run = %id, "dropping work of a run that no longer exists");
                 return self.store.ack(&tokens).await;
             }
+            // Corrupt records are quarantined by the caller.
             Err(e) => return Err(e),
         };
-        let plan = match self.load_plan(&record).await {
-            Ok(p) => p,
-            Err(e) => {
-                error!(run = %id, error = %e, "skipping work of an unreadable run");
-                return self.store.ack(&tokens).await;
-            }
-        };
+        let plan = self.load_plan(&record).await?;
         let mut events = Vec::with_capacity(items.len());
         for c in &items {
             match &c.item.work {
@@ -447,14 +542,8 @@ impl Engine {
         let mut launched: HashMap<(u32, u32), String> = HashMap::new();
         let mut conflicts = 0;
         for _ in 0..MAX_PASSES {
-            let scheduler =
-                match StageScheduler::restore(Arc::clone(&plan), record.scheduler.clone()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        error!(run = %id, error = %e, "skipping work of an unreadable run");
-                        return self.store.ack(&tokens).await;
-                    }
-                };
+            let scheduler = StageScheduler::restore(Arc::clone(&plan), record.scheduler.clone())
+                .map_err(|e| Error::corrupt(format!("run {id}"), e))?;
             let (next, timers) = self.transition(&record, scheduler, &events, &launched);
             let outbox_empty = next.outbox.is_empty();
             let commit = Commit {
@@ -476,7 +565,10 @@ impl Engine {
                     }
                     self.listener.committed(&record, &next);
                     record = next;
-                    let _ = self.updates.send(Arc::new(record.clone()));
+                    // A record per commit is costly for big runs: only when someone listens.
+                    if self.updates.receiver_count() > 0 {
+                        let _ = self.updates.send(Arc::new(record.clone()));
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::Conflict && conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
@@ -519,7 +611,7 @@ impl Engine {
             record.outbox = remaining;
             if events.is_empty() && !record.outbox.is_empty() {
                 // Nothing could be done now: keep the outbox and come back later.
-                let retry_at = self.clock.now_ms() + 2_000;
+                let retry_at = self.clock.now_ms().saturating_add(2_000);
                 let mut next = record.clone();
                 next.version += 1;
                 let commit = Commit {
@@ -565,7 +657,7 @@ impl Engine {
                     work: Work::Event {
                         event: Event::TimerFired { timer },
                     },
-                    due_ms: Some(now + after.as_millis() as u64),
+                    due_ms: Some(crate::limits::due_ms(now, after)),
                 }),
                 Command::Launch { task, attempt } => {
                     let t = &mut next.timings[task as usize];

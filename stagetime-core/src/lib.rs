@@ -7,6 +7,7 @@ pub mod control;
 pub mod engine;
 pub mod error;
 pub mod legacy;
+pub mod limits;
 pub mod local;
 pub mod memory;
 pub mod plan;
