@@ -404,6 +404,9 @@ impl Engine {
     /// comes back to crash engine after engine nor holds up other runs.
     /// A record that cannot be read is only acknowledged.
     async fn quarantine(&self, id: &RunId, tokens: &[ClaimToken], reason: &str) {
+        // A panic message or a corrupt record may be long; the gist is at the start.
+        let reason: String = reason.chars().take(1_000).collect();
+        let reason = reason.as_str();
         error!(run = %id, reason, "quarantining the run: processing it failed unexpectedly");
         self.listener.quarantined(id, reason);
         self.forget_plan(id);
@@ -438,8 +441,12 @@ impl Engine {
                         task,
                         attempt,
                     };
-                    if let Err(e) = self.backend.cancel(&key).await {
-                        warn!(%key, error = %e, "cannot cancel an attempt of a quarantined run");
+                    // The backend may be what panicked: confine it here too.
+                    let cancelled = std::panic::AssertUnwindSafe(self.backend.cancel(&key))
+                        .catch_unwind()
+                        .await;
+                    if !matches!(cancelled, Ok(Ok(()))) {
+                        warn!(%key, "cannot cancel an attempt of a quarantined run");
                     }
                 }
             }
