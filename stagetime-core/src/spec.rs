@@ -318,17 +318,29 @@ const LEGACY_KEYS: &[&str] = &[
 /// [`crate::Error::Invalid`] listing every malformed compact field of a
 /// legacy file.
 pub fn parse_document(what: &str, text: &str) -> crate::Result<(RevisionRunSpec, DocumentFormat)> {
+    parse_document_within(what, text, &ParseLimits::default())
+}
+
+/// [`parse_document`] within other `limits` (e.g. a server's smaller
+/// document size).
+///
+/// # Errors
+/// As [`parse_document`].
+pub fn parse_document_within(
+    what: &str,
+    text: &str,
+    limits: &ParseLimits,
+) -> crate::Result<(RevisionRunSpec, DocumentFormat)> {
     let parse_err = |e: &dyn fmt::Display| crate::Error::Parse {
         what: what.to_string(),
         message: e.to_string(),
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let keys =
-        match crate::limits::scan(text, &ParseLimits::default()).map_err(|e| parse_err(&e))? {
-            Shape::Mapping(keys) => keys,
-            Shape::Null => return Err(parse_err(&"the document is empty")),
-            Shape::Other => return Err(parse_err(&"expected a mapping at the top level")),
-        };
+    let keys = match crate::limits::scan(text, limits).map_err(|e| parse_err(&e))? {
+        Shape::Mapping(keys) => keys,
+        Shape::Null => return Err(parse_err(&"the document is empty")),
+        Shape::Other => return Err(parse_err(&"expected a mapping at the top level")),
+    };
     let is_legacy = keys.iter().any(|k| LEGACY_KEYS.contains(&k.as_str()));
     if is_legacy {
         let legacy: crate::legacy::LegacyRevisionRun =

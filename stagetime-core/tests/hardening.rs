@@ -366,3 +366,27 @@ async fn a_run_that_breaks_processing_is_quarantined_while_others_finish() {
     let ended: Result<()> = worker.await.unwrap();
     ended.unwrap();
 }
+
+#[test]
+fn parse_limits_are_configurable() {
+    use stagetime_core::limits::ParseLimits;
+    use stagetime_core::spec::parse_document_within;
+    let text = "repo: r\ncommit: c\ntasks: [{name: a, command: \"true\"}]\n";
+    let tight = ParseLimits {
+        max_bytes: 16,
+        ..ParseLimits::default()
+    };
+    let err = parse_document_within("t.yaml", text, &tight)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exceed the maximum of 16 bytes"), "{err}");
+    let shallow = ParseLimits {
+        max_depth: 1,
+        ..ParseLimits::default()
+    };
+    let err = parse_document_within("t.yaml", text, &shallow)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nests deeper than 1 levels"), "{err}");
+    assert!(parse_document_within("t.yaml", text, &ParseLimits::default()).is_ok());
+}
