@@ -126,33 +126,27 @@ fn parse_duration(
     errors: &mut FieldErrors,
 ) -> Option<Duration> {
     let shown = quoted(text);
+    let too_long = || {
+        format!(
+            "{shown} is longer than the maximum of {}",
+            humantime::format_duration(max)
+        )
+    };
     match humantime::parse_duration(text.trim()) {
         Ok(d) if d.is_zero() => {
             errors.push(path, format!("{shown} must be longer than zero"));
             None
         }
+        // Too large for humantime to represent is past any maximum, too.
         Ok(d) if d > max => {
-            errors.push(
-                path,
-                format!(
-                    "{shown} is longer than the maximum of {}",
-                    humantime::format_duration(max)
-                ),
-            );
+            errors.push(path, too_long());
+            None
+        }
+        Err(humantime::DurationError::NumberOverflow) => {
+            errors.push(path, too_long());
             None
         }
         Ok(d) => Some(d),
-        // humantime's own overflow message is "number is too large".
-        Err(humantime::DurationError::NumberOverflow) => {
-            errors.push(
-                path,
-                format!(
-                    "{shown} is longer than the maximum of {}",
-                    humantime::format_duration(max)
-                ),
-            );
-            None
-        }
         Err(e) => {
             errors.push(
                 path,

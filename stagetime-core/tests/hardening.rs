@@ -390,3 +390,14 @@ fn parse_limits_are_configurable() {
     assert!(err.contains("nests deeper than 1 levels"), "{err}");
     assert!(parse_document_within("t.yaml", text, &ParseLimits::default()).is_ok());
 }
+
+#[test]
+fn a_long_id_is_not_echoed_in_full() {
+    let text = format!(
+        "id: {}\nrepo: r\ncommit: c\ntasks: [{{name: a, command: \"true\"}}]\n",
+        "i".repeat(10_000)
+    );
+    let err = refusal(&text);
+    assert!(err.len() < 500, "{} bytes", err.len());
+    assert!(err.contains("(10000 characters)"), "{err}");
+}
