@@ -1,3 +1,4 @@
+#![cfg(feature = "test-util")]
 //! Regression tests of issue 11 (input safety): each defect with the input
 //! that showed it.
 
