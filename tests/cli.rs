@@ -270,3 +270,46 @@ fn version_is_the_one_the_build_was_given() {
         format!("stagetime {}", want.trim())
     );
 }
+
+/// Issue 11, defects 1 and 2 through the CLI: the reproducers are refused
+/// by `validate` and `run` alike (exit 2, naming the field or the limit),
+/// before anything runs or memory grows.
+#[test]
+fn hostile_documents_are_refused_by_validate_and_run_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = format!(
+        "repo: d\ncommit: c\nx: &x [{}]\ny: [{}]\ntasks:\n  - {{name: a, command: \"true\"}}\n",
+        vec!["1"; 150_000].join(","),
+        vec!["*x"; 100_000].join(",")
+    );
+    let cases = [
+        (
+            write(
+                dir.path(),
+                "t.yaml",
+                "repo: r\ncommit: c\ntasks: [{name: a, command: \"true\", timeout: \"18446744073709551s\"}]\n",
+            ),
+            "tasks[0].timeout",
+        ),
+        (
+            write(
+                dir.path(),
+                "r.yaml",
+                "repo: r\ncommit: c\ntasks: [{name: a, command: \"true\", retries: 4294967295}]\n",
+            ),
+            "tasks[0].retries",
+        ),
+        (
+            write(dir.path(), "q.yaml", &bomb),
+            "values once aliases are expanded",
+        ),
+    ];
+    for (file, needle) in &cases {
+        for cmd in ["validate", "run"] {
+            let out = run_cli(dir.path(), &[cmd, file]);
+            let text = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {file}: {text}");
+            assert!(text.contains(needle), "{cmd} {file}: {text}");
+        }
+    }
+}

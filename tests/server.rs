@@ -1150,3 +1150,27 @@ async fn a_redis_that_lost_its_data_is_reported_by_logs_metrics_and_the_cli() {
         server.log()
     );
 }
+
+/// Issue 11, defect 7: a token that is set but blank never starts the
+/// server open; only an unset token does.
+#[test]
+fn a_blank_auth_token_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(exe("server"))
+        .args([
+            "--memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env("STAGETIME_AUTH_TOKEN", "   ")
+        .env_remove("STAGETIME_AUTH_TOKEN_FILE")
+        .current_dir(dir.path())
+        .output()
+        .expect("run the server");
+    let text = text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("blank"), "{text}");
+    assert!(!text.contains("grpc listening"), "{text}");
+}

@@ -68,15 +68,17 @@ impl AuthToken {
     }
 }
 
-/// The token from `file` (when given) or else `env_value` (when non-empty);
-/// `None` when neither is set (authentication off).
+/// The token from `file` (when given) or else `env_value`; `None` when
+/// neither is set (authentication off: the only way to serve openly).
 ///
 /// A configured `file` must exist: a missing file is an error, never a
 /// silent "no auth" — a server that was meant to require a token must not
-/// start open because a Secret was not mounted.
+/// start open because a Secret was not mounted. For the same reason a set
+/// but blank `env_value` is an error, not "no auth".
 ///
 /// # Errors
-/// A message when the file is missing or unreadable, or the token is malformed.
+/// A message when the file is missing or unreadable, when `env_value` is
+/// blank, or when the token is malformed.
 pub fn load_token(
     file: Option<&Path>,
     env_value: Option<&str>,
@@ -89,8 +91,13 @@ pub fn load_token(
             .map_err(|e| format!("{}: {e}", path.display()));
     }
     match env_value {
-        Some(v) if !v.trim().is_empty() => AuthToken::new(v).map(Some),
-        _ => Ok(None),
+        Some(v) if v.trim().is_empty() => Err(
+            "STAGETIME_AUTH_TOKEN is set but blank: refusing to serve without authentication \
+             (set a token, or unset the variable to serve openly)"
+                .into(),
+        ),
+        Some(v) => AuthToken::new(v).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -130,7 +137,12 @@ mod tests {
             load_token(Some(&dir), None).is_err(),
             "a directory is unreadable"
         );
-        assert!(load_token(None, Some("  ")).unwrap().is_none());
+        // Issue 11: a blank token fails closed; only no token at all is open.
+        for blank in ["   ", "", "\n"] {
+            let err = load_token(None, Some(blank)).unwrap_err();
+            assert!(err.contains("blank"), "{err}");
+        }
+        assert!(load_token(None, None).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

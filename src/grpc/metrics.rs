@@ -13,6 +13,7 @@
 //! | `stagetime_commit_conflicts_total` | counter | | worker |
 //! | `stagetime_grpc_requests_total` | counter | `method`, `code` | server |
 //! | `stagetime_store_data_lost_total` | counter | | both (the store's epoch changed: Redis lost its data) |
+//! | `stagetime_runs_quarantined_total` | counter | | worker (runs failed with an internal error instead of crashing the worker) |
 //!
 //! Calls refused for want of a valid token are counted with `method` =
 //! `<service>/*` (they never reach a method).
@@ -57,6 +58,7 @@ pub struct Metrics {
     conflicts: Counter,
     grpc_requests: Family<Labels, Counter>,
     store_data_lost: Counter,
+    quarantined: Counter,
     epoch: Arc<EpochWatch>,
 }
 
@@ -83,6 +85,7 @@ impl Metrics {
             conflicts: Counter::default(),
             grpc_requests: Family::default(),
             store_data_lost: Counter::default(),
+            quarantined: Counter::default(),
             epoch: Arc::new(EpochWatch::default()),
         };
         registry.register("stagetime_runs", "Stored runs by state", m.runs.clone());
@@ -140,6 +143,11 @@ impl Metrics {
             "stagetime_store_data_lost",
             "Times the store's data set was found wiped (its epoch changed): runs stored before are gone",
             m.store_data_lost.clone(),
+        );
+        registry.register(
+            "stagetime_runs_quarantined",
+            "Runs this process marked failed because processing them failed unexpectedly (a panic, a corrupt record)",
+            m.quarantined.clone(),
         );
         registry.register(
             "stagetime_grpc_requests",
@@ -274,5 +282,9 @@ impl EngineListener for Metrics {
 
     fn conflict(&self) {
         self.conflicts.inc();
+    }
+
+    fn quarantined(&self, _run: &stagetime_core::RunId, _reason: &str) {
+        self.quarantined.inc();
     }
 }

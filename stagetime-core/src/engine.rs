@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::broadcast;
 use tracing::{debug, error, info, warn};
 
@@ -47,7 +47,7 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(crate::limits::millis)
             .unwrap_or(0)
     }
 }
@@ -78,7 +78,8 @@ impl Default for TokioClock {
 
 impl Clock for TokioClock {
     fn now_ms(&self) -> u64 {
-        self.base_ms + self.start.elapsed().as_millis() as u64
+        self.base_ms
+            .saturating_add(crate::limits::millis(self.start.elapsed()))
     }
 }
 
@@ -139,6 +140,13 @@ pub trait EngineListener: Send + Sync + 'static {
 
     /// A commit lost a compare-and-set race to another engine and is retried.
     fn conflict(&self) {}
+
+    /// Processing run `run` failed unexpectedly (a panic, a corrupt
+    /// record): the run was quarantined — marked failed where its record
+    /// could be read — and its work acknowledged. `reason` says what failed.
+    fn quarantined(&self, run: &RunId, reason: &str) {
+        let _ = (run, reason);
+    }
 }
 
 /// The listener that does nothing.
@@ -184,8 +192,11 @@ impl Drop for LoopGuard {
     }
 }
 
-/// Capacity of [`Engine::subscribe`]'s channel, in records.
-pub const UPDATES_CAPACITY: usize = 1024;
+/// Capacity of [`Engine::subscribe`]'s channel, in records. A record is as
+/// big as its run, so this keeps the memory of a slow subscriber (a
+/// progress display) at a few runs' worth; a subscriber that falls further
+/// behind is told it lagged and reloads the run.
+pub const UPDATES_CAPACITY: usize = 16;
 
 /// A running engine started by [`Engine::spawn`]. Dropping it shuts the
 /// engine down too (gracefully, in the background).
@@ -453,9 +464,29 @@ impl Engine {
             }
         }
         let runs = groups.into_iter().map(|(id, items)| async move {
-            if let Err(e) = self.process_run(&id, items).await {
-                self.listener.store_error("commit", &e);
-                warn!(run = %id, error = %e, "run not advanced; its work will be retried");
+            let tokens: Vec<ClaimToken> = items.iter().map(|c| c.token.clone()).collect();
+            // A panic is confined to its run: the others of the batch go on.
+            let processed = std::panic::AssertUnwindSafe(self.process_run(&id, items))
+                .catch_unwind()
+                .await;
+            match processed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.kind() == ErrorKind::Corrupt => {
+                    self.quarantine(&id, &tokens, &e.to_string()).await;
+                }
+                Ok(Err(e)) => {
+                    self.listener.store_error("commit", &e);
+                    warn!(run = %id, error = %e, "run not advanced; its work will be retried");
+                }
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_string());
+                    let reason = format!("processing the run panicked: {what}");
+                    self.quarantine(&id, &tokens, &reason).await;
+                }
             }
         });
         futures::future::join_all(runs).await;
@@ -466,28 +497,97 @@ impl Engine {
         &self.plans
     }
 
+    /// Ends a run whose processing failed unexpectedly: marks it failed
+    /// (every task not over says why), cancels its running attempts as far
+    /// as the backend allows, and acknowledges its work, so that it neither
+    /// comes back to crash engine after engine nor holds up other runs.
+    /// A record that cannot be read is only acknowledged.
+    async fn quarantine(&self, id: &RunId, tokens: &[ClaimToken], reason: &str) {
+        // A panic message or a corrupt record may be long; the gist is at the start.
+        let reason: String = reason.chars().take(1_000).collect();
+        let reason = reason.as_str();
+        error!(run = %id, reason, "quarantining the run: processing it failed unexpectedly");
+        self.listener.quarantined(id, reason);
+        self.plans.forget(id);
+        let message = format!("internal error: {reason}");
+        for _ in 0..MAX_CONFLICTS {
+            let record = match self.store.load_run(id).await {
+                Ok(r) => r,
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
+                    if let Err(e) = self.store.ack(tokens).await {
+                        warn!(run = %id, error = %e, "cannot acknowledge the work of a quarantined run");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(run = %id, error = %e, "cannot quarantine the run now; its work will be retried");
+                    return;
+                }
+            };
+            let now = self.clock.now_ms();
+            let mut next = record.clone();
+            for (task, attempt) in next.scheduler.quarantine(&message) {
+                let name = record
+                    .spec
+                    .tasks
+                    .iter()
+                    .chain(&record.spec.finally)
+                    .nth(task as usize)
+                    .map(|t| t.name.clone());
+                if let Some(task) = name {
+                    let key = LaunchKey {
+                        run: id.clone(),
+                        task,
+                        attempt,
+                    };
+                    // The backend may be what panicked: confine it here too.
+                    let cancelled = std::panic::AssertUnwindSafe(self.backend.cancel(&key))
+                        .catch_unwind()
+                        .await;
+                    if !matches!(cancelled, Ok(Ok(()))) {
+                        warn!(%key, "cannot cancel an attempt of a quarantined run");
+                    }
+                }
+            }
+            next.version = record.version + 1;
+            next.updated_ms = now;
+            next.outbox.clear();
+            next.state = RunState::of(&next.scheduler);
+            next.finished_ms.get_or_insert(now);
+            let commit = Commit {
+                expected_version: record.version,
+                record: next.clone(),
+                enqueue: Vec::new(),
+                ack: tokens.to_vec(),
+            };
+            match self.store.commit(commit).await {
+                Ok(()) => {
+                    self.listener.committed(&record, &next);
+                    let _ = self.updates.send(Arc::new(next));
+                    return;
+                }
+                Err(e) if e.kind() == ErrorKind::Conflict => continue,
+                Err(e) => {
+                    warn!(run = %id, error = %e, "cannot record the quarantine; its work will be retried");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Applies `items` to run `id` and carries out what they cause.
     async fn process_run(&self, id: &RunId, items: Vec<Claimed>) -> Result<()> {
         let tokens: Vec<ClaimToken> = items.iter().map(|c| c.token.clone()).collect();
         let mut record = match self.store.load_run(id).await {
             Ok(r) => r,
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
-                if e.kind() == ErrorKind::Corrupt {
-                    error!(run = %id, error = %e, "skipping work of an unreadable run");
-                } else {
-                    debug!(run = %id, "dropping work of a run that no longer exists");
-                }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                debug!(run = %id, "dropping work of a run that no longer exists");
                 return self.store.ack(&tokens).await;
             }
+            // Corrupt records are quarantined by the caller.
             Err(e) => return Err(e),
         };
-        let plan = match self.plans.plan(&record) {
-            Ok(p) => p,
-            Err(e) => {
-                error!(run = %id, error = %e, "skipping work of an unreadable run");
-                return self.store.ack(&tokens).await;
-            }
-        };
+        let plan = self.plans.plan(&record)?;
         let mut events = Vec::with_capacity(items.len());
         for c in &items {
             match &c.item.work {
@@ -514,14 +614,8 @@ impl Engine {
         let mut launched: HashMap<(u32, u32), String> = HashMap::new();
         let mut conflicts = 0;
         for _ in 0..MAX_PASSES {
-            let scheduler =
-                match StageScheduler::restore(Arc::clone(&plan), record.scheduler.clone()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        error!(run = %id, error = %e, "skipping work of an unreadable run");
-                        return self.store.ack(&tokens).await;
-                    }
-                };
+            let scheduler = StageScheduler::restore(Arc::clone(&plan), record.scheduler.clone())
+                .map_err(|e| Error::corrupt(format!("run {id}"), e))?;
             let (next, timers) = self.transition(&record, scheduler, &events, &launched);
             let outbox_empty = next.outbox.is_empty();
             let commit = Commit {
@@ -543,7 +637,10 @@ impl Engine {
                     }
                     self.listener.committed(&record, &next);
                     record = next;
-                    let _ = self.updates.send(Arc::new(record.clone()));
+                    // A record per commit is costly for big runs: only when someone listens.
+                    if self.updates.receiver_count() > 0 {
+                        let _ = self.updates.send(Arc::new(record.clone()));
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::Conflict && conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
@@ -586,7 +683,7 @@ impl Engine {
             record.outbox = remaining;
             if events.is_empty() && !record.outbox.is_empty() {
                 // Nothing could be done now: keep the outbox and come back later.
-                let retry_at = self.clock.now_ms() + 2_000;
+                let retry_at = self.clock.now_ms().saturating_add(2_000);
                 let mut next = record.clone();
                 next.version += 1;
                 let commit = Commit {
@@ -632,7 +729,7 @@ impl Engine {
                     work: Work::Event {
                         event: Event::TimerFired { timer },
                     },
-                    due_ms: Some(now + after.as_millis() as u64),
+                    due_ms: Some(crate::limits::due_ms(now, after)),
                 }),
                 Command::Launch { task, attempt } => {
                     let t = &mut next.timings[task as usize];

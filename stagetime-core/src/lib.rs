@@ -70,6 +70,7 @@ pub mod engine;
 pub mod error;
 pub mod fn_backend;
 pub mod legacy;
+pub mod limits;
 pub mod local;
 pub mod memory;
 pub mod plan;

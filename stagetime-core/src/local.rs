@@ -408,7 +408,7 @@ impl Backend for LocalBackend {
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as u64)
+                .map(crate::limits::millis)
                 .unwrap_or(0);
             runs.push((modified, entry.path()));
         }
@@ -420,7 +420,7 @@ impl Backend for LocalBackend {
             .filter(|(_, v)| v.is_some())
             .map(|(k, _)| k.run.to_string())
             .collect();
-        let ttl = policy.ttl.as_millis() as u64;
+        let ttl = crate::limits::millis(policy.ttl);
         let mut report = HousekeepingReport::default();
         for (i, (modified, path)) in runs.into_iter().enumerate() {
             let name = path

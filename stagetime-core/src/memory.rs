@@ -118,7 +118,7 @@ impl MemoryStore {
             }
         }
         let mut out = Vec::new();
-        let reclaim_ms = self.reclaim_after.as_millis() as u64;
+        let reclaim_ms = crate::limits::millis(self.reclaim_after);
         for (seq, p) in inner.pending.iter_mut() {
             if out.len() >= max {
                 break;
@@ -246,7 +246,7 @@ impl Store for MemoryStore {
             // and the wait is not lost.
             let notified = self.notify.notified();
             let elapsed = started.elapsed();
-            let now = now_ms + elapsed.as_millis() as u64;
+            let now = crate::limits::due_ms(now_ms, elapsed);
             let (out, next) = self.take(max.max(1), now);
             if !out.is_empty() || elapsed >= wait {
                 return Ok(out);
@@ -299,7 +299,7 @@ impl Store for MemoryStore {
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64> {
         let mut inner = self.lock();
-        let retention = self.retention.as_millis() as u64;
+        let retention = crate::limits::millis(self.retention);
         let expired: Vec<(u64, RunId)> = inner
             .runs
             .values()

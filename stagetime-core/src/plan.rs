@@ -12,7 +12,9 @@ use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::error::{Error, FieldErrors};
+use crate::limits::{MAX_RETRIES, MAX_RETRY_DELAY, MAX_TASKS, MAX_TIMEOUT, quoted};
 use crate::spec::{RevisionRunSpec, TaskSpec};
+use crate::store::RunId;
 
 /// Index of a task in its [`Plan`]: main tasks first, then finally tasks.
 pub type TaskIndex = u32;
@@ -116,17 +118,39 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-fn parse_duration(text: &str, path: &str, errors: &mut FieldErrors) -> Option<Duration> {
+/// Reads a duration of at most `max`.
+fn parse_duration(
+    text: &str,
+    max: Duration,
+    path: &str,
+    errors: &mut FieldErrors,
+) -> Option<Duration> {
+    let shown = quoted(text);
+    let too_long = || {
+        format!(
+            "{shown} is longer than the maximum of {}",
+            humantime::format_duration(max)
+        )
+    };
     match humantime::parse_duration(text.trim()) {
         Ok(d) if d.is_zero() => {
-            errors.push(path, format!("{text:?} must be longer than zero"));
+            errors.push(path, format!("{shown} must be longer than zero"));
+            None
+        }
+        // Too large for humantime to represent is past any maximum, too.
+        Ok(d) if d > max => {
+            errors.push(path, too_long());
+            None
+        }
+        Err(humantime::DurationError::NumberOverflow) => {
+            errors.push(path, too_long());
             None
         }
         Ok(d) => Some(d),
         Err(e) => {
             errors.push(
                 path,
-                format!("{text:?} is not a duration like 30s, 5m or 1h30m ({e})"),
+                format!("{shown} is not a duration like 30s, 5m or 1h30m ({e})"),
             );
             None
         }
@@ -159,9 +183,24 @@ impl Plan {
     /// [`Error::Invalid`] with every problem found, each with its path:
     /// missing or malformed required fields, duplicate or invalid names,
     /// unknown `needs`, cycles (printed as a path), bad durations, negative or
-    /// fractional stages, an empty run.
+    /// fractional stages, an empty run, a malformed `id`, and anything past
+    /// the bounds of [`crate::limits`].
     pub fn build(mut spec: RevisionRunSpec) -> Result<Plan, Error> {
         let mut errors = FieldErrors::default();
+        if let Some(id) = &spec.id
+            && let Err(Error::Invalid(e)) = RunId::new(id.clone())
+        {
+            errors.0.extend(e.0);
+        }
+        let total = spec.tasks.len() + spec.finally.len();
+        if total > MAX_TASKS {
+            // Checking every task of a huge run would only bury this error.
+            errors.push(
+                "tasks",
+                format!("{total} tasks (with finally tasks) exceed the maximum of {MAX_TASKS}"),
+            );
+            return Err(Error::Invalid(errors));
+        }
         if spec.repo.trim().is_empty() {
             errors.push("repo", "required");
         }
@@ -178,16 +217,23 @@ impl Plan {
                 .options
                 .timeout
                 .as_deref()
-                .and_then(|t| parse_duration(t, "options.timeout", &mut errors)),
+                .and_then(|t| parse_duration(t, MAX_TIMEOUT, "options.timeout", &mut errors)),
             retry_delay_max: spec
                 .options
                 .retry_delay_max
                 .as_deref()
-                .and_then(|t| parse_duration(t, "options.retry_delay_max", &mut errors))
+                .and_then(|t| {
+                    parse_duration(t, MAX_RETRY_DELAY, "options.retry_delay_max", &mut errors)
+                })
                 .unwrap_or(DEFAULT_RETRY_DELAY_MAX),
         };
-        if options.max_parallel == Some(0) {
-            errors.push("options.max_parallel", "must be at least 1");
+        match options.max_parallel {
+            Some(0) => errors.push("options.max_parallel", "must be at least 1"),
+            Some(n) if n as usize > MAX_TASKS => errors.push(
+                "options.max_parallel",
+                format!("{n} exceeds the maximum of {MAX_TASKS}"),
+            ),
+            _ => {}
         }
 
         let main_specs = std::mem::take(&mut spec.tasks);
@@ -209,8 +255,8 @@ impl Plan {
                     errors.push(
                         format!("{path}.name"),
                         format!(
-                            "{:?} is not a valid name: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit",
-                            t.name
+                            "{} is not a valid name: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+                            quoted(&t.name)
                         ),
                     );
                 } else if let std::collections::hash_map::Entry::Vacant(slot) =
@@ -235,7 +281,7 @@ impl Plan {
                         None => {
                             errors.push(
                                 format!("{path}.stage"),
-                                format!("{s} is not a non-negative whole number"),
+                                format!("must be a whole number from 0 to {}, not {s}", u32::MAX),
                             );
                             Some(0)
                         }
@@ -255,14 +301,23 @@ impl Plan {
                 {
                     errors.push(format!("{path}.command"), "is empty");
                 }
-                let timeout = t
-                    .timeout
-                    .as_deref()
-                    .and_then(|d| parse_duration(d, &format!("{path}.timeout"), &mut errors));
-                let retry_delay = t
-                    .retry_delay
-                    .as_deref()
-                    .and_then(|d| parse_duration(d, &format!("{path}.retry_delay"), &mut errors));
+                if t.retries > MAX_RETRIES {
+                    errors.push(
+                        format!("{path}.retries"),
+                        format!("{} exceeds the maximum of {MAX_RETRIES}", t.retries),
+                    );
+                }
+                let timeout = t.timeout.as_deref().and_then(|d| {
+                    parse_duration(d, MAX_TIMEOUT, &format!("{path}.timeout"), &mut errors)
+                });
+                let retry_delay = t.retry_delay.as_deref().and_then(|d| {
+                    parse_duration(
+                        d,
+                        MAX_RETRY_DELAY,
+                        &format!("{path}.retry_delay"),
+                        &mut errors,
+                    )
+                });
                 tasks.push(PlannedTask {
                     spec: t,
                     stage,
@@ -317,7 +372,7 @@ impl Plan {
                     for (j, need) in needs.iter().enumerate() {
                         let path = format!("{section}[{pos}].needs[{j}]");
                         match by_name.get(need) {
-                            None => errors.push(path, format!("unknown task {need:?}")),
+                            None => errors.push(path, format!("unknown task {}", quoted(need))),
                             Some(&d) if (d as usize >= main_count) != task.is_finally => {
                                 let msg = if task.is_finally {
                                     format!(

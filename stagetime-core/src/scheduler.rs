@@ -162,7 +162,7 @@ mod duration_ms {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+        s.serialize_u64(crate::limits::millis(*d))
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
@@ -364,6 +364,35 @@ impl SchedulerState {
     /// Attempts running now.
     pub fn running(&self) -> u32 {
         self.running
+    }
+
+    /// Ends the run as failed without the scheduler's rules: the engine's
+    /// quarantine of a run whose processing failed unexpectedly (a panic, a
+    /// corrupt record). Every task not yet over ends with `message` — a
+    /// running one as failed, the others as skipped. Returns the running
+    /// attempts (task, attempt), for the caller to cancel.
+    pub fn quarantine(&mut self, message: &str) -> Vec<(TaskIndex, u32)> {
+        let mut running = Vec::new();
+        for (i, t) in self.tasks.iter_mut().enumerate() {
+            if t.status.is_terminal() {
+                continue;
+            }
+            if t.status == TaskStatus::Running {
+                running.push((i as TaskIndex, t.attempt));
+                t.status = TaskStatus::Failed;
+            } else {
+                t.status = TaskStatus::Skipped;
+            }
+            t.message = Some(message.to_string());
+        }
+        self.ready.clear();
+        self.running = 0;
+        self.main_left = 0;
+        self.finally_left = 0;
+        self.phase = RunPhase::Done;
+        self.outcome = Some(RunOutcome::Failed);
+        self.stop.get_or_insert(StopReason::Failure);
+        running
     }
 }
 

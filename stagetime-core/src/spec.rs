@@ -11,6 +11,8 @@ use std::fmt;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::limits::{ParseLimits, Shape};
+
 /// One revision run: for one commit of one repository, the tasks to run.
 ///
 /// ```
@@ -343,6 +345,21 @@ impl<'de> Deserialize<'de> for Stage {
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Stage, E> {
                 Ok(Stage(v))
             }
+            // The protobuf JSON mapping writes doubles as strings too
+            // ("1", "NaN", "Infinity"); validation then says what is wrong.
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Stage, E> {
+                match v.trim() {
+                    "NaN" => Ok(Stage(f64::NAN)),
+                    "Infinity" => Ok(Stage(f64::INFINITY)),
+                    "-Infinity" => Ok(Stage(f64::NEG_INFINITY)),
+                    t => t.parse::<f64>().map(Stage).map_err(|_| {
+                        E::custom(format_args!(
+                            "stage {} must be a whole number",
+                            crate::limits::quoted(v)
+                        ))
+                    }),
+                }
+            }
         }
         d.deserialize_any(StageVisitor)
     }
@@ -370,30 +387,44 @@ const LEGACY_KEYS: &[&str] = &[
 
 /// Reads a native (YAML or JSON) or legacy (protobuf JSON) document.
 ///
-/// The format is detected by the top-level keys. `what` names the input in
-/// error messages (usually the file name).
+/// The one reader of documents: the CLI, the gRPC API and anything that
+/// fetches pipeline files use it. The format is detected by the top-level
+/// keys; a leading UTF-8 byte order mark is ignored. `what` names the input
+/// in error messages (usually the file name). The document is first walked
+/// without being built, within the default [`ParseLimits`] (size, nesting,
+/// values with aliases expanded), so a hostile document costs memory in
+/// proportion to its size, never more.
 ///
 /// # Errors
 /// [`crate::Error::Parse`] naming the key and position for syntax errors,
-/// unknown keys and wrong types; [`crate::Error::Invalid`] listing every
-/// malformed compact field of a legacy file.
+/// unknown keys and wrong types, or the limit a document exceeds;
+/// [`crate::Error::Invalid`] listing every malformed compact field of a
+/// legacy file.
 pub fn parse_document(what: &str, text: &str) -> crate::Result<(RevisionRunSpec, DocumentFormat)> {
+    parse_document_within(what, text, &ParseLimits::default())
+}
+
+/// [`parse_document`] within other `limits` (e.g. a server's smaller
+/// document size).
+///
+/// # Errors
+/// As [`parse_document`].
+pub fn parse_document_within(
+    what: &str,
+    text: &str,
+    limits: &ParseLimits,
+) -> crate::Result<(RevisionRunSpec, DocumentFormat)> {
     let parse_err = |e: &dyn fmt::Display| crate::Error::Parse {
         what: what.to_string(),
         message: e.to_string(),
     };
-    let value: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| parse_err(&e))?;
-    let mapping = match &value {
-        yaml_serde::Value::Mapping(m) => m,
-        yaml_serde::Value::Null => {
-            return Err(parse_err(&"the document is empty"));
-        }
-        _ => return Err(parse_err(&"expected a mapping at the top level")),
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let keys = match crate::limits::scan(text, limits).map_err(|e| parse_err(&e))? {
+        Shape::Mapping(keys) => keys,
+        Shape::Null => return Err(parse_err(&"the document is empty")),
+        Shape::Other => return Err(parse_err(&"expected a mapping at the top level")),
     };
-    let is_legacy = mapping
-        .keys()
-        .filter_map(|k| k.as_str())
-        .any(|k| LEGACY_KEYS.contains(&k));
+    let is_legacy = keys.iter().any(|k| LEGACY_KEYS.contains(&k.as_str()));
     if is_legacy {
         let legacy: crate::legacy::LegacyRevisionRun =
             yaml_serde::from_str(text).map_err(|e| parse_err(&e))?;

@@ -44,7 +44,7 @@ impl RunId {
             let mut errors = crate::FieldErrors::default();
             errors.push(
                 "id",
-                format!("{id:?} is not a valid run id: use 1-63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit"),
+                format!("{} is not a valid run id: use 1-63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit", crate::limits::quoted(&id)),
             );
             Err(Error::Invalid(errors))
         }

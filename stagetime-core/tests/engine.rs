@@ -337,23 +337,28 @@ async fn launch_unavailable_then_available_runs_the_task_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_dead_work_loop_ends_run_with_an_error_instead_of_idling() {
-    // A panic while applying work (here: in the backend) must not leave a
-    // process that looks alive but does nothing.
+async fn a_panic_while_processing_a_run_quarantines_it_and_the_engine_lives_on() {
+    // A panic while applying work (here: in the backend) must neither take
+    // the engine down nor come back with the work to crash the next engine.
     let backend = faulty_backend(InstantBackend::new(), Arc::new(AtomicU32::new(0)), |_| {
         panic!("a bug in the backend")
     });
     let running = start(Arc::new(MemoryStore::new()), Arc::new(backend));
-    running
+    let id = running
         .submit("{repo: r, commit: c, tasks: [{name: a, command: 'true'}]}")
         .await;
-    let ended = tokio::time::timeout(Duration::from_secs(60), running.handle)
-        .await
-        .expect("run() returns once its work loop died")
-        .unwrap();
-    let err = ended.unwrap_err();
-    assert_eq!(err.kind(), stagetime_core::ErrorKind::Unavailable, "{err}");
-    assert!(err.to_string().contains("work loop stopped"), "{err}");
+    let record = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Failed);
+    let message = record.scheduler.tasks()[0]
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        message.contains("internal error") && message.contains("a bug in the backend"),
+        "{message}"
+    );
+    assert!(!running.handle.is_finished(), "the engine still runs");
+    running.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -485,7 +485,81 @@ fn expanded_deps(spec: &RevisionRunSpec) -> Vec<BTreeSet<usize>> {
         .collect()
 }
 
+/// Any event, well-formed or not: task indices past the plan, attempts
+/// never launched, timers of other epochs, outcomes of every kind.
+fn hostile_event(tasks: u32) -> impl Strategy<Value = Event> {
+    let task = prop_oneof![0..tasks.max(1), Just(tasks), Just(u32::MAX)];
+    let attempt = prop_oneof![0u32..4, Just(u32::MAX)];
+    let outcome = prop_oneof![
+        Just(AttemptOutcome::Succeeded),
+        Just(AttemptOutcome::Failed {
+            message: "f".into()
+        }),
+        Just(AttemptOutcome::TimedOut {
+            message: "t".into()
+        }),
+        Just(AttemptOutcome::Cancelled {
+            message: "c".into()
+        }),
+    ];
+    prop_oneof![
+        Just(Event::Start),
+        Just(Event::CancelRequested),
+        Just(Event::RerunRequested),
+        (task.clone(), attempt.clone())
+            .prop_map(|(task, attempt)| Event::TaskStarted { task, attempt }),
+        (task.clone(), attempt.clone(), outcome).prop_map(|(task, attempt, outcome)| {
+            Event::TaskFinished {
+                task,
+                attempt,
+                outcome,
+            }
+        }),
+        (task.clone(), attempt.clone()).prop_map(|(task, attempt)| Event::TimerFired {
+            timer: Timer::TaskTimeout { task, attempt }
+        }),
+        (task, attempt.clone()).prop_map(|(task, attempt)| Event::TimerFired {
+            timer: Timer::RetryBackoff { task, attempt }
+        }),
+        attempt.prop_map(|epoch| Event::TimerFired {
+            timer: Timer::RunTimeout { epoch }
+        }),
+    ]
+}
+
 proptest! {
+
+    /// What a store hands back may be replayed, reordered or forged: no
+    /// sequence of events makes the scheduler panic, launch a task the plan
+    /// does not have, exceed `max_parallel`, or lose its state in a round trip.
+    #[test]
+    fn arbitrary_event_sequences_never_break_the_scheduler(
+        (spec, events) in spec_strategy().prop_flat_map(|spec| {
+            let tasks = (spec.tasks.len() + spec.finally.len()) as u32;
+            (Just(spec), prop::collection::vec(hostile_event(tasks), 0..80))
+        }),
+        seed in any::<u64>(),
+    ) {
+        let plan = Arc::new(Plan::build(spec).unwrap());
+        let total = plan.len() as u32;
+        let mut s = StageScheduler::new(Arc::clone(&plan), seed);
+        for e in events {
+            for c in s.handle(e) {
+                match c {
+                    Command::Launch { task, .. } | Command::Cancel { task, .. } => {
+                        prop_assert!(task < total, "{c:?} of a {total}-task plan")
+                    }
+                    Command::ScheduleTimer { .. } | Command::Complete { .. } => {}
+                }
+            }
+            if let Some(max) = plan.options.max_parallel {
+                prop_assert!(s.state().running() <= max);
+            }
+            let json = serde_json::to_string(s.state()).unwrap();
+            let back: SchedulerState = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(&back, s.state());
+        }
+    }
 
     #[test]
     fn scheduler_keeps_the_contract(

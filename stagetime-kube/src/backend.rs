@@ -572,7 +572,7 @@ pub fn housekeeping_plan(
             .or_default()
             .push((finished_ms(pr).unwrap_or(0), pr.name_any()));
     }
-    let ttl = policy.ttl.as_millis() as u64;
+    let ttl = stagetime_core::limits::millis(policy.ttl);
     let mut out = Vec::new();
     for (_, mut list) in by_repo {
         list.sort_by(|a, b| b.cmp(a));

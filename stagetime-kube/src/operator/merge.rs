@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use stagetime_core::legacy::{parse_entry, parse_volume_claim, split_items};
 use stagetime_core::plan::{Plan, is_dns1123_label};
-use stagetime_core::spec::{PipelineSpec, TaskSpec, WorkspaceSpec};
+use stagetime_core::spec::{PipelineSpec, Stage, TaskSpec, WorkspaceSpec};
 use stagetime_core::{Error, FieldErrors};
 
 use crate::crd::{PipelineRunTemplate, Repo, RevisionRun, TEMPLATE_STAGE, Technology};
@@ -196,7 +196,13 @@ pub fn merge_technology(
     }
     TaskSpec {
         name: tech.id.clone(),
-        stage: u32::try_from(stage).ok().map(Into::into),
+        stage: match u32::try_from(stage) {
+            Ok(n) => Some(n.into()),
+            // Too big for a stage: kept as written so validation refuses it
+            // naming the field (negative stages are reported above).
+            Err(_) if stage > 0 => Some(Stage::from(stage as f64)),
+            Err(_) => None,
+        },
         can_fail: tech.canfail,
         pipeline: Some(PipelineSpec {
             resolver: Some("git".to_string()),
@@ -475,6 +481,23 @@ mod tests {
         };
         over(&mut t);
         t
+    }
+
+    #[test]
+    fn a_stage_too_big_for_a_stage_number_is_refused_not_zeroed() {
+        let task = merged(tech(|t| t.stage = 5_000_000_000), &docker()).expect("merged");
+        assert_eq!(task.stage.and_then(|s| s.whole()), None);
+        let spec = stagetime_core::RevisionRunSpec {
+            repo: "r".into(),
+            commit: "c".into(),
+            tasks: vec![task],
+            ..stagetime_core::RevisionRunSpec::default()
+        };
+        let err = Plan::build(spec).unwrap_err().to_string();
+        assert!(
+            err.contains("tasks[0].stage: must be a whole number"),
+            "{err}"
+        );
     }
 
     #[test]
