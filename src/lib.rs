@@ -12,6 +12,8 @@
 //! - `redis` (feature `redis`): the Redis-backed shared store;
 //! - `telemetry` (feature `telemetry`): logging, metrics and probe endpoint of the binaries;
 //! - `grpc` (feature `grpc`): the gRPC server (legacy and `stagetime.v1` services) and client;
+//! - `forge` and `http` (feature `forge`): forge webhooks (GitHub, GitLab,
+//!   Gitea/Forgejo) starting runs, and the server's HTTP surface;
 //! - [`report`]: plan tables, dependency graphs and run summaries as text.
 
 pub use stagetime_core as core;
@@ -23,8 +25,12 @@ pub mod backends;
 pub use stagetime_kube as kube;
 #[cfg(feature = "redis")]
 pub use stagetime_redis as redis;
+#[cfg(feature = "forge")]
+pub mod forge;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "forge")]
+pub mod http;
 pub mod report;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
