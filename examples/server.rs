@@ -20,9 +20,9 @@ use stagetime::backends::BackendKind;
 use stagetime::forge::Repositories;
 use stagetime::forge::client::{ClientConfig, ForgeClient};
 use stagetime::forge::intake::{ForgeMetrics, IntakeLoop};
-use stagetime::http::{HttpState, router, watch_repos};
 use stagetime::grpc::metrics::Metrics;
 use stagetime::grpc::{Limits, ServerConfig, TlsFiles, load_token};
+use stagetime::http::{HttpState, router, watch_repos};
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::store::Store;
@@ -135,23 +135,32 @@ async fn run(args: Args) -> Result<(), Failure> {
         tls,
     };
     if let (Some(listen), Some(repos_file)) = (&args.http_listen, &args.repos) {
-        let repos = Repositories::load(repos_file).map_err(|e| {
-            Failure::invalid(format!("{}: {e}", repos_file.display()))
-        })?;
+        let repos = Repositories::load(repos_file)
+            .map_err(|e| Failure::invalid(format!("{}: {e}", repos_file.display())))?;
         let repos = Arc::new(RwLock::new(Arc::new(repos)));
         let (http_listener, http_addr) = bind(listen).await?;
-        let mut state = HttpState::new(Arc::clone(&store), Arc::clone(&repos), forge_metrics.clone());
+        let mut state = HttpState::new(
+            Arc::clone(&store),
+            Arc::clone(&repos),
+            forge_metrics.clone(),
+        );
         state.auth = config.auth.clone();
         let intake = IntakeLoop {
             store: Arc::clone(&store),
             repos: Arc::clone(&repos),
-            client: ForgeClient::new(ClientConfig::default()).map_err(|e| Failure::invalid(e.to_string()))?,
+            client: ForgeClient::new(ClientConfig::default())
+                .map_err(|e| Failure::invalid(e.to_string()))?,
             metrics: forge_metrics,
             wake: Arc::clone(&state.wake),
             poll: Duration::from_secs(5),
         };
         tokio::spawn(intake.run(shutdown.wait()));
-        tokio::spawn(watch_repos(repos_file.clone(), repos, Duration::from_secs(2), shutdown.wait()));
+        tokio::spawn(watch_repos(
+            repos_file.clone(),
+            repos,
+            Duration::from_secs(2),
+            shutdown.wait(),
+        ));
         let http = stagetime::http::serve(http_listener, router(state), shutdown.wait());
         tokio::spawn(async move {
             if let Err(e) = http.await {

@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn};
 use crate::forge::config::Repositories;
 use crate::forge::event::{parse_gitlab, parse_hub, repository_urls};
 use crate::forge::intake::{ForgeMetrics, SharedRepositories};
-use crate::forge::signature::{SignatureError, verify_github, verify_gitea, verify_gitlab};
+use crate::forge::signature::{SignatureError, verify_gitea, verify_github, verify_gitlab};
 use crate::forge::trigger::{Decision, decide};
 use crate::forge::{Parsed, Provider};
 use crate::grpc::AuthToken;
@@ -132,7 +132,11 @@ async fn hook(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let Some(provider) = Provider::parse(&provider) else {
-        return answer(StatusCode::NOT_FOUND, "unknown_provider", "use /hooks/github, /hooks/gitlab or /hooks/gitea");
+        return answer(
+            StatusCode::NOT_FOUND,
+            "unknown_provider",
+            "use /hooks/github, /hooks/gitlab or /hooks/gitea",
+        );
     };
     let name = provider.as_str();
     let m = &state.metrics;
@@ -140,31 +144,51 @@ async fn hook(
         Ok(b) => b,
         Err(e) => {
             let status = e.status();
-            let outcome = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" };
+            let outcome = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "bad_request"
+            };
             m.delivery(name, outcome);
             return answer(status, outcome, e.body_text());
         }
     };
     let Some(event_type) = first_header(&headers, provider.event_headers()) else {
         m.delivery(name, "bad_request");
-        return answer(StatusCode::BAD_REQUEST, "bad_request", format!("missing header {}", provider.event_headers()[0]));
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("missing header {}", provider.event_headers()[0]),
+        );
     };
     let Some(delivery_id) = first_header(&headers, provider.delivery_headers()) else {
         m.delivery(name, "bad_request");
-        return answer(StatusCode::BAD_REQUEST, "bad_request", format!("missing header {}", provider.delivery_headers()[0]));
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("missing header {}", provider.delivery_headers()[0]),
+        );
     };
     if delivery_id.is_empty()
         || delivery_id.len() > MAX_DELIVERY_ID
         || !delivery_id.bytes().all(|b| b.is_ascii_graphic())
     {
         m.delivery(name, "bad_request");
-        return answer(StatusCode::BAD_REQUEST, "bad_request", format!("{} is not a delivery id", provider.delivery_headers()[0]));
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{} is not a delivery id", provider.delivery_headers()[0]),
+        );
     }
     let payload: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
             m.delivery(name, "bad_request");
-            return answer(StatusCode::BAD_REQUEST, "bad_request", format!("the body is not JSON: {e}"));
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the body is not JSON: {e}"),
+            );
         }
     };
     let urls = match repository_urls(provider, &payload) {
@@ -183,11 +207,19 @@ async fn hook(
     let Some(repo) = repos.find(provider, &urls) else {
         m.delivery(name, "unknown_repository");
         debug!(provider = name, urls = ?urls, "webhook for an unknown repository");
-        return answer(StatusCode::NOT_FOUND, "unknown_repository", "this repository is not in the repositories file");
+        return answer(
+            StatusCode::NOT_FOUND,
+            "unknown_repository",
+            "this repository is not in the repositories file",
+        );
     };
     let secret = repo.webhook_secret.expose();
     let verified = match provider {
-        Provider::Github => verify_github(secret, &body, first_header(&headers, &["x-hub-signature-256"])),
+        Provider::Github => verify_github(
+            secret,
+            &body,
+            first_header(&headers, &["x-hub-signature-256"]),
+        ),
         Provider::Gitea => verify_gitea(
             secret,
             &body,
@@ -200,7 +232,11 @@ async fn hook(
         Err(SignatureError::Missing) => {
             m.delivery(name, "unauthorized");
             warn!(provider = name, repo = %repo.name, delivery = delivery_id, "webhook without a signature");
-            return answer(StatusCode::UNAUTHORIZED, "unauthorized", "missing signature");
+            return answer(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing signature",
+            );
         }
         Err(SignatureError::Mismatch) => {
             m.delivery(name, "forbidden");
@@ -233,7 +269,11 @@ async fn hook(
         Ok(s) => s,
         Err(e) => {
             m.delivery(name, "bad_request");
-            return answer(StatusCode::BAD_REQUEST, "bad_request", format!("the event cannot be encoded: {e}"));
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the event cannot be encoded: {e}"),
+            );
         }
     };
     let delivery = Delivery {
@@ -246,7 +286,11 @@ async fn hook(
         runs: Vec::new(),
     };
     let id = delivery.id.clone();
-    match state.store.record_delivery(delivery, state.delivery_ttl).await {
+    match state
+        .store
+        .record_delivery(delivery, state.delivery_ttl)
+        .await
+    {
         Ok(true) => {
             m.delivery(name, "accepted");
             state.wake.notify_one();
@@ -261,7 +305,11 @@ async fn hook(
         Err(e) => {
             m.delivery(name, "unavailable");
             error!(provider = name, delivery = %id, error = %e, "cannot record a webhook delivery");
-            answer(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the store is unavailable; the forge will retry or redeliver")
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the store is unavailable; the forge will retry or redeliver",
+            )
         }
     }
 }
@@ -287,7 +335,11 @@ async fn deliveries(
             .map(|v| v.as_bytes())
             .unwrap_or_default();
         if !token.accepts(given) {
-            return answer(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required");
+            return answer(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            );
         }
     }
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
@@ -299,9 +351,17 @@ async fn deliveries(
                 .filter(|d| q.repo.as_deref().is_none_or(|r| d.repo == r))
                 .collect();
             let body = serde_json::json!({ "deliveries": list });
-            ([(header::CONTENT_TYPE, "application/json")], format!("{body}\n")).into_response()
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                format!("{body}\n"),
+            )
+                .into_response()
         }
-        Err(e) => answer(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        Err(e) => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
     }
 }
 

@@ -26,7 +26,9 @@ fn exe(name: &str) -> PathBuf {
 }
 
 fn fixture(name: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forge").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/forge")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -63,10 +65,18 @@ async fn deployment(name: &str, repos: impl Fn(&Emulator, &Path) -> String) -> O
     let mut server = Proc::start(
         &exe("server"),
         &[
-            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-            "--http-listen", "127.0.0.1:0",
-            "--repos", d.join("repos.yaml").to_str().unwrap(),
-            "--redis-url", &url, "--redis-prefix", &prefix,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--repos",
+            d.join("repos.yaml").to_str().unwrap(),
+            "--redis-url",
+            &url,
+            "--redis-prefix",
+            &prefix,
         ],
         &[("HOOK_SECRET", SECRET), ("FORGE_TOKEN", "forge-token")],
         d,
@@ -75,8 +85,16 @@ async fn deployment(name: &str, repos: impl Fn(&Emulator, &Path) -> String) -> O
     let mut worker = Proc::start(
         &exe("worker"),
         &[
-            "--redis-url", &url, "--redis-prefix", &prefix, "--backend", "local",
-            "--workdir", d.join("work").to_str().unwrap(), "--metrics-listen", "127.0.0.1:0",
+            "--redis-url",
+            &url,
+            "--redis-prefix",
+            &prefix,
+            "--backend",
+            "local",
+            "--workdir",
+            d.join("work").to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
         &[],
         d,
@@ -100,7 +118,12 @@ impl Deployment {
     }
 
     /// POSTs `body` to `/hooks/{provider}` with `headers`; the status and body.
-    async fn post(&self, provider: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
+    async fn post(
+        &self,
+        provider: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .post(format!("{}/hooks/{provider}", self.hooks))
@@ -112,13 +135,25 @@ impl Deployment {
         let resp = req.send().await.expect("post the hook");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// A GitHub delivery, signed with `secret` (none: unsigned).
-    async fn github(&self, event: &str, delivery: &str, payload: &Value, secret: Option<&str>) -> (u16, Value) {
+    async fn github(
+        &self,
+        event: &str,
+        delivery: &str,
+        payload: &Value,
+        secret: Option<&str>,
+    ) -> (u16, Value) {
         let body = serde_json::to_vec(payload).unwrap();
-        let mut h = vec![("x-github-event", event.to_string()), ("x-github-delivery", delivery.to_string())];
+        let mut h = vec![
+            ("x-github-event", event.to_string()),
+            ("x-github-delivery", delivery.to_string()),
+        ];
         if let Some(s) = secret {
             h.push(("x-hub-signature-256", github_signature(s.as_bytes(), &body)));
         }
@@ -155,13 +190,21 @@ impl Deployment {
             {
                 return d.clone();
             }
-            assert!(Instant::now() < deadline, "delivery {id} not settled within 60 s: {all:?}");
+            assert!(
+                Instant::now() < deadline,
+                "delivery {id} not settled within 60 s: {all:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     async fn recorded(&self, id: &str) -> bool {
-        self.store.list_deliveries(1000).await.unwrap().iter().any(|d| d.id == id)
+        self.store
+            .list_deliveries(1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.id == id)
     }
 
     /// The run once it is in one of `states`.
@@ -174,14 +217,20 @@ impl Deployment {
             {
                 return r;
             }
-            assert!(Instant::now() < deadline, "run {id} not in {states:?} within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "run {id} not in {states:?} within 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     async fn runs_of(&self, repo: &str) -> Vec<stagetime::store::RunSummary> {
         self.store
-            .list_runs(&RunFilter { repo: Some(repo.to_string()), ..RunFilter::default() })
+            .list_runs(&RunFilter {
+                repo: Some(repo.to_string()),
+                ..RunFilter::default()
+            })
             .await
             .unwrap()
             .runs
@@ -260,29 +309,59 @@ async fn github_pushes_tags_filters_replays_and_bad_input() {
     let run_id = settled.runs[0].clone();
     let run = d.run_in(&run_id, DONE).await;
     assert_eq!(run.state, RunState::Succeeded);
-    let lines: Vec<String> = std::fs::read_to_string(&order).unwrap().lines().map(String::from).collect();
+    let lines: Vec<String> = std::fs::read_to_string(&order)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     assert_eq!(lines.len(), 5, "{lines:?}");
-    let pos = |t: &str| lines.iter().position(|l| l == t).unwrap_or_else(|| panic!("{t} did not run: {lines:?}"));
-    assert!(pos("build") < pos("test") && pos("lint") < pos("test"), "{lines:?}");
-    assert!(pos("test") < pos("deploy") && pos("deploy") < pos("smoke"), "{lines:?}");
+    let pos = |t: &str| {
+        lines
+            .iter()
+            .position(|l| l == t)
+            .unwrap_or_else(|| panic!("{t} did not run: {lines:?}"))
+    };
+    assert!(
+        pos("build") < pos("test") && pos("lint") < pos("test"),
+        "{lines:?}"
+    );
+    assert!(
+        pos("test") < pos("deploy") && pos("deploy") < pos("smoke"),
+        "{lines:?}"
+    );
     assert_eq!(run.spec.repo, "hello");
     assert_eq!(run.spec.commit, c1);
     assert_eq!(run.spec.branch.as_deref(), Some("main"));
-    assert_eq!(run.spec.options.concurrency_group.as_deref(), Some("hello/branch/main"));
+    assert_eq!(
+        run.spec.options.concurrency_group.as_deref(),
+        Some("hello/branch/main")
+    );
     let a = &run.spec.annotations;
     assert_eq!(a["stagetime/event"], "push");
     assert_eq!(a["stagetime/delivery"], "d-1");
     assert_eq!(a["stagetime/sender"], "Codertocat");
     assert_eq!(a["stagetime/ref"], "refs/heads/main");
-    let fetches: Vec<_> = d.emulator.calls().into_iter().filter(|c| c.path.ends_with("/contents/.stagetime.yaml")).collect();
+    let fetches: Vec<_> = d
+        .emulator
+        .calls()
+        .into_iter()
+        .filter(|c| c.path.ends_with("/contents/.stagetime.yaml"))
+        .collect();
     assert_eq!(fetches.len(), 1, "{fetches:?}");
-    assert_eq!(fetches[0].path, "/repos/Codertocat/Hello-World/contents/.stagetime.yaml");
+    assert_eq!(
+        fetches[0].path,
+        "/repos/Codertocat/Hello-World/contents/.stagetime.yaml"
+    );
     assert_eq!(fetches[0].query, format!("ref={c1}"));
     assert_eq!(fetches[0].auth.as_deref(), Some("Bearer forge-token"));
 
     // 2. The same delivery again: 200, nothing new.
     let (status, body) = d.github("push", "d-1", &push, Some(SECRET)).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")), "{body}");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("duplicate")),
+        "{body}"
+    );
     // A redelivery under a new id finds the same run.
     let (status, _) = d.github("push", "d-1-again", &push, Some(SECRET)).await;
     assert_eq!(status, 202);
@@ -295,7 +374,9 @@ async fn github_pushes_tags_filters_replays_and_bad_input() {
     let other = github_push("refs/heads/main", c2, &["README.md"]);
     let (status, _) = d.github("push", "d-unsigned", &other, None).await;
     assert_eq!(status, 401);
-    let (status, _) = d.github("push", "d-wrong", &other, Some("not the secret")).await;
+    let (status, _) = d
+        .github("push", "d-wrong", &other, Some("not the secret"))
+        .await;
     assert_eq!(status, 403);
     let mut unknown = other.clone();
     unknown["repository"]["html_url"] = json!("https://github.com/someone/else");
@@ -308,14 +389,27 @@ async fn github_pushes_tags_filters_replays_and_bad_input() {
     }
 
     // 4. Branch deletion, a branch not in `on`, a ping: 200, nothing recorded.
-    let mut deletion = github_push("refs/heads/main", "0000000000000000000000000000000000000000", &[]);
+    let mut deletion = github_push(
+        "refs/heads/main",
+        "0000000000000000000000000000000000000000",
+        &[],
+    );
     deletion["deleted"] = json!(true);
     let (status, body) = d.github("push", "d-delete", &deletion, Some(SECRET)).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
     let feature = github_push("refs/heads/feature/x", c2, &["README.md"]);
     let (status, body) = d.github("push", "d-feature", &feature, Some(SECRET)).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
-    let ping = json!({"zen": "Design for failure.", "hook_id": 1, "repository": push["repository"]});
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
+    let ping =
+        json!({"zen": "Design for failure.", "hook_id": 1, "repository": push["repository"]});
     let (status, _) = d.github("ping", "d-ping", &ping, Some(SECRET)).await;
     assert_eq!(status, 200);
     for id in ["github:d-delete", "github:d-feature", "github:d-ping"] {
@@ -332,7 +426,11 @@ async fn github_pushes_tags_filters_replays_and_bad_input() {
     assert_eq!(tag_run.state, RunState::Succeeded);
     assert_eq!(tag_run.spec.annotations["stagetime/event"], "tag");
     let names: Vec<&str> = tag_run.spec.tasks.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["build", "lint", "test"], "deploy (when: main) and smoke (needs deploy) dropped");
+    assert_eq!(
+        names,
+        ["build", "lint", "test"],
+        "deploy (when: main) and smoke (needs deploy) dropped"
+    );
     assert_eq!(tag_run.spec.options.concurrency_group, None);
 
     // 6. Path filters: a push that touches only README starts nothing; one touching src/ runs.
@@ -347,7 +445,11 @@ async fn github_pushes_tags_filters_replays_and_bad_input() {
     let mut readme = github_push("refs/heads/main", c3, &["README.md", "docs/src/x.md"]);
     paths_repo(&mut readme);
     let (status, body) = d.github("push", "d-readme", &readme, Some(SECRET)).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
     let mut src = github_push("refs/heads/main", c3, &["src/lib.rs"]);
     paths_repo(&mut src);
     let (status, _) = d.github("push", "d-src", &src, Some(SECRET)).await;
@@ -358,31 +460,76 @@ async fn github_pushes_tags_filters_replays_and_bad_input() {
 
     // 7. A missing pipeline file and an invalid one: failed deliveries with the reason, no run.
     let c4 = "4444444444444444444444444444444444444444";
-    let (status, _) = d.github("push", "d-missing", &github_push("refs/heads/main", c4, &["a"]), Some(SECRET)).await;
+    let (status, _) = d
+        .github(
+            "push",
+            "d-missing",
+            &github_push("refs/heads/main", c4, &["a"]),
+            Some(SECRET),
+        )
+        .await;
     assert_eq!(status, 202);
     let m = d.settled("github:d-missing").await;
     assert_eq!(m.state, DeliveryState::Failed);
-    assert!(m.message.as_deref().unwrap_or("").contains("not found"), "{m:?}");
+    assert!(
+        m.message.as_deref().unwrap_or("").contains("not found"),
+        "{m:?}"
+    );
     let c5 = "5555555555555555555555555555555555555555";
-    d.emulator.put_file(c5, ".stagetime.yaml", "tasks:\n  - { name: a, command: 'true', can_fial: true }\n");
-    let (status, _) = d.github("push", "d-invalid", &github_push("refs/heads/main", c5, &["a"]), Some(SECRET)).await;
+    d.emulator.put_file(
+        c5,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: a, command: 'true', can_fial: true }\n",
+    );
+    let (status, _) = d
+        .github(
+            "push",
+            "d-invalid",
+            &github_push("refs/heads/main", c5, &["a"]),
+            Some(SECRET),
+        )
+        .await;
     assert_eq!(status, 202);
     let inv = d.settled("github:d-invalid").await;
     assert_eq!(inv.state, DeliveryState::Failed);
-    assert!(inv.message.as_deref().unwrap_or("").contains("can_fial"), "{inv:?}");
-    let commits: Vec<String> = d.runs_of("hello").await.into_iter().map(|r| r.commit).collect();
-    assert!(!commits.contains(&c4.to_string()) && !commits.contains(&c5.to_string()), "{commits:?}");
+    assert!(
+        inv.message.as_deref().unwrap_or("").contains("can_fial"),
+        "{inv:?}"
+    );
+    let commits: Vec<String> = d
+        .runs_of("hello")
+        .await
+        .into_iter()
+        .map(|r| r.commit)
+        .collect();
+    assert!(
+        !commits.contains(&c4.to_string()) && !commits.contains(&c5.to_string()),
+        "{commits:?}"
+    );
 
     // 8. Oversized and malformed bodies.
     let big = vec![b' '; 26 << 20];
-    let (status, _) = d.post("github", &[("x-github-event", "push".into()), ("x-github-delivery", "d-big".into())], big).await;
+    let (status, _) = d
+        .post(
+            "github",
+            &[
+                ("x-github-event", "push".into()),
+                ("x-github-delivery", "d-big".into()),
+            ],
+            big,
+        )
+        .await;
     assert_eq!(status, 413);
-    let (status, _) = d.post(
-        "github",
-        &[("x-github-event", "push".into()), ("x-github-delivery", "d-bad".into())],
-        b"{not json".to_vec(),
-    )
-    .await;
+    let (status, _) = d
+        .post(
+            "github",
+            &[
+                ("x-github-event", "push".into()),
+                ("x-github-delivery", "d-bad".into()),
+            ],
+            b"{not json".to_vec(),
+        )
+        .await;
     assert_eq!(status, 400);
     let (status, _) = d.post("bitbucket", &[], b"{}".to_vec()).await;
     assert_eq!(status, 404);
@@ -408,11 +555,21 @@ async fn github_pull_requests_synchronize_cancels_closed_and_forks_start_nothing
     };
     let head1 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let head2 = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-    d.emulator.put_file(head1, ".stagetime.yaml", "tasks:\n  - { name: slow, command: 'sleep 60' }\n");
-    d.emulator.put_file(head2, ".stagetime.yaml", "tasks:\n  - { name: quick, command: 'true' }\n");
+    d.emulator.put_file(
+        head1,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: slow, command: 'sleep 60' }\n",
+    );
+    d.emulator.put_file(
+        head2,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: quick, command: 'true' }\n",
+    );
     let mut opened = fixture("github-pull_request.json");
     opened["pull_request"]["head"]["sha"] = json!(head1);
-    let (status, _) = d.github("pull_request", "pr-1", &opened, Some(SECRET)).await;
+    let (status, _) = d
+        .github("pull_request", "pr-1", &opened, Some(SECRET))
+        .await;
     assert_eq!(status, 202);
     let first = d.settled("github:pr-1").await.runs[0].clone();
     d.run_in(&first, &[RunState::Running]).await;
@@ -423,25 +580,45 @@ async fn github_pull_requests_synchronize_cancels_closed_and_forks_start_nothing
     assert_eq!(status, 202);
     let second = d.settled("github:pr-2").await.runs[0].clone();
     assert_ne!(first, second);
-    assert_eq!(d.run_in(&first, DONE).await.state, RunState::Cancelled, "superseded");
+    assert_eq!(
+        d.run_in(&first, DONE).await.state,
+        RunState::Cancelled,
+        "superseded"
+    );
     let run = d.run_in(&second, DONE).await;
     assert_eq!(run.state, RunState::Succeeded);
     assert_eq!(run.spec.annotations["stagetime/pr"], "2");
     assert_eq!(run.spec.annotations["stagetime/target-branch"], "main");
-    assert_eq!(run.spec.options.concurrency_group.as_deref(), Some("hello/pr/2"));
+    assert_eq!(
+        run.spec.options.concurrency_group.as_deref(),
+        Some("hello/pr/2")
+    );
 
     // Closed, and a pull request from a fork: 200, nothing recorded.
     let mut closed = sync.clone();
     closed["action"] = json!("closed");
-    let (status, body) = d.github("pull_request", "pr-3", &closed, Some(SECRET)).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
+    let (status, body) = d
+        .github("pull_request", "pr-3", &closed, Some(SECRET))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
     let mut fork = opened.clone();
     fork["pull_request"]["head"]["repo"]["full_name"] = json!("someone/Hello-World");
     fork["pull_request"]["head"]["repo"]["fork"] = json!(true);
     fork["pull_request"]["head"]["sha"] = json!(head2);
     let (status, body) = d.github("pull_request", "pr-4", &fork, Some(SECRET)).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
-    assert!(body["detail"].as_str().unwrap_or("").contains("fork"), "{body}");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("fork"),
+        "{body}"
+    );
     for id in ["github:pr-3", "github:pr-4"] {
         assert!(!d.recorded(id).await, "{id} must not be recorded");
     }
@@ -473,30 +650,66 @@ async fn gitlab_push_and_merge_request_with_path_filter_from_the_api() {
     };
     let sha = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7";
     let marker = d.path("gitlab-ran");
-    d.emulator.put_file(sha, "ci/stagetime.yaml", &format!("tasks:\n  - {{ name: a, command: 'touch {}' }}\n", marker.display()));
-    let (status, body) = d.gitlab("Push Hook", "uuid-push-1", &fixture("gitlab-push.json")).await;
+    d.emulator.put_file(
+        sha,
+        "ci/stagetime.yaml",
+        &format!(
+            "tasks:\n  - {{ name: a, command: 'touch {}' }}\n",
+            marker.display()
+        ),
+    );
+    let (status, body) = d
+        .gitlab("Push Hook", "uuid-push-1", &fixture("gitlab-push.json"))
+        .await;
     assert_eq!(status, 202, "{body}");
     let p = d.settled("gitlab:uuid-push-1").await;
     assert_eq!(p.state, DeliveryState::Done, "{p:?}");
     assert_eq!(d.run_in(&p.runs[0], DONE).await.state, RunState::Succeeded);
     assert!(marker.exists());
-    let fetch = d.emulator.calls().into_iter().find(|c| c.path.contains("/repository/files/")).unwrap();
-    assert_eq!(fetch.path, "/api/v4/projects/15/repository/files/ci%2Fstagetime.yaml/raw");
+    let fetch = d
+        .emulator
+        .calls()
+        .into_iter()
+        .find(|c| c.path.contains("/repository/files/"))
+        .unwrap();
+    assert_eq!(
+        fetch.path,
+        "/api/v4/projects/15/repository/files/ci%2Fstagetime.yaml/raw"
+    );
     assert_eq!(fetch.auth.as_deref(), Some("forge-token"));
 
     // A wrong token is refused; a merge request touching only docs starts nothing.
     let body = serde_json::to_vec(&fixture("gitlab-push.json")).unwrap();
     let (status, _) = d
-        .post("gitlab", &[("x-gitlab-event", "Push Hook".into()), ("x-gitlab-event-uuid", "uuid-bad".into()), ("x-gitlab-token", "nope".into())], body)
+        .post(
+            "gitlab",
+            &[
+                ("x-gitlab-event", "Push Hook".into()),
+                ("x-gitlab-event-uuid", "uuid-bad".into()),
+                ("x-gitlab-token", "nope".into()),
+            ],
+            body,
+        )
         .await;
     assert_eq!(status, 403);
     d.emulator.put_pr_files(1, &["docs/readme.md"]);
-    let (status, _) = d.gitlab("Merge Request Hook", "uuid-mr-1", &fixture("gitlab-merge_request.json")).await;
+    let (status, _) = d
+        .gitlab(
+            "Merge Request Hook",
+            "uuid-mr-1",
+            &fixture("gitlab-merge_request.json"),
+        )
+        .await;
     assert_eq!(status, 202);
     let mr = d.settled("gitlab:uuid-mr-1").await;
     assert_eq!(mr.state, DeliveryState::Done);
     assert!(mr.runs.is_empty(), "{mr:?}");
-    assert!(d.emulator.calls().iter().any(|c| c.path == "/api/v4/projects/15/merge_requests/1/diffs"));
+    assert!(
+        d.emulator
+            .calls()
+            .iter()
+            .any(|c| c.path == "/api/v4/projects/15/merge_requests/1/diffs")
+    );
     // An update with new commits (oldrev) touching app/: a run.
     d.emulator.put_pr_files(1, &["app/models/user.rb"]);
     let mut update = fixture("gitlab-merge_request.json");
@@ -506,12 +719,19 @@ async fn gitlab_push_and_merge_request_with_path_filter_from_the_api() {
     assert_eq!(status, 202);
     let mr2 = d.settled("gitlab:uuid-mr-2").await;
     assert_eq!(mr2.runs.len(), 1, "{mr2:?}");
-    assert_eq!(d.run_in(&mr2.runs[0], DONE).await.state, RunState::Succeeded);
+    assert_eq!(
+        d.run_in(&mr2.runs[0], DONE).await.state,
+        RunState::Succeeded
+    );
     // An update without new commits (title edited) starts nothing.
     let mut edited = fixture("gitlab-merge_request.json");
     edited["object_attributes"]["action"] = json!("update");
     let (status, body) = d.gitlab("Merge Request Hook", "uuid-mr-3", &edited).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,30 +755,55 @@ async fn gitea_push_and_pull_request() {
     };
     let push = fixture("gitea-push.json");
     let sha = push["after"].as_str().unwrap().to_string();
-    d.emulator.put_file(&sha, ".stagetime.yaml", "tasks:\n  - { name: a, command: 'true' }\n  - { name: b, stage: 1, command: 'true' }\n");
+    d.emulator.put_file(
+        &sha,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: a, command: 'true' }\n  - { name: b, stage: 1, command: 'true' }\n",
+    );
     let (status, body) = d.gitea("push", "g-1", &push).await;
     assert_eq!(status, 202, "{body}");
     let p = d.settled("gitea:g-1").await;
     let run = d.run_in(&p.runs[0], DONE).await;
     assert_eq!(run.state, RunState::Succeeded);
     assert_eq!(run.spec.branch.as_deref(), Some("develop"));
-    let fetch = d.emulator.calls().into_iter().find(|c| c.path.contains("/contents/")).unwrap();
-    assert_eq!(fetch.path, "/api/v1/repos/gitea/webhooks/contents/.stagetime.yaml");
+    let fetch = d
+        .emulator
+        .calls()
+        .into_iter()
+        .find(|c| c.path.contains("/contents/"))
+        .unwrap();
+    assert_eq!(
+        fetch.path,
+        "/api/v1/repos/gitea/webhooks/contents/.stagetime.yaml"
+    );
     assert_eq!(fetch.auth.as_deref(), Some("token forge-token"));
     // Forgejo's header names are accepted as well; a wrong signature is not.
     let body = serde_json::to_vec(&push).unwrap();
     let (status, _) = d
         .post(
             "gitea",
-            &[("x-forgejo-event", "push".into()), ("x-forgejo-delivery", "g-bad".into()), ("x-forgejo-signature", hex_hmac(b"wrong", &body))],
+            &[
+                ("x-forgejo-event", "push".into()),
+                ("x-forgejo-delivery", "g-bad".into()),
+                ("x-forgejo-signature", hex_hmac(b"wrong", &body)),
+            ],
             body,
         )
         .await;
     assert_eq!(status, 403);
-    let (status, _) = d.gitea("pull_request", "g-pr-1", &fixture("gitea-pull_request.json")).await;
+    let (status, _) = d
+        .gitea(
+            "pull_request",
+            "g-pr-1",
+            &fixture("gitea-pull_request.json"),
+        )
+        .await;
     assert_eq!(status, 202);
     let pr = d.settled("gitea:g-pr-1").await;
     let pr_run = d.run_in(&pr.runs[0], DONE).await;
     assert_eq!(pr_run.spec.annotations["stagetime/pr"], "3");
-    assert_ne!(pr_run.id, run.id, "a pull request run is not the push run of the same commit");
+    assert_ne!(
+        pr_run.id, run.id,
+        "a pull request run is not the push run of the same commit"
+    );
 }

@@ -78,7 +78,10 @@ fn encode_segment(s: &str) -> String {
 
 /// A repository path (`dir/file.yaml`), each segment encoded, slashes kept.
 fn encode_path(p: &str) -> String {
-    p.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
+    p.split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 impl ForgeClient {
@@ -148,7 +151,11 @@ impl ForgeClient {
                     wait.as_secs()
                 )));
             }
-            debug!(attempt, wait_ms = wait.as_millis() as u64, "{last}; retrying");
+            debug!(
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                "{last}; retrying"
+            );
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(self.config.max_wait);
         }
@@ -210,7 +217,10 @@ impl ForgeClient {
                     ClientError::Refused(format!("{} is not a file (a directory?)", repo.pipeline))
                 })?;
                 if c.kind.as_deref().is_some_and(|k| k != "file") {
-                    return Err(ClientError::Refused(format!("{} is not a file", repo.pipeline)));
+                    return Err(ClientError::Refused(format!(
+                        "{} is not a file",
+                        repo.pipeline
+                    )));
                 }
                 if c.encoding.as_deref().is_some_and(|e| e != "base64") {
                     return Err(ClientError::Refused(format!(
@@ -222,7 +232,9 @@ impl ForgeClient {
                 let text: String = c.content.unwrap_or_default().split_whitespace().collect();
                 base64::engine::general_purpose::STANDARD
                     .decode(text)
-                    .map_err(|e| ClientError::Refused(format!("{}: bad base64: {e}", repo.pipeline)))?
+                    .map_err(|e| {
+                        ClientError::Refused(format!("{}: bad base64: {e}", repo.pipeline))
+                    })?
             }
         };
         String::from_utf8(bytes)
@@ -260,7 +272,9 @@ impl ForgeClient {
             for page in 1..=MAX_PAGES {
                 let (url, gitlab) = match repo.provider {
                     Provider::Github | Provider::Gitea => (
-                        format!("{api}/repos/{owner_repo}/pulls/{pr}/files?per_page={PER_PAGE}&limit={PER_PAGE}&page={page}"),
+                        format!(
+                            "{api}/repos/{owner_repo}/pulls/{pr}/files?per_page={PER_PAGE}&limit={PER_PAGE}&page={page}"
+                        ),
                         false,
                     ),
                     Provider::Gitlab => (
@@ -394,6 +408,9 @@ mod tests {
     fn paths_are_encoded_per_segment() {
         assert_eq!(encode_path("ci/stage time.yaml"), "ci/stage%20time.yaml");
         assert_eq!(encode_segment("ci/.stagetime.yaml"), "ci%2F.stagetime.yaml");
-        assert_eq!(encode_path("Codertocat/Hello-World"), "Codertocat/Hello-World");
+        assert_eq!(
+            encode_path("Codertocat/Hello-World"),
+            "Codertocat/Hello-World"
+        );
     }
 }

@@ -106,11 +106,17 @@ impl Globs {
                     builder.add(g);
                     kept.push(p.clone());
                 }
-                Err(e) => errors.push(format!("{path}[{i}]"), format!("{p:?} is not a valid glob: {e}")),
+                Err(e) => errors.push(
+                    format!("{path}[{i}]"),
+                    format!("{p:?} is not a valid glob: {e}"),
+                ),
             }
         }
         let set = builder.build().unwrap_or_else(|_| GlobSet::empty());
-        Globs { patterns: kept, set }
+        Globs {
+            patterns: kept,
+            set,
+        }
     }
 
     /// True when any pattern matches `s`.
@@ -228,10 +234,7 @@ impl Repositories {
     /// # Errors
     /// [`Error::Invalid`] with every problem, each named by its path
     /// (`repositories[1].url`, ...).
-    pub fn parse(
-        text: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Repositories, Error> {
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Repositories, Error> {
         let mut errors = FieldErrors::default();
         let doc: FileDoc = match yaml_serde::from_str(text) {
             Ok(d) => d,
@@ -247,10 +250,16 @@ impl Repositories {
             let path = format!("repositories[{i}]");
             if let Some(repo) = check_repo(r, &path, env, &mut errors) {
                 if !names.insert(repo.name.clone()) {
-                    errors.push(format!("{path}.name"), format!("{:?} is listed twice", repo.name));
+                    errors.push(
+                        format!("{path}.name"),
+                        format!("{:?} is listed twice", repo.name),
+                    );
                 }
                 if !urls.insert((repo.provider, normalise_url(&repo.url))) {
-                    errors.push(format!("{path}.url"), format!("{:?} is listed twice", repo.url));
+                    errors.push(
+                        format!("{path}.url"),
+                        format!("{:?} is listed twice", repo.url),
+                    );
                 }
                 repos.push(repo);
             }
@@ -318,14 +327,20 @@ fn check_repo(
         }
     };
     if !(r.url.starts_with("https://") || r.url.starts_with("http://")) {
-        errors.push(format!("{path}.url"), format!("{:?} is not an http(s) URL", r.url));
+        errors.push(
+            format!("{path}.url"),
+            format!("{:?} is not an http(s) URL", r.url),
+        );
     }
     let api_url = match (&r.api_url, provider) {
         (Some(u), _) if u.starts_with("https://") || u.starts_with("http://") => {
             Some(u.trim_end_matches('/').to_string())
         }
         (Some(u), _) => {
-            errors.push(format!("{path}.api_url"), format!("{u:?} is not an http(s) URL"));
+            errors.push(
+                format!("{path}.api_url"),
+                format!("{u:?} is not an http(s) URL"),
+            );
             None
         }
         (None, Some(p)) => match p.default_api_url(&r.url) {
@@ -416,19 +431,28 @@ fn read_secret(
             // A trailing newline (echo > file, kubectl create secret --from-file) is not part of it.
             Ok(bytes) => trim_newline(bytes),
             Err(e) => {
-                errors.push(format!("{path}_file"), format!("{} cannot be read: {e}", f.display()));
+                errors.push(
+                    format!("{path}_file"),
+                    format!("{} cannot be read: {e}", f.display()),
+                );
                 return None;
             }
         },
         (None, Some(v)) => match env(v) {
             Some(s) => trim_newline(s.into_bytes()),
             None => {
-                errors.push(format!("{path}_env"), format!("the environment variable {v} is not set"));
+                errors.push(
+                    format!("{path}_env"),
+                    format!("the environment variable {v} is not set"),
+                );
                 return None;
             }
         },
         (None, None) if required => {
-            errors.push(path, "is required: give `_file: PATH` or `_env: NAME` (never the secret itself)");
+            errors.push(
+                path,
+                "is required: give `_file: PATH` or `_env: NAME` (never the secret itself)",
+            );
             return None;
         }
         (None, None) => return Some(None),
@@ -475,7 +499,10 @@ repositories:
         )
         .unwrap();
         let gh = repos
-            .find(Provider::Github, &["https://github.com/codertocat/hello-world.git/".to_string()])
+            .find(
+                Provider::Github,
+                &["https://github.com/codertocat/hello-world.git/".to_string()],
+            )
             .unwrap();
         assert_eq!(gh.api_url, "https://api.github.com");
         assert_eq!(gh.webhook_secret.expose(), b"s3cret");
@@ -484,11 +511,20 @@ repositories:
         assert!(gh.on.push.is_some() && gh.on.pull_request.is_some());
         let lab = repos.by_name("lab").unwrap();
         assert_eq!(lab.api_url, "https://gitlab.example.com/api/v4");
-        assert!(lab.on.pull_request.is_none(), "on without pull_request: PRs start nothing");
+        assert!(
+            lab.on.pull_request.is_none(),
+            "on without pull_request: PRs start nothing"
+        );
         let branches = lab.on.push.as_ref().unwrap().branches.as_ref().unwrap();
         assert!(branches.matches("release/1.2") && !branches.matches("release/1/2"));
-        assert!(repos.find(Provider::Gitea, &[lab.url.clone()]).is_none(), "provider matters");
-        assert!(!format!("{gh:?}").contains("s3cret"), "secrets are not printed");
+        assert!(
+            repos.find(Provider::Gitea, std::slice::from_ref(&lab.url)).is_none(),
+            "provider matters"
+        );
+        assert!(
+            !format!("{gh:?}").contains("s3cret"),
+            "secrets are not printed"
+        );
     }
 
     #[test]
@@ -539,6 +575,9 @@ repositories:
         .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("webhook_secret"), "{text}");
-        assert!(!text.contains("hunter2"), "the secret is not echoed: {text}");
+        assert!(
+            !text.contains("hunter2"),
+            "the secret is not echoed: {text}"
+        );
     }
 }

@@ -109,7 +109,10 @@ pub enum Parsed {
 ///
 /// # Errors
 /// A message naming what is missing when the payload names no repository.
-pub fn repository_urls(provider: Provider, payload: &serde_json::Value) -> Result<Vec<String>, String> {
+pub fn repository_urls(
+    provider: Provider,
+    payload: &serde_json::Value,
+) -> Result<Vec<String>, String> {
     let repo = match provider {
         Provider::Github | Provider::Gitea => payload.get("repository"),
         Provider::Gitlab => payload.get("project"),
@@ -273,7 +276,8 @@ pub fn parse_hub(
     match event {
         "ping" => Ok(Parsed::Ignored("ping".to_string())),
         "push" => {
-            let p: HubPush = serde_json::from_value(payload).map_err(|e| format!("push payload: {e}"))?;
+            let p: HubPush =
+                serde_json::from_value(payload).map_err(|e| format!("push payload: {e}"))?;
             if p.deleted || is_zero(&p.after) {
                 return Ok(Parsed::Ignored(format!("{} deleted", p.git_ref)));
             }
@@ -316,8 +320,8 @@ pub fn parse_hub(
             })))
         }
         "pull_request" => {
-            let p: HubPull =
-                serde_json::from_value(payload).map_err(|e| format!("pull_request payload: {e}"))?;
+            let p: HubPull = serde_json::from_value(payload)
+                .map_err(|e| format!("pull_request payload: {e}"))?;
             // GitHub: synchronize; Gitea/Forgejo: synchronized.
             if !matches!(
                 p.action.as_str(),
@@ -420,7 +424,11 @@ struct GitlabMergeAttributes {
 /// # Errors
 /// A message naming the field when the payload does not have the
 /// documented shape.
-pub fn parse_gitlab(event: &str, delivery: &str, payload: serde_json::Value) -> Result<Parsed, String> {
+pub fn parse_gitlab(
+    event: &str,
+    delivery: &str,
+    payload: serde_json::Value,
+) -> Result<Parsed, String> {
     match event {
         "Push Hook" | "Tag Push Hook" => {
             let p: GitlabPush =
@@ -455,8 +463,8 @@ pub fn parse_gitlab(event: &str, delivery: &str, payload: serde_json::Value) -> 
             })))
         }
         "Merge Request Hook" => {
-            let p: GitlabMerge =
-                serde_json::from_value(payload).map_err(|e| format!("merge request payload: {e}"))?;
+            let p: GitlabMerge = serde_json::from_value(payload)
+                .map_err(|e| format!("merge request payload: {e}"))?;
             let a = p.object_attributes;
             let action = a.action.clone().unwrap_or_default();
             let starts = match action.as_str() {
@@ -494,9 +502,12 @@ pub fn parse_gitlab(event: &str, delivery: &str, payload: serde_json::Value) -> 
 }
 
 fn commit_author(c: &Commit) -> Option<String> {
-    c.author
-        .as_ref()
-        .and_then(|a| a.username.clone().filter(|u| !u.is_empty()).or(a.name.clone()))
+    c.author.as_ref().and_then(|a| {
+        a.username
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or(a.name.clone())
+    })
 }
 
 fn changed_files(commits: &[Commit]) -> Vec<String> {
@@ -528,9 +539,13 @@ mod tests {
     fn fixture(name: &str) -> serde_json::Value {
         let text = match name {
             "github-push" => include_str!("../../tests/fixtures/forge/github-push.json"),
-            "github-pull_request" => include_str!("../../tests/fixtures/forge/github-pull_request.json"),
+            "github-pull_request" => {
+                include_str!("../../tests/fixtures/forge/github-pull_request.json")
+            }
             "gitlab-push" => include_str!("../../tests/fixtures/forge/gitlab-push.json"),
-            "gitlab-merge_request" => include_str!("../../tests/fixtures/forge/gitlab-merge_request.json"),
+            "gitlab-merge_request" => {
+                include_str!("../../tests/fixtures/forge/gitlab-merge_request.json")
+            }
             "gitea-push" => include_str!("../../tests/fixtures/forge/gitea-push.json"),
             _ => include_str!("../../tests/fixtures/forge/gitea-pull_request.json"),
         };
@@ -546,14 +561,36 @@ mod tests {
 
     #[test]
     fn github_push_and_pull_request() {
-        let e = event(parse_hub(Provider::Github, "push", "d1", fixture("github-push")));
-        assert_eq!((e.kind, e.branch.as_deref(), e.repository.as_str()), (EventKind::Push, Some("main"), "Codertocat/Hello-World"));
+        let e = event(parse_hub(
+            Provider::Github,
+            "push",
+            "d1",
+            fixture("github-push"),
+        ));
+        assert_eq!(
+            (e.kind, e.branch.as_deref(), e.repository.as_str()),
+            (EventKind::Push, Some("main"), "Codertocat/Hello-World")
+        );
         assert_eq!(e.changed_files, Some(vec!["README.md".to_string()]));
-        assert_eq!((e.sender.as_str(), e.author.as_deref()), ("Codertocat", Some("Codertocat")));
-        assert_eq!(e.before.as_deref(), Some("6113728f27ae82c7b1a177c8d03f9e96e0adf246"));
-        let pr = event(parse_hub(Provider::Github, "pull_request", "d2", fixture("github-pull_request")));
+        assert_eq!(
+            (e.sender.as_str(), e.author.as_deref()),
+            ("Codertocat", Some("Codertocat"))
+        );
+        assert_eq!(
+            e.before.as_deref(),
+            Some("6113728f27ae82c7b1a177c8d03f9e96e0adf246")
+        );
+        let pr = event(parse_hub(
+            Provider::Github,
+            "pull_request",
+            "d2",
+            fixture("github-pull_request"),
+        ));
         assert_eq!(pr.kind, EventKind::PullRequest);
-        assert_eq!((pr.pr, pr.target_branch.as_deref(), pr.branch.as_deref()), (Some(2), Some("main"), Some("changes")));
+        assert_eq!(
+            (pr.pr, pr.target_branch.as_deref(), pr.branch.as_deref()),
+            (Some(2), Some("main"), Some("changes"))
+        );
         assert_eq!(pr.commit, "ec26c3e57ca3a959ca5aad62de7213c562f8c821");
         assert!(!pr.fork && pr.changed_files.is_none());
         let urls = repository_urls(Provider::Github, &fixture("github-push")).unwrap();
@@ -564,32 +601,61 @@ mod tests {
     fn deletions_closed_and_other_events_are_ignored() {
         let mut p = fixture("github-push");
         p["deleted"] = serde_json::json!(true);
-        assert!(matches!(parse_hub(Provider::Github, "push", "d", p), Ok(Parsed::Ignored(_))));
+        assert!(matches!(
+            parse_hub(Provider::Github, "push", "d", p),
+            Ok(Parsed::Ignored(_))
+        ));
         let mut g = fixture("gitlab-push");
         g["after"] = serde_json::json!("0000000000000000000000000000000000000000");
         g["checkout_sha"] = serde_json::Value::Null;
-        assert!(matches!(parse_gitlab("Push Hook", "d", g), Ok(Parsed::Ignored(_))));
+        assert!(matches!(
+            parse_gitlab("Push Hook", "d", g),
+            Ok(Parsed::Ignored(_))
+        ));
         let mut c = fixture("github-pull_request");
         c["action"] = serde_json::json!("closed");
-        assert!(matches!(parse_hub(Provider::Github, "pull_request", "d", c), Ok(Parsed::Ignored(_))));
-        assert!(matches!(parse_hub(Provider::Github, "issues", "d", serde_json::json!({})), Ok(Parsed::Ignored(_))));
-        assert!(matches!(parse_gitlab("Note Hook", "d", serde_json::json!({})), Ok(Parsed::Ignored(_))));
+        assert!(matches!(
+            parse_hub(Provider::Github, "pull_request", "d", c),
+            Ok(Parsed::Ignored(_))
+        ));
+        assert!(matches!(
+            parse_hub(Provider::Github, "issues", "d", serde_json::json!({})),
+            Ok(Parsed::Ignored(_))
+        ));
+        assert!(matches!(
+            parse_gitlab("Note Hook", "d", serde_json::json!({})),
+            Ok(Parsed::Ignored(_))
+        ));
     }
 
     #[test]
     fn gitlab_push_tag_and_merge_request() {
         let e = event(parse_gitlab("Push Hook", "u1", fixture("gitlab-push")));
-        assert_eq!((e.repository.as_str(), e.project_id, e.branch.as_deref()), ("mike/diaspora", Some(15), Some("master")));
+        assert_eq!(
+            (e.repository.as_str(), e.project_id, e.branch.as_deref()),
+            ("mike/diaspora", Some(15), Some("master"))
+        );
         assert_eq!(e.changed_files.as_ref().map(Vec::len), Some(2));
         let mut truncated = fixture("gitlab-push");
         truncated["total_commits_count"] = serde_json::json!(30);
-        assert_eq!(event(parse_gitlab("Push Hook", "u", truncated)).changed_files, None, "truncated: ask the API");
+        assert_eq!(
+            event(parse_gitlab("Push Hook", "u", truncated)).changed_files,
+            None,
+            "truncated: ask the API"
+        );
         let mut tag = fixture("gitlab-push");
         tag["ref"] = serde_json::json!("refs/tags/v1.0.0");
         let t = event(parse_gitlab("Tag Push Hook", "u", tag));
         assert_eq!((t.kind, t.tag.as_deref()), (EventKind::Tag, Some("v1.0.0")));
-        let mr = event(parse_gitlab("Merge Request Hook", "u2", fixture("gitlab-merge_request")));
-        assert_eq!((mr.pr, mr.target_branch.as_deref(), mr.sender.as_str()), (Some(1), Some("master"), "root"));
+        let mr = event(parse_gitlab(
+            "Merge Request Hook",
+            "u2",
+            fixture("gitlab-merge_request"),
+        ));
+        assert_eq!(
+            (mr.pr, mr.target_branch.as_deref(), mr.sender.as_str()),
+            (Some(1), Some("master"), "root")
+        );
         let mut fork = fixture("gitlab-merge_request");
         fork["object_attributes"]["source_project_id"] = serde_json::json!(99);
         assert!(event(parse_gitlab("Merge Request Hook", "u", fork)).fork);
@@ -597,8 +663,20 @@ mod tests {
 
     #[test]
     fn gitea_push_and_pull_request() {
-        let e = event(parse_hub(Provider::Gitea, "push", "g1", fixture("gitea-push")));
-        assert_eq!((e.repository.as_str(), e.branch.as_deref(), e.sender.as_str()), ("gitea/webhooks", Some("develop"), "gitea"));
+        let e = event(parse_hub(
+            Provider::Gitea,
+            "push",
+            "g1",
+            fixture("gitea-push"),
+        ));
+        assert_eq!(
+            (
+                e.repository.as_str(),
+                e.branch.as_deref(),
+                e.sender.as_str()
+            ),
+            ("gitea/webhooks", Some("develop"), "gitea")
+        );
         let mut sync = fixture("gitea-pull_request");
         sync["action"] = serde_json::json!("synchronized");
         let pr = event(parse_hub(Provider::Gitea, "pull_request", "g2", sync));
@@ -613,7 +691,14 @@ mod tests {
         let mut p = fixture("github-push");
         p["after"] = serde_json::json!(12);
         let err = parse_hub(Provider::Github, "push", "d", p).unwrap_err();
-        assert!(err.contains("push payload") && err.contains("invalid type"), "{err}");
-        assert!(repository_urls(Provider::Gitlab, &serde_json::json!({})).unwrap_err().contains("project"));
+        assert!(
+            err.contains("push payload") && err.contains("invalid type"),
+            "{err}"
+        );
+        assert!(
+            repository_urls(Provider::Gitlab, &serde_json::json!({}))
+                .unwrap_err()
+                .contains("project")
+        );
     }
 }

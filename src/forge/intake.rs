@@ -75,16 +75,23 @@ impl ForgeMetrics {
     /// Counts one answered delivery.
     pub fn delivery(&self, provider: &str, outcome: &'static str) {
         self.deliveries
-            .get_or_create(&vec![("provider", provider.to_string()), ("outcome", outcome.to_string())])
+            .get_or_create(&vec![
+                ("provider", provider.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
             .inc();
     }
 
     fn intake(&self, outcome: &'static str) {
-        self.intake.get_or_create(&vec![("outcome", outcome.to_string())]).inc();
+        self.intake
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
     }
 
     fn failure(&self, reason: &'static str) {
-        self.failures.get_or_create(&vec![("reason", reason.to_string())]).inc();
+        self.failures
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
     }
 }
 
@@ -205,7 +212,10 @@ impl IntakeLoop {
             self.metrics.intake("skipped");
             return done(
                 &delivery,
-                Some(format!("repository {} is no longer configured", delivery.repo)),
+                Some(format!(
+                    "repository {} is no longer configured",
+                    delivery.repo
+                )),
                 vec![],
             );
         };
@@ -226,7 +236,11 @@ impl IntakeLoop {
             && !paths_match(paths, files)
         {
             self.metrics.intake("skipped");
-            return done(&delivery, Some("no changed file matches `paths`".to_string()), vec![]);
+            return done(
+                &delivery,
+                Some("no changed file matches `paths`".to_string()),
+                vec![],
+            );
         }
         let file = match self.client.pipeline_file(repo, &event).await {
             Ok(Some(f)) => f,
@@ -249,7 +263,11 @@ impl IntakeLoop {
             Ok(Some(spec)) => spec,
             Ok(None) => {
                 self.metrics.intake("skipped");
-                return done(&delivery, Some("no task selected for this event".to_string()), vec![]);
+                return done(
+                    &delivery,
+                    Some("no task selected for this event".to_string()),
+                    vec![],
+                );
             }
             Err(e) => {
                 self.metrics.intake("failed");
@@ -260,18 +278,29 @@ impl IntakeLoop {
         let id = spec.id.clone().unwrap_or_default();
         let control = RunControl::new(Arc::clone(&self.store));
         match control
-            .submit_with(spec, SubmitOptions { runnable_by: None, trusted: true })
+            .submit_with(
+                spec,
+                SubmitOptions {
+                    runnable_by: None,
+                    trusted: true,
+                },
+            )
             .await
         {
             Ok(s) => {
-                self.metrics.intake(if s.created { "run" } else { "existing_run" });
+                self.metrics
+                    .intake(if s.created { "run" } else { "existing_run" });
                 done(&delivery, None, vec![s.id.to_string()])
             }
             // The same event delivered again under a new delivery id: the
             // run exists (its annotations name the first delivery).
             Err(Error::AlreadyExists { .. }) => {
                 self.metrics.intake("existing_run");
-                done(&delivery, Some("the run exists already".to_string()), vec![id])
+                done(
+                    &delivery,
+                    Some("the run exists already".to_string()),
+                    vec![id],
+                )
             }
             Err(Error::Invalid(errors)) => {
                 self.metrics.intake("failed");

@@ -62,7 +62,11 @@ impl Provider {
     pub fn default_api_url(self, url: &str) -> Option<String> {
         let rest = url.split_once("://").map(|(_, r)| r)?;
         let host = rest.split('/').next().filter(|h| !h.is_empty())?;
-        let scheme = if url.starts_with("http://") { "http" } else { "https" };
+        let scheme = if url.starts_with("http://") {
+            "http"
+        } else {
+            "https"
+        };
         match self {
             Provider::Github if host.eq_ignore_ascii_case("github.com") => {
                 Some("https://api.github.com".to_string())

@@ -31,7 +31,11 @@ pub fn hex_hmac(secret: &[u8], body: &[u8]) -> String {
 /// # Errors
 /// [`SignatureError::Missing`] without a header, [`SignatureError::Mismatch`]
 /// for anything but the right signature.
-pub fn verify_github(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<(), SignatureError> {
+pub fn verify_github(
+    secret: &[u8],
+    body: &[u8],
+    header: Option<&str>,
+) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let hex = header
         .trim()
@@ -45,7 +49,11 @@ pub fn verify_github(secret: &[u8], body: &[u8], header: Option<&str>) -> Result
 ///
 /// # Errors
 /// As [`verify_github`].
-pub fn verify_gitea(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<(), SignatureError> {
+pub fn verify_gitea(
+    secret: &[u8],
+    body: &[u8],
+    header: Option<&str>,
+) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     verify_hex(secret, body, header.trim())
 }
@@ -71,7 +79,8 @@ fn verify_hex(secret: &[u8], body: &[u8], hex: &str) -> Result<(), SignatureErro
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(body);
     // `verify_slice` compares in constant time.
-    mac.verify_slice(&given).map_err(|_| SignatureError::Mismatch)
+    mac.verify_slice(&given)
+        .map_err(|_| SignatureError::Mismatch)
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -79,7 +88,7 @@ fn to_hex(bytes: &[u8]) -> String {
 }
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())
@@ -101,12 +110,18 @@ mod tests {
     #[test]
     fn github_documented_example_verifies() {
         assert_eq!(github_signature(DOC_SECRET, DOC_BODY), DOC_SIGNATURE);
-        assert_eq!(verify_github(DOC_SECRET, DOC_BODY, Some(DOC_SIGNATURE)), Ok(()));
+        assert_eq!(
+            verify_github(DOC_SECRET, DOC_BODY, Some(DOC_SIGNATURE)),
+            Ok(())
+        );
     }
 
     #[test]
     fn github_refuses_missing_wrong_and_malformed() {
-        assert_eq!(verify_github(DOC_SECRET, DOC_BODY, None), Err(SignatureError::Missing));
+        assert_eq!(
+            verify_github(DOC_SECRET, DOC_BODY, None),
+            Err(SignatureError::Missing)
+        );
         let wrong = github_signature(b"other", DOC_BODY);
         assert_eq!(
             verify_github(DOC_SECRET, DOC_BODY, Some(&wrong)),
@@ -135,14 +150,23 @@ mod tests {
             verify_gitea(DOC_SECRET, DOC_BODY, Some(DOC_SIGNATURE)),
             Err(SignatureError::Mismatch)
         );
-        assert_eq!(verify_gitea(DOC_SECRET, DOC_BODY, None), Err(SignatureError::Missing));
+        assert_eq!(
+            verify_gitea(DOC_SECRET, DOC_BODY, None),
+            Err(SignatureError::Missing)
+        );
     }
 
     #[test]
     fn gitlab_token_must_equal_the_secret() {
         assert_eq!(verify_gitlab(b"s3cret", Some("s3cret")), Ok(()));
-        assert_eq!(verify_gitlab(b"s3cret", Some("s3cre")), Err(SignatureError::Mismatch));
-        assert_eq!(verify_gitlab(b"s3cret", Some("")), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify_gitlab(b"s3cret", Some("s3cre")),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_gitlab(b"s3cret", Some("")),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(verify_gitlab(b"s3cret", None), Err(SignatureError::Missing));
     }
 }

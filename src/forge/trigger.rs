@@ -36,7 +36,10 @@ pub fn decide(repo: &RepoConfig, event: &ForgeEvent) -> Decision {
         return Decision::Skip(format!("{} events are not in `on`", event.kind.as_str()));
     };
     if !ref_matches(filter, event) {
-        return Decision::Skip(format!("{} does not match the filters", describe_ref(event)));
+        return Decision::Skip(format!(
+            "{} does not match the filters",
+            describe_ref(event)
+        ));
     }
     match (&filter.paths, &event.changed_files) {
         (None, _) => Decision::Start,
@@ -115,10 +118,15 @@ pub fn run_id(repo: &str, event: &ForgeEvent) -> RunId {
         (EventKind::PullRequest, None) => "pr".to_string(),
         (k, _) => k.as_str().to_string(),
     };
-    let parts: Vec<String> = [slug(repo, 24), slug(&kind, 12), slug(&event.commit, 12), hash]
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .collect();
+    let parts: Vec<String> = [
+        slug(repo, 24),
+        slug(&kind, 12),
+        slug(&event.commit, 12),
+        hash,
+    ]
+    .into_iter()
+    .filter(|p| !p.is_empty())
+    .collect();
     // Only [a-z0-9-] joined by '-', at most 24+12+12+8+3 characters.
     RunId::new(parts.join("-")).unwrap_or_else(|_| RunId::derive(&RevisionRunSpec::default()))
 }
@@ -377,16 +385,33 @@ mod tests {
 
     #[test]
     fn on_filters_branches_tags_paths_and_forks() {
-        let r = repo("    on:\n      push: { branches: [main, \"release/*\"], paths: [\"src/**\"] }\n      pull_request: {}\n");
-        assert_eq!(decide(&r, &push("main", Some(&["src/a/b.rs"]))), Decision::Start);
-        assert!(matches!(decide(&r, &push("main", Some(&["README.md"]))), Decision::Skip(_)));
-        assert_eq!(decide(&r, &push("release/2", None)), Decision::NeedsChangedFiles);
-        assert!(matches!(decide(&r, &push("feature", Some(&["src/x"]))), Decision::Skip(_)));
+        let r = repo(
+            "    on:\n      push: { branches: [main, \"release/*\"], paths: [\"src/**\"] }\n      pull_request: {}\n",
+        );
+        assert_eq!(
+            decide(&r, &push("main", Some(&["src/a/b.rs"]))),
+            Decision::Start
+        );
+        assert!(matches!(
+            decide(&r, &push("main", Some(&["README.md"]))),
+            Decision::Skip(_)
+        ));
+        assert_eq!(
+            decide(&r, &push("release/2", None)),
+            Decision::NeedsChangedFiles
+        );
+        assert!(matches!(
+            decide(&r, &push("feature", Some(&["src/x"]))),
+            Decision::Skip(_)
+        ));
         let mut tag = push("main", Some(&["src/x"]));
         tag.kind = EventKind::Tag;
         tag.branch = None;
         tag.tag = Some("v1".into());
-        assert!(matches!(decide(&r, &tag), Decision::Skip(_)), "branches only: tags start nothing");
+        assert!(
+            matches!(decide(&r, &tag), Decision::Skip(_)),
+            "branches only: tags start nothing"
+        );
         let mut pr = push("feature", Some(&[]));
         pr.kind = EventKind::PullRequest;
         pr.pr = Some(7);
@@ -408,13 +433,22 @@ mod tests {
         pr.pr = Some(3);
         let mut pr4 = pr.clone();
         pr4.pr = Some(4);
-        let ids = [run_id("demo", &a), run_id("demo", &pr), run_id("demo", &pr4), run_id("other", &a)];
+        let ids = [
+            run_id("demo", &a),
+            run_id("demo", &pr),
+            run_id("demo", &pr4),
+            run_id("other", &a),
+        ];
         for (i, x) in ids.iter().enumerate() {
             for y in &ids[i + 1..] {
                 assert_ne!(x, y);
             }
         }
-        assert!(ids[1].as_str().starts_with("demo-pr3-4f1c2e9a77aa-"), "{}", ids[1]);
+        assert!(
+            ids[1].as_str().starts_with("demo-pr3-4f1c2e9a77aa-"),
+            "{}",
+            ids[1]
+        );
         let long = "A/very/Long_Repository.name-that-goes-on-and-on-and-on";
         assert!(run_id(long, &a).as_str().len() <= 63);
     }
@@ -432,30 +466,51 @@ tasks:
 finally:
   - { name: notify, command: "true", when: { events: [tag] } }
 "#;
-        let spec = build_spec(&r, &push("feature", Some(&["docs/a.md"])), file, Some(&["docs/a.md".to_string()]))
-            .unwrap()
-            .unwrap();
+        let spec = build_spec(
+            &r,
+            &push("feature", Some(&["docs/a.md"])),
+            file,
+            Some(&["docs/a.md".to_string()]),
+        )
+        .unwrap()
+        .unwrap();
         let names: Vec<&str> = spec.tasks.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["build", "docs", "report"]);
         assert!(spec.finally.is_empty());
         assert_eq!(spec.repo, "demo");
-        assert_eq!(spec.options.concurrency_group.as_deref(), Some("demo/branch/feature"));
+        assert_eq!(
+            spec.options.concurrency_group.as_deref(),
+            Some("demo/branch/feature")
+        );
         assert!(spec.options.cancel_in_progress);
         assert_eq!(spec.annotations["stagetime/event"], "push");
-        let main = build_spec(&r, &push("main", Some(&["src/x"])), file, Some(&["src/x".to_string()]))
-            .unwrap()
-            .unwrap();
+        let main = build_spec(
+            &r,
+            &push("main", Some(&["src/x"])),
+            file,
+            Some(&["src/x".to_string()]),
+        )
+        .unwrap()
+        .unwrap();
         let names: Vec<&str> = main.tasks.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["build", "image", "deploy", "report"]);
         let none = "tasks:\n  - { name: a, command: 'true', when: { events: [tag] } }\n";
-        assert_eq!(build_spec(&r, &push("main", None), none, None).unwrap(), None);
+        assert_eq!(
+            build_spec(&r, &push("main", None), none, None).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn a_bad_when_names_its_path() {
         let r = repo("");
         let file = "tasks:\n  - { name: a, command: 'true', when: { events: [merge] } }\n  - { name: b, command: 'true', when: { brnaches: [x] } }\n";
-        let err = build_spec(&r, &push("main", None), file, None).unwrap_err().to_string();
-        assert!(err.contains("tasks[0].when.events[0]") && err.contains("tasks[1].when"), "{err}");
+        let err = build_spec(&r, &push("main", None), file, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tasks[0].when.events[0]") && err.contains("tasks[1].when"),
+            "{err}"
+        );
     }
 }

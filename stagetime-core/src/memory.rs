@@ -13,8 +13,9 @@ use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::store::{
-    ClaimToken, Claimed, Commit, Created, DEFAULT_RECLAIM_AFTER, Delivery, DeliveryState, DEFAULT_RETENTION, QueueStats,
-    RUN_STATES, RunFilter, RunId, RunPage, RunRecord, Store, StoreStats, WorkItem,
+    ClaimToken, Claimed, Commit, Created, DEFAULT_RECLAIM_AFTER, DEFAULT_RETENTION, Delivery,
+    DeliveryState, QueueStats, RUN_STATES, RunFilter, RunId, RunPage, RunRecord, Store, StoreStats,
+    WorkItem,
 };
 
 /// Default page size of [`Store::list_runs`].

@@ -20,8 +20,8 @@ use stagetime_core::memory::MemoryStore;
 use stagetime_core::scheduler::{AttemptOutcome, StopReason, TaskStatus};
 use stagetime_core::spec::RevisionRunSpec;
 use stagetime_core::store::{
-    ClaimToken, Claimed, Commit, Created, Delivery, RunFilter, RunId, RunPage, RunRecord, RunState, Store,
-    WorkItem,
+    ClaimToken, Claimed, Commit, Created, Delivery, RunFilter, RunId, RunPage, RunRecord, RunState,
+    Store, WorkItem,
 };
 use stagetime_core::testkit::{ClaimGate, GatedStore, InstantBackend};
 use stagetime_core::{Error, Result};

@@ -11,8 +11,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client, Value};
 use serde::Deserialize;
 use stagetime_core::store::{
-    ClaimToken, Claimed, Commit, Created, Delivery, QueueStats, RECORD_FORMAT, RunFilter, RunId, RunPage,
-    RunRecord, RunSummary, Store, StoreStats, WorkItem,
+    ClaimToken, Claimed, Commit, Created, Delivery, QueueStats, RECORD_FORMAT, RunFilter, RunId,
+    RunPage, RunRecord, RunSummary, Store, StoreStats, WorkItem,
 };
 use stagetime_core::{Error, FieldErrors, Result};
 use tracing::{debug, warn};

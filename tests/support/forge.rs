@@ -158,30 +158,42 @@ fn handle(state: &Mutex<State>, uri: &Uri, headers: &HeaderMap) -> Response {
             let sha = query_param(&query, "ref").unwrap_or_default();
             match st.files.get(&(sha, file)) {
                 Some(text) => (StatusCode::OK, text.clone()).into_response(),
-                None => (StatusCode::NOT_FOUND, r#"{"message":"404 File Not Found"}"#).into_response(),
+                None => {
+                    (StatusCode::NOT_FOUND, r#"{"message":"404 File Not Found"}"#).into_response()
+                }
             }
         }
         ["repos", _, _, "pulls", n, "files"] => {
             let files = if page == "1" {
-                st.pr_files.get(&n.parse().unwrap_or(0)).cloned().unwrap_or_default()
+                st.pr_files
+                    .get(&n.parse().unwrap_or(0))
+                    .cloned()
+                    .unwrap_or_default()
             } else {
                 vec![]
             };
-            json(serde_json::json!(files
-                .iter()
-                .map(|f| serde_json::json!({"filename": f, "status": "modified"}))
-                .collect::<Vec<_>>()))
+            json(serde_json::json!(
+                files
+                    .iter()
+                    .map(|f| serde_json::json!({"filename": f, "status": "modified"}))
+                    .collect::<Vec<_>>()
+            ))
         }
         ["projects", _, "merge_requests", n, "diffs"] => {
             let files = if page == "1" {
-                st.pr_files.get(&n.parse().unwrap_or(0)).cloned().unwrap_or_default()
+                st.pr_files
+                    .get(&n.parse().unwrap_or(0))
+                    .cloned()
+                    .unwrap_or_default()
             } else {
                 vec![]
             };
-            json(serde_json::json!(files
-                .iter()
-                .map(|f| serde_json::json!({"new_path": f, "old_path": f}))
-                .collect::<Vec<_>>()))
+            json(serde_json::json!(
+                files
+                    .iter()
+                    .map(|f| serde_json::json!({"new_path": f, "old_path": f}))
+                    .collect::<Vec<_>>()
+            ))
         }
         _ => (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#).into_response(),
     }

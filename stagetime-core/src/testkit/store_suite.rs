@@ -552,7 +552,10 @@ pub async fn deliveries_are_recorded_once(t: StoreUnderTest) {
         event: "other".to_string(),
         ..d.clone()
     };
-    assert!(!s.record_delivery(repeat, ttl).await.unwrap(), "repeated id");
+    assert!(
+        !s.record_delivery(repeat, ttl).await.unwrap(),
+        "repeated id"
+    );
     let pending = s.pending_deliveries(10_000).await.unwrap();
     let mine: Vec<&Delivery> = pending.iter().filter(|p| p.id == d.id).collect();
     assert_eq!(mine, vec![&d], "pending once, as first recorded");
@@ -586,7 +589,10 @@ pub async fn settled_deliveries_leave_pending(t: StoreUnderTest) {
     let unknown = new_delivery("delivery-unknown");
     s.settle_delivery(unknown.clone()).await.unwrap();
     let listed = s.list_deliveries(10_000).await.unwrap();
-    assert!(listed.iter().all(|l| l.id != unknown.id), "settling an unknown id stores nothing");
+    assert!(
+        listed.iter().all(|l| l.id != unknown.id),
+        "settling an unknown id stores nothing"
+    );
 }
 
 /// A settled delivery's id is forgotten after its ttl.
