@@ -39,6 +39,8 @@ struct Deployment {
     _server: Proc,
     _worker: Proc,
     hooks: String,
+    /// The gRPC URL.
+    api: String,
     store: Arc<dyn Store>,
     emulator: Emulator,
     http: reqwest::Client,
@@ -82,6 +84,7 @@ async fn deployment(name: &str, repos: impl Fn(&Emulator, &Path) -> String) -> O
         d,
     );
     let hooks = server.wait_line("http listening on ");
+    let api = format!("http://{}", server.wait_line("grpc listening on "));
     let mut worker = Proc::start(
         &exe("worker"),
         &[
@@ -106,6 +109,7 @@ async fn deployment(name: &str, repos: impl Fn(&Emulator, &Path) -> String) -> O
         _server: server,
         _worker: worker,
         hooks: format!("http://{hooks}"),
+        api,
         store: Arc::new(store),
         emulator,
         http: reqwest::Client::new(),
@@ -113,6 +117,18 @@ async fn deployment(name: &str, repos: impl Fn(&Emulator, &Path) -> String) -> O
 }
 
 impl Deployment {
+    /// Runs the CLI; its exit code and stdout.
+    fn cli(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = std::process::Command::new(examples(&["stagetime"]).join("stagetime"))
+            .args(args)
+            .env("STAGETIME_SERVER", &self.api)
+            .env("STAGETIME_HTTP", &self.hooks)
+            .env_remove("STAGETIME_AUTH_TOKEN")
+            .output()
+            .expect("run the CLI");
+        (out.status.code(), support::text(&out))
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -505,6 +521,28 @@ async fn github_pushes_tags_filters_replays_and_bad_input() {
     assert!(
         !commits.contains(&c4.to_string()) && !commits.contains(&c5.to_string()),
         "{commits:?}"
+    );
+
+    // The CLI shows the failed deliveries with their reasons, and lists runs by branch.
+    let (code, out) = d.cli(&["intake", "--state", "failed"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("github:d-missing") && out.contains("not found"),
+        "{out}"
+    );
+    assert!(
+        out.contains("github:d-invalid") && out.contains("can_fial"),
+        "{out}"
+    );
+    assert!(!out.contains("github:d-1 "), "only failed ones: {out}");
+    let (code, out) = d.cli(&[
+        "list", "--repo", "hello", "--branch", "main", "--output", "json",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&run_id), "{out}");
+    assert!(
+        !out.contains(&t.runs[0]),
+        "the tag's run is not on branch main: {out}"
     );
 
     // 8. Oversized and malformed bodies.

@@ -518,7 +518,9 @@ repositories:
         let branches = lab.on.push.as_ref().unwrap().branches.as_ref().unwrap();
         assert!(branches.matches("release/1.2") && !branches.matches("release/1/2"));
         assert!(
-            repos.find(Provider::Gitea, std::slice::from_ref(&lab.url)).is_none(),
+            repos
+                .find(Provider::Gitea, std::slice::from_ref(&lab.url))
+                .is_none(),
             "provider matters"
         );
         assert!(
