@@ -36,7 +36,9 @@ fn fixture(name: &str) -> Value {
 /// handle on the same keys for the assertions.
 struct Deployment {
     dir: tempfile::TempDir,
-    _server: Proc,
+    server: Proc,
+    redis_url: String,
+    prefix: String,
     _worker: Proc,
     hooks: String,
     /// The gRPC URL.
@@ -106,9 +108,11 @@ async fn deployment(name: &str, repos: impl Fn(&Emulator, &Path) -> String) -> O
     let store = RedisStore::connect(config).await.expect("connect to redis");
     Some(Deployment {
         dir,
-        _server: server,
+        server,
+        redis_url: url,
+        prefix,
         _worker: worker,
-        hooks: format!("http://{hooks}"),
+        hooks,
         api,
         store: Arc::new(store),
         emulator,
@@ -116,7 +120,34 @@ async fn deployment(name: &str, repos: impl Fn(&Emulator, &Path) -> String) -> O
     })
 }
 
+/// A server with webhooks on; it, its hooks URL and its gRPC URL.
+fn start_server(d: &Path, url: &str, prefix: &str) -> (Proc, String, String) {
+    let mut server = Proc::start(
+        &exe("server"),
+        &[
+            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0",
+            "--repos", d.join("repos.yaml").to_str().unwrap(),
+            "--redis-url", url, "--redis-prefix", prefix,
+        ],
+        &[("HOOK_SECRET", SECRET), ("FORGE_TOKEN", "forge-token")],
+        d,
+    );
+    let hooks = format!("http://{}", server.wait_line("http listening on "));
+    let api = format!("http://{}", server.wait_line("grpc listening on "));
+    (server, hooks, api)
+}
+
 impl Deployment {
+    /// kill -9 of the server, and a new one on the same store.
+    fn restart_server(&mut self) {
+        self.server.kill9();
+        let (server, hooks, api) = start_server(self.dir.path(), &self.redis_url, &self.prefix);
+        self.server = server;
+        self.hooks = hooks;
+        self.api = api;
+    }
+
     /// Runs the CLI; its exit code and stdout.
     fn cli(&self, args: &[&str]) -> (Option<i32>, String) {
         let out = std::process::Command::new(examples(&["stagetime"]).join("stagetime"))
@@ -844,4 +875,47 @@ async fn gitea_push_and_pull_request() {
         pr_run.id, run.id,
         "a pull request run is not the push run of the same commit"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_delivery_survives_a_forge_outage_a_rate_limit_and_a_server_kill() {
+    let Some(mut d) = deployment("hooks-restart", |emu, _| {
+        format!(
+            r#"repositories:
+  - name: hello
+    provider: github
+    url: https://github.com/Codertocat/Hello-World
+    api_url: {api}
+    webhook_secret_env: HOOK_SECRET
+"#,
+            api = emu.url
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let c = "cccccccccccccccccccccccccccccccccccccccc";
+    d.emulator.put_file(c, ".stagetime.yaml", "tasks:\n  - { name: a, command: 'true' }\n");
+    d.emulator.set_down(true);
+    let (status, _) = d.github("push", "r-1", &github_push("refs/heads/main", c, &["x"]), Some(SECRET)).await;
+    assert_eq!(status, 202, "accepted while the forge is down");
+    // The intake tries (and retries) the forge, and the delivery stays pending.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.emulator.calls().len() < 2 {
+        assert!(Instant::now() < deadline, "the intake never asked the forge");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pending = d.store.pending_deliveries(1000).await.unwrap();
+    assert!(pending.iter().any(|p| p.id == "github:r-1"), "{pending:?}");
+    assert!(d.runs_of("hello").await.is_empty());
+
+    // kill -9 of the server; the forge comes back rate limiting once.
+    d.restart_server();
+    d.emulator.rate_limit_next(1);
+    d.emulator.set_down(false);
+    let settled = d.settled("github:r-1").await;
+    assert_eq!(settled.state, DeliveryState::Done, "{settled:?}");
+    assert_eq!(d.run_in(&settled.runs[0], DONE).await.state, RunState::Succeeded);
+    assert_eq!(d.runs_of("hello").await.len(), 1);
 }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
-use stagetime_core::{Error, FieldErrors};
+use stagetime_core::FieldErrors;
 
 use super::Provider;
 use super::event::normalise_url;
@@ -232,15 +232,17 @@ impl Repositories {
     /// (`env` looks up environment variables; pass `std::env::var`).
     ///
     /// # Errors
-    /// [`Error::Invalid`] with every problem, each named by its path
-    /// (`repositories[1].url`, ...).
-    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Repositories, Error> {
+    /// Every problem, each named by its path (`repositories[1].url`, ...).
+    pub fn parse(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Repositories, FieldErrors> {
         let mut errors = FieldErrors::default();
         let doc: FileDoc = match yaml_serde::from_str(text) {
             Ok(d) => d,
             Err(e) => {
                 errors.push("repositories file", e.to_string());
-                return Err(Error::Invalid(errors));
+                return Err(errors);
             }
         };
         let mut names = HashSet::new();
@@ -264,19 +266,22 @@ impl Repositories {
                 repos.push(repo);
             }
         }
-        errors.into_result(Repositories { repos })
+        if errors.is_empty() {
+            Ok(Repositories { repos })
+        } else {
+            Err(errors)
+        }
     }
 
     /// Reads and parses a repositories file.
     ///
     /// # Errors
-    /// [`Error::Invalid`] naming the file when it cannot be read, or as
-    /// [`Repositories::parse`].
-    pub fn load(path: &Path) -> Result<Repositories, Error> {
+    /// The file, when it cannot be read, or as [`Repositories::parse`].
+    pub fn load(path: &Path) -> Result<Repositories, FieldErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             let mut errors = FieldErrors::default();
             errors.push(path.display().to_string(), format!("cannot be read: {e}"));
-            Error::Invalid(errors)
+            errors
         })?;
         Repositories::parse(&text, &|k| std::env::var(k).ok())
     }

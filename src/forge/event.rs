@@ -43,8 +43,8 @@ impl EventKind {
 pub struct ForgeEvent {
     /// The forge that sent it.
     pub provider: Provider,
-    /// The forge's delivery id (unique per delivery, new on a manual redelivery
-    /// only on GitLab and Gitea; GitHub keeps it).
+    /// The forge's delivery id (GitHub keeps it on a redelivery; other
+    /// forges may send a new one, which the deterministic run id absorbs).
     pub delivery: String,
     /// Push, tag or pull request.
     pub kind: EventKind,

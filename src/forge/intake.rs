@@ -135,21 +135,16 @@ impl IntakeLoop {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
         tokio::pin!(shutdown);
         loop {
-            let retry_later = match self.store.pending_deliveries(64).await {
+            match self.store.pending_deliveries(64).await {
                 Ok(pending) => {
-                    let mut retry = false;
                     for d in pending {
-                        retry |= !self.process_one(d).await;
+                        self.process_one(d).await;
                     }
-                    retry
                 }
-                Err(e) => {
-                    warn!(error = %e, "cannot read pending deliveries");
-                    true
-                }
-            };
-            // New deliveries wake the loop; ones left pending wait for the poll.
-            let _ = retry_later;
+                Err(e) => warn!(error = %e, "cannot read pending deliveries"),
+            }
+            // New deliveries wake the loop at once; ones left pending (the
+            // forge or the store unavailable) wait for the next poll.
             tokio::select! {
                 () = &mut shutdown => return,
                 () = self.wake.notified() => {}

@@ -28,6 +28,10 @@ struct State {
     /// pull request number -> changed files.
     pr_files: HashMap<u64, Vec<String>>,
     calls: Vec<Call>,
+    /// Answer every call 503 (the forge is down).
+    down: bool,
+    /// Answer the next calls 429 with `Retry-After: 1`.
+    rate_limited: u32,
 }
 
 /// The running emulator.
@@ -69,6 +73,16 @@ impl Emulator {
         self.lock()
             .pr_files
             .insert(pr, files.iter().map(|f| f.to_string()).collect());
+    }
+
+    /// Takes the forge down (every call answers 503) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// The next `n` calls answer 429 with `Retry-After: 1`.
+    pub fn rate_limit_next(&self, n: u32) {
+        self.lock().rate_limited = n;
     }
 
     /// Every call so far.
@@ -117,6 +131,18 @@ fn handle(state: &Mutex<State>, uri: &Uri, headers: &HeaderMap) -> Response {
         query: query.clone(),
         auth,
     });
+    if st.down {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
+    if st.rate_limited > 0 {
+        st.rate_limited -= 1;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            r#"{"message":"API rate limit exceeded"}"#,
+        )
+            .into_response();
+    }
     // GitLab under /api/v4, Gitea under /api/v1, GitHub at the root.
     let rest = path
         .strip_prefix("/api/v4")
