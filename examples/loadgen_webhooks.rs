@@ -78,7 +78,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// The documented GitHub push example, as one delivery body.
 fn push_body(n: usize) -> Vec<u8> {
-    let sha = format!("{n:040x}");
+    // n + 1: an all-zero `after` is a branch deletion.
+    let sha = format!("{:040x}", n + 1);
     serde_json::to_vec(&serde_json::json!({
         "ref": "refs/heads/main",
         "before": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",

@@ -707,7 +707,7 @@ async fn gitlab_push_and_merge_request_with_path_filter_from_the_api() {
     token_env: FORGE_TOKEN
     pipeline: ci/stagetime.yaml
     on:
-      push: {{ branches: [master] }}
+      push: {{ branches: [master], paths: ["app/**"] }}
       pull_request: {{ branches: [master], paths: ["app/**"] }}
 "#,
             api = emu.url
@@ -746,6 +746,21 @@ async fn gitlab_push_and_merge_request_with_path_filter_from_the_api() {
         "/api/v4/projects/15/repository/files/ci%2Fstagetime.yaml/raw"
     );
     assert_eq!(fetch.auth.as_deref(), Some("forge-token"));
+
+    // A push whose payload lists fewer commits than it had: the compare API decides.
+    let truncated_sha = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+    d.emulator.put_compare(truncated_sha, &["docs/only.md"]);
+    let mut truncated = fixture("gitlab-push.json");
+    truncated["after"] = json!(truncated_sha);
+    truncated["checkout_sha"] = json!(truncated_sha);
+    truncated["total_commits_count"] = json!(30);
+    let (status, _) = d.gitlab("Push Hook", "uuid-push-2", &truncated).await;
+    assert_eq!(status, 202, "the payload cannot tell: recorded, then the API decides");
+    let t = d.settled("gitlab:uuid-push-2").await;
+    assert_eq!((t.state, t.runs.len()), (DeliveryState::Done, 0), "{t:?}");
+    let compare = d.emulator.calls().into_iter().find(|c| c.path.ends_with("/repository/compare")).unwrap();
+    assert_eq!(compare.path, "/api/v4/projects/15/repository/compare");
+    assert_eq!(compare.query, format!("from=95790bf891e76fee5e1747ab589903a6a1f80f22&to={truncated_sha}"));
 
     // A wrong token is refused; a merge request touching only docs starts nothing.
     let body = serde_json::to_vec(&fixture("gitlab-push.json")).unwrap();

@@ -27,6 +27,8 @@ struct State {
     files: HashMap<(String, String), String>,
     /// pull request number -> changed files.
     pr_files: HashMap<u64, Vec<String>>,
+    /// head commit of a compare -> changed files.
+    compares: HashMap<String, Vec<String>>,
     calls: Vec<Call>,
     /// Answer every call 503 (the forge is down).
     down: bool,
@@ -83,6 +85,13 @@ impl Emulator {
     /// The next `n` calls answer 429 with `Retry-After: 1`.
     pub fn rate_limit_next(&self, n: u32) {
         self.lock().rate_limited = n;
+    }
+
+    /// The files a compare up to `head` lists.
+    pub fn put_compare(&self, head: &str, files: &[&str]) {
+        self.lock()
+            .compares
+            .insert(head.to_string(), files.iter().map(|f| f.to_string()).collect());
     }
 
     /// Every call so far.
@@ -220,6 +229,27 @@ fn handle(state: &Mutex<State>, uri: &Uri, headers: &HeaderMap) -> Response {
                     .map(|f| serde_json::json!({"new_path": f, "old_path": f}))
                     .collect::<Vec<_>>()
             ))
+        }
+        ["repos", _, _, "compare", range] => {
+            let range = decode(range);
+            let head = range.split("...").nth(1).unwrap_or_default();
+            match st.compares.get(head) {
+                Some(files) => json(serde_json::json!({
+                    "status": "ahead",
+                    "files": files.iter().map(|f| serde_json::json!({"filename": f})).collect::<Vec<_>>()
+                })),
+                None => (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#).into_response(),
+            }
+        }
+        ["projects", _, "repository", "compare"] => {
+            let head = query_param(&query, "to").unwrap_or_default();
+            match st.compares.get(&head) {
+                Some(files) => json(serde_json::json!({
+                    "commits": [],
+                    "diffs": files.iter().map(|f| serde_json::json!({"new_path": f, "old_path": f})).collect::<Vec<_>>()
+                })),
+                None => (StatusCode::NOT_FOUND, r#"{"message":"404 Not found"}"#).into_response(),
+            }
         }
         _ => (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#).into_response(),
     }
