@@ -66,27 +66,7 @@ async fn deployment(name: &str, repos: impl Fn(&Emulator, &Path) -> String) -> O
     let config = redis.config(name);
     let prefix = config.prefix.clone();
     let url = redis.url();
-    let mut server = Proc::start(
-        &exe("server"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--repos",
-            d.join("repos.yaml").to_str().unwrap(),
-            "--redis-url",
-            &url,
-            "--redis-prefix",
-            &prefix,
-        ],
-        &[("HOOK_SECRET", SECRET), ("FORGE_TOKEN", "forge-token")],
-        d,
-    );
-    let hooks = server.wait_line("http listening on ");
-    let api = format!("http://{}", server.wait_line("grpc listening on "));
+    let (server, hooks, api) = start_server(d, &url, &prefix);
     let mut worker = Proc::start(
         &exe("worker"),
         &[
@@ -125,10 +105,18 @@ fn start_server(d: &Path, url: &str, prefix: &str) -> (Proc, String, String) {
     let mut server = Proc::start(
         &exe("server"),
         &[
-            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-            "--http-listen", "127.0.0.1:0",
-            "--repos", d.join("repos.yaml").to_str().unwrap(),
-            "--redis-url", url, "--redis-prefix", prefix,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--repos",
+            d.join("repos.yaml").to_str().unwrap(),
+            "--redis-url",
+            url,
+            "--redis-prefix",
+            prefix,
         ],
         &[("HOOK_SECRET", SECRET), ("FORGE_TOKEN", "forge-token")],
         d,
@@ -755,12 +743,23 @@ async fn gitlab_push_and_merge_request_with_path_filter_from_the_api() {
     truncated["checkout_sha"] = json!(truncated_sha);
     truncated["total_commits_count"] = json!(30);
     let (status, _) = d.gitlab("Push Hook", "uuid-push-2", &truncated).await;
-    assert_eq!(status, 202, "the payload cannot tell: recorded, then the API decides");
+    assert_eq!(
+        status, 202,
+        "the payload cannot tell: recorded, then the API decides"
+    );
     let t = d.settled("gitlab:uuid-push-2").await;
     assert_eq!((t.state, t.runs.len()), (DeliveryState::Done, 0), "{t:?}");
-    let compare = d.emulator.calls().into_iter().find(|c| c.path.ends_with("/repository/compare")).unwrap();
+    let compare = d
+        .emulator
+        .calls()
+        .into_iter()
+        .find(|c| c.path.ends_with("/repository/compare"))
+        .unwrap();
     assert_eq!(compare.path, "/api/v4/projects/15/repository/compare");
-    assert_eq!(compare.query, format!("from=95790bf891e76fee5e1747ab589903a6a1f80f22&to={truncated_sha}"));
+    assert_eq!(
+        compare.query,
+        format!("from=95790bf891e76fee5e1747ab589903a6a1f80f22&to={truncated_sha}")
+    );
 
     // A wrong token is refused; a merge request touching only docs starts nothing.
     let body = serde_json::to_vec(&fixture("gitlab-push.json")).unwrap();
@@ -911,14 +910,28 @@ async fn a_recorded_delivery_survives_a_forge_outage_a_rate_limit_and_a_server_k
         return;
     };
     let c = "cccccccccccccccccccccccccccccccccccccccc";
-    d.emulator.put_file(c, ".stagetime.yaml", "tasks:\n  - { name: a, command: 'true' }\n");
+    d.emulator.put_file(
+        c,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: a, command: 'true' }\n",
+    );
     d.emulator.set_down(true);
-    let (status, _) = d.github("push", "r-1", &github_push("refs/heads/main", c, &["x"]), Some(SECRET)).await;
+    let (status, _) = d
+        .github(
+            "push",
+            "r-1",
+            &github_push("refs/heads/main", c, &["x"]),
+            Some(SECRET),
+        )
+        .await;
     assert_eq!(status, 202, "accepted while the forge is down");
     // The intake tries (and retries) the forge, and the delivery stays pending.
     let deadline = Instant::now() + Duration::from_secs(60);
     while d.emulator.calls().len() < 2 {
-        assert!(Instant::now() < deadline, "the intake never asked the forge");
+        assert!(
+            Instant::now() < deadline,
+            "the intake never asked the forge"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let pending = d.store.pending_deliveries(1000).await.unwrap();
@@ -931,6 +944,9 @@ async fn a_recorded_delivery_survives_a_forge_outage_a_rate_limit_and_a_server_k
     d.emulator.set_down(false);
     let settled = d.settled("github:r-1").await;
     assert_eq!(settled.state, DeliveryState::Done, "{settled:?}");
-    assert_eq!(d.run_in(&settled.runs[0], DONE).await.state, RunState::Succeeded);
+    assert_eq!(
+        d.run_in(&settled.runs[0], DONE).await.state,
+        RunState::Succeeded
+    );
     assert_eq!(d.runs_of("hello").await.len(), 1);
 }

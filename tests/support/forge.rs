@@ -89,9 +89,10 @@ impl Emulator {
 
     /// The files a compare up to `head` lists.
     pub fn put_compare(&self, head: &str, files: &[&str]) {
-        self.lock()
-            .compares
-            .insert(head.to_string(), files.iter().map(|f| f.to_string()).collect());
+        self.lock().compares.insert(
+            head.to_string(),
+            files.iter().map(|f| f.to_string()).collect(),
+        );
     }
 
     /// Every call so far.
