@@ -348,12 +348,19 @@ async fn deliveries(
         }
     }
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    match state.store.list_deliveries(limit).await {
+    // Filters apply to the newest 1,000 remembered deliveries.
+    let scan = if q.state.is_some() || q.repo.is_some() {
+        1000
+    } else {
+        limit
+    };
+    match state.store.list_deliveries(scan).await {
         Ok(list) => {
             let list: Vec<Delivery> = list
                 .into_iter()
                 .filter(|d| q.state.as_deref().is_none_or(|s| d.state.as_str() == s))
                 .filter(|d| q.repo.as_deref().is_none_or(|r| d.repo == r))
+                .take(limit)
                 .collect();
             let body = serde_json::json!({ "deliveries": list });
             (

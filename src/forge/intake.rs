@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -29,6 +30,9 @@ use super::event::ForgeEvent;
 use super::trigger::{build_spec, paths_filter, paths_match};
 
 type Labels = Vec<(&'static str, String)>;
+
+/// Deliveries turned into runs at once.
+const CONCURRENCY: usize = 8;
 
 /// The webhook and intake metric families (cheap to clone).
 ///
@@ -137,9 +141,13 @@ impl IntakeLoop {
         loop {
             match self.store.pending_deliveries(64).await {
                 Ok(pending) => {
-                    for d in pending {
-                        self.process_one(d).await;
-                    }
+                    // A few at once, so that one slow forge does not hold up the others.
+                    let this = &self;
+                    futures::stream::iter(pending)
+                        .for_each_concurrent(CONCURRENCY, |d| async move {
+                            this.process_one(d).await;
+                        })
+                        .await;
                 }
                 Err(e) => warn!(error = %e, "cannot read pending deliveries"),
             }
