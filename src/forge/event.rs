@@ -286,7 +286,10 @@ pub fn parse_hub(
                 // GitHub lists at most 2,048 commits (and none for a new
                 // branch pushed without new commits: then nothing changed).
                 || p.commits.len() >= 2048;
-            let changed = (!truncated).then(|| changed_files(&p.commits));
+            // A new branch lists only the commits new to the repository
+            // (often none): what it changes is unknown.
+            let created = p.before.as_deref().is_some_and(is_zero);
+            let changed = (!truncated && !created).then(|| changed_files(&p.commits));
             let head = p.head_commit.as_ref().or(p.commits.last());
             let sender = p
                 .sender
@@ -439,7 +442,8 @@ pub fn parse_gitlab(
             let (kind, branch, tag) = split_ref(&p.git_ref)?;
             // GitLab lists at most 20 commits and counts them all.
             let truncated = p.total_commits_count.is_some_and(|n| n > p.commits.len());
-            let changed = (!truncated).then(|| changed_files(&p.commits));
+            let created = p.before.as_deref().is_some_and(is_zero);
+            let changed = (!truncated && !created).then(|| changed_files(&p.commits));
             let head = p.commits.iter().find(|c| c.id == p.after);
             Ok(Parsed::Event(Box::new(ForgeEvent {
                 provider: Provider::Gitlab,
@@ -579,6 +583,16 @@ mod tests {
         assert_eq!(
             e.before.as_deref(),
             Some("6113728f27ae82c7b1a177c8d03f9e96e0adf246")
+        );
+        let mut created = fixture("github-push");
+        created["before"] = serde_json::json!("0000000000000000000000000000000000000000");
+        created["created"] = serde_json::json!(true);
+        created["commits"] = serde_json::json!([]);
+        let c = event(parse_hub(Provider::Github, "push", "d0", created));
+        assert_eq!(
+            (c.changed_files, c.before),
+            (None, None),
+            "a new branch: changes unknown"
         );
         let pr = event(parse_hub(
             Provider::Github,
