@@ -5,8 +5,16 @@
 //! p50/p99. The HTTP surface runs in this process on Redis; no intake loop
 //! runs, so only the answer path is measured.
 //!
+//! With `--launch N` it then measures push-to-first-task-launched latency:
+//! N pushes one after another, each through the whole path — accept, the
+//! intake loop fetching the pipeline file from a forge emulator (an axum
+//! app on loopback answering like GitHub's contents API), submission, and
+//! an engine (instant test backend) launching the first task; the latency
+//! is the first launch time the engine stored minus the time the push was
+//! sent (wall clock, ms).
+//!
 //! ```text
-//! cargo run --release --example loadgen_webhooks -- --deliveries 20000 --clients 32
+//! cargo run --release --example loadgen_webhooks -- --deliveries 20000 --clients 32 --launch 200
 //! ```
 //! Without `--url` (or `REDIS_URL`) it starts its own `redis-server` (from
 //! `REDIS_SERVER` or the PATH) on a free loopback port, without persistence.
@@ -30,6 +38,7 @@ struct Args {
     deliveries: usize,
     clients: usize,
     url: Option<String>,
+    launch: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -37,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
         deliveries: 10_000,
         clients: 32,
         url: std::env::var("REDIS_URL").ok(),
+        launch: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -53,9 +63,14 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--clients: {e}"))?
             }
             "--url" => args.url = Some(value("--url")?),
+            "--launch" => {
+                args.launch = value("--launch")?
+                    .parse()
+                    .map_err(|e| format!("--launch: {e}"))?
+            }
             "-h" | "--help" => {
                 return Err(
-                    "usage: loadgen_webhooks [--deliveries N] [--clients C] [--url redis://...]"
+                    "usage: loadgen_webhooks [--deliveries N] [--clients C] [--url redis://...] [--launch N]"
                         .into(),
                 );
             }
@@ -78,10 +93,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// The documented GitHub push example, as one delivery body.
 fn push_body(n: usize) -> Vec<u8> {
+    push_body_at(n, "main")
+}
+
+fn push_body_at(n: usize, branch: &str) -> Vec<u8> {
     // n + 1: an all-zero `after` is a branch deletion.
     let sha = format!("{:040x}", n + 1);
     serde_json::to_vec(&serde_json::json!({
-        "ref": "refs/heads/main",
+        "ref": format!("refs/heads/{branch}"),
         "before": "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
         "after": sha,
         "created": false, "deleted": false, "forced": false,
@@ -120,20 +139,11 @@ async fn run(args: Args) -> Result<(), String> {
             & 0xffffff
     );
     let store: Arc<dyn Store> = Arc::new(
-        RedisStore::connect(RedisConfig::new(url).with_prefix(prefix))
+        RedisStore::connect(RedisConfig::new(url.clone()).with_prefix(prefix.clone()))
             .await
             .map_err(|e| e.to_string())?,
     );
-    let repos = Repositories::parse(
-        "repositories:\n  - name: hello\n    provider: github\n    url: https://github.com/Codertocat/Hello-World\n    webhook_secret_env: LOADGEN_SECRET\n",
-        &|_| Some(SECRET.to_string()),
-    )
-    .map_err(|e| e.to_string())?;
-    let state = HttpState::new(
-        store,
-        Arc::new(RwLock::new(Arc::new(repos))),
-        ForgeMetrics::default(),
-    );
+    let state = HttpState::new(store, repositories(None)?, ForgeMetrics::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -194,8 +204,6 @@ async fn run(args: Args) -> Result<(), String> {
         refused += r;
     }
     let wall = started.elapsed();
-    let _ = stop_tx.send(());
-    let _ = server.await;
     latencies.sort();
     println!(
         "webhooks: {} deliveries accepted in {:.2} s by {} clients: {:.0} deliveries/s; accept p50 {:.2} ms, p99 {:.2} ms; {} not accepted",
@@ -210,6 +218,168 @@ async fn run(args: Args) -> Result<(), String> {
     if refused > 0 {
         return Err(format!("{refused} deliveries were not accepted"));
     }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    if args.launch > 0 {
+        launch_phase(&args, &url, &prefix).await?;
+    }
+    Ok(())
+}
+
+/// The one repository, its API at `api_url` when given.
+fn repositories(
+    api_url: Option<&str>,
+) -> Result<stagetime::forge::intake::SharedRepositories, String> {
+    let api = api_url
+        .map(|u| format!("    api_url: {u}\n"))
+        .unwrap_or_default();
+    let repos = Repositories::parse(
+        &format!(
+            "repositories:\n  - name: hello\n    provider: github\n    url: https://github.com/Codertocat/Hello-World\n{api}    webhook_secret_env: LOADGEN_SECRET\n"
+        ),
+        &|_| Some(SECRET.to_string()),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Arc::new(RwLock::new(Arc::new(repos))))
+}
+
+/// A forge answering GitHub's contents API with the same two-stage
+/// pipeline for every commit; its base URL.
+async fn start_emulator() -> Result<String, String> {
+    use base64::Engine as _;
+    let file =
+        "tasks:\n  - { name: a, command: 'true' }\n  - { name: b, stage: 1, command: 'true' }\n";
+    let body = serde_json::json!({
+        "type": "file", "encoding": "base64",
+        "content": base64::engine::general_purpose::STANDARD.encode(file),
+    })
+    .to_string();
+    let app = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move { ([("content-type", "application/json")], body) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}"))
+}
+
+/// Push-to-first-task-launched latency, one push at a time.
+async fn launch_phase(args: &Args, url: &str, prefix: &str) -> Result<(), String> {
+    use stagetime::engine::{Clock, Engine, EngineConfig, SystemClock};
+    use stagetime::forge::client::{ClientConfig, ForgeClient};
+    use stagetime::forge::intake::IntakeLoop;
+    use stagetime::forge::{Parsed, Provider};
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    // A store of its own: the accept phase left its deliveries pending.
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(RedisConfig::new(url).with_prefix(format!("{prefix}-launch")))
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let emulator = start_emulator().await?;
+    let repos = repositories(Some(&emulator))?;
+    let state = HttpState::new(
+        Arc::clone(&store),
+        Arc::clone(&repos),
+        ForgeMetrics::default(),
+    );
+    let wake = Arc::clone(&state.wake);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let endpoint = format!(
+        "http://{}/hooks/github",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    let server = tokio::spawn(serve(listener, router(state), stopped()));
+    let intake = IntakeLoop {
+        store: Arc::clone(&store),
+        repos,
+        client: ForgeClient::new(ClientConfig::default()).map_err(|e| e.to_string())?,
+        metrics: ForgeMetrics::default(),
+        wake,
+        poll: Duration::from_secs(5),
+    };
+    let intake = tokio::spawn(intake.run(stopped()));
+    let engine = Arc::new(
+        Engine::new(
+            Arc::clone(&store),
+            Arc::new(stagetime_core::testkit::InstantBackend::new()),
+        )
+        .with_config(EngineConfig {
+            consumer: "loadgen-webhooks".into(),
+            claim_wait: Duration::from_millis(100),
+            purge_every: None,
+            housekeeping: None,
+            reconcile_on_start: false,
+            ..EngineConfig::default()
+        }),
+    );
+    let engine = tokio::spawn(engine.run(stopped()));
+    let http = reqwest::Client::new();
+    let mut latencies = Vec::with_capacity(args.launch);
+    for i in 0..args.launch {
+        // Commits unlike the accept phase's, on a branch of their own.
+        let n = args.deliveries + 1 + i;
+        let body = push_body_at(n, "launch");
+        let Ok(Parsed::Event(event)) = stagetime::forge::event::parse_hub(
+            Provider::Github,
+            "push",
+            "x",
+            serde_json::from_slice(&body).map_err(|e| e.to_string())?,
+        ) else {
+            return Err("the push does not parse".into());
+        };
+        let run = stagetime::forge::trigger::run_id("hello", &event);
+        let sig = github_signature(SECRET.as_bytes(), &body);
+        let sent = SystemClock.now_ms();
+        let resp = http
+            .post(&endpoint)
+            .header("content-type", "application/json")
+            .header("x-github-event", "push")
+            .header("x-github-delivery", format!("launch-{n}"))
+            .header("x-hub-signature-256", sig)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status().as_u16() != 202 {
+            return Err(format!("push {i} answered {}", resp.status()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let launched = loop {
+            if let Ok(r) = store.load_run(&run).await
+                && let Some(t) = r.timings.iter().filter_map(|t| t.first_launch_ms).min()
+            {
+                break t;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("run {run} did not launch within 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        latencies.push(Duration::from_millis(launched.saturating_sub(sent)));
+    }
+    let _ = stop_tx.send(true);
+    let _ = intake.await;
+    let _ = engine.await;
+    let _ = server.await;
+    latencies.sort();
+    println!(
+        "push to first launch: {} pushes one at a time: p50 {} ms, p99 {} ms (file fetch from a loopback emulator included)",
+        latencies.len(),
+        percentile(&latencies, 0.50).as_millis(),
+        percentile(&latencies, 0.99).as_millis()
+    );
     Ok(())
 }
 
