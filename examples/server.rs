@@ -3,7 +3,8 @@
 //! a Prometheus `/metrics` endpoint. Wiring only: the logic is in
 //! `stagetime::grpc`. See docs/operations.md.
 //!
-//! Prints `grpc listening on ADDR` and `metrics listening on ADDR` on stdout
+//! Prints `grpc listening on ADDR`, `metrics listening on ADDR` (and, with
+//! `--http-listen`, `http listening on ADDR` first) on stdout
 //! once bound (with `--listen 127.0.0.1:0` the real port is in that line).
 //! Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for bad
 //! settings, 3 when Redis or the ports are unavailable.
@@ -16,13 +17,18 @@ use std::time::Duration;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use stagetime::backends::BackendKind;
+use stagetime::forge::Repositories;
+use stagetime::forge::client::{ClientConfig, ForgeClient};
+use stagetime::forge::intake::{ForgeMetrics, IntakeLoop};
 use stagetime::grpc::metrics::Metrics;
 use stagetime::grpc::{Limits, ServerConfig, TlsFiles, load_token};
+use stagetime::http::{HttpState, router, watch_repos};
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::runtime::{Failure, Shutdown, bind, run_main};
 use stagetime::store::Store;
 use stagetime::telemetry::{Endpoint, LogFormat};
+use tokio::sync::RwLock;
 use tracing::info;
 
 #[derive(Parser)]
@@ -58,6 +64,14 @@ struct Args {
     /// Absent: anything is accepted.
     #[arg(long, env = "STAGETIME_BACKEND")]
     backend: Option<BackendKind>,
+    /// Address of the HTTP surface (forge webhooks at /hooks/{github,gitlab,gitea});
+    /// off when not given. See docs/git.md.
+    #[arg(long, env = "STAGETIME_HTTP_LISTEN", requires = "repos")]
+    http_listen: Option<String>,
+    /// The repositories file (YAML) of the webhooks; reloaded when it
+    /// changes or on SIGHUP.
+    #[arg(long, env = "STAGETIME_REPOS")]
+    repos: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "STAGETIME_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -104,6 +118,7 @@ async fn run(args: Args) -> Result<(), Failure> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let forge_metrics = ForgeMetrics::register(&mut registry);
     let endpoint = Endpoint::start(&args.metrics_listen, registry, shutdown.wait()).await?;
     let metrics_addr = endpoint.addr();
     let (grpc_listener, grpc_addr) = bind(&args.listen).await?;
@@ -125,6 +140,42 @@ async fn run(args: Args) -> Result<(), Failure> {
         auth: token,
         tls,
     };
+    if let (Some(listen), Some(repos_file)) = (&args.http_listen, &args.repos) {
+        let repos = Repositories::load(repos_file)
+            .map_err(|e| Failure::invalid(format!("{}: {e}", repos_file.display())))?;
+        let repos = Arc::new(RwLock::new(Arc::new(repos)));
+        let (http_listener, http_addr) = bind(listen).await?;
+        let mut state = HttpState::new(
+            Arc::clone(&store),
+            Arc::clone(&repos),
+            forge_metrics.clone(),
+        );
+        state.auth = config.auth.clone();
+        let intake = IntakeLoop {
+            store: Arc::clone(&store),
+            repos: Arc::clone(&repos),
+            client: ForgeClient::new(ClientConfig::default())
+                .map_err(|e| Failure::invalid(e.to_string()))?,
+            metrics: forge_metrics,
+            wake: Arc::clone(&state.wake),
+            poll: Duration::from_secs(5),
+        };
+        tokio::spawn(intake.run(shutdown.wait()));
+        tokio::spawn(watch_repos(
+            repos_file.clone(),
+            repos,
+            Duration::from_secs(2),
+            shutdown.wait(),
+        ));
+        let http = stagetime::http::serve(http_listener, router(state), shutdown.wait());
+        tokio::spawn(async move {
+            if let Err(e) = http.await {
+                tracing::error!(error = %e, "the HTTP listener failed");
+            }
+        });
+        println!("http listening on {http_addr}");
+        info!(%http_addr, "webhooks listening");
+    }
     println!("grpc listening on {grpc_addr}");
     println!("metrics listening on {metrics_addr}");
     info!(%grpc_addr, %metrics_addr, "listening");

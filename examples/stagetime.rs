@@ -145,6 +145,10 @@ enum Cmd {
         repo: Option<String>,
         #[arg(long)]
         commit: Option<String>,
+        /// Only runs of webhook pushes to this branch (with --repo: the
+        /// concurrency group `<repo>/branch/<branch>`).
+        #[arg(long, requires = "repo")]
+        branch: Option<String>,
         /// queued, running, succeeded, failed or cancelled (repeatable).
         #[arg(long)]
         state: Vec<String>,
@@ -168,6 +172,24 @@ enum Cmd {
         /// Watch the run until it ends and exit with its status.
         #[arg(long)]
         wait: bool,
+    },
+    /// List the webhook deliveries the server remembers (72 h) and what
+    /// became of them: pending, done (with its runs) or failed (with why).
+    Intake {
+        /// The server's HTTP surface (its --http-listen address).
+        #[arg(long, env = "STAGETIME_HTTP", default_value = "http://127.0.0.1:8080")]
+        http: String,
+        /// Only deliveries in this state: pending, done or failed.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only deliveries of this repository.
+        #[arg(long)]
+        repo: Option<String>,
+        /// At most this many (newest first).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// Delete finished work older than --ttl beyond the newest --keep-last (once).
     Housekeeping {
@@ -322,10 +344,15 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             server,
             repo,
             commit,
+            branch,
             state,
             limit,
             output,
         } => {
+            let concurrency_group = match (&repo, &branch) {
+                (Some(r), Some(b)) => Some(stagetime::forge::trigger::branch_group(r, b)),
+                _ => None,
+            };
             let states = state
                 .iter()
                 .map(|s| {
@@ -340,6 +367,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 repo,
                 commit,
                 states,
+                concurrency_group,
                 limit,
             };
             let runs: Vec<_> = connect(&server).await?.list(query).try_collect().await?;
@@ -359,6 +387,13 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 _ => emit(output, &runs)?,
             }
         }
+        Cmd::Intake {
+            http,
+            state,
+            repo,
+            limit,
+            output,
+        } => intake(&http, state, repo, limit, output).await?,
         Cmd::Cancel { id, server } => {
             connect(&server).await?.cancel(&id).await?;
             println!("cancel of run {id} requested");
@@ -595,4 +630,68 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// `stagetime intake`: `GET /api/v1/deliveries` on the server's HTTP surface.
+async fn intake(
+    http: &str,
+    state: Option<String>,
+    repo: Option<String>,
+    limit: usize,
+    output: Output,
+) -> Result<(), Failure> {
+    if let Some(s) = &state
+        && !["pending", "done", "failed"].contains(&s.as_str())
+    {
+        return Err(Failure::invalid(format!(
+            "--state {s:?}: use pending, done or failed"
+        )));
+    }
+    let mut query = vec![("limit", limit.to_string())];
+    query.extend(state.map(|s| ("state", s)));
+    query.extend(repo.map(|r| ("repo", r)));
+    let url = format!("{}/api/v1/deliveries", http.trim_end_matches('/'));
+    let mut req = reqwest::Client::new().get(&url).query(&query);
+    if let Ok(token) = std::env::var("STAGETIME_AUTH_TOKEN") {
+        req = req.bearer_auth(token.trim());
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Failure::unavailable(format!("{url}: {e}")))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| Failure::unavailable(format!("{url}: {e}")))?;
+    if !status.is_success() {
+        return Err(Failure::unavailable(format!(
+            "{url} answered {status}: {body}"
+        )));
+    }
+    let list: Vec<stagetime::store::Delivery> = serde_json::from_value(body["deliveries"].clone())
+        .map_err(|e| Failure::unavailable(format!("{url}: unexpected answer: {e}")))?;
+    match output {
+        Output::Text => {
+            println!(
+                "{:<48} {:<8} {:<20} RUNS / MESSAGE",
+                "DELIVERY", "STATE", "REPO"
+            );
+            for d in &list {
+                let detail = match (&d.message, d.runs.is_empty()) {
+                    (Some(m), true) => m.clone(),
+                    (Some(m), false) => format!("{} ({m})", d.runs.join(" ")),
+                    (None, _) => d.runs.join(" "),
+                };
+                println!(
+                    "{:<48} {:<8} {:<20} {detail}",
+                    d.id,
+                    d.state.as_str(),
+                    d.repo
+                );
+            }
+        }
+        _ => emit(output, &list)?,
+    }
+    Ok(())
 }

@@ -13,6 +13,8 @@
 //! - `telemetry` (feature `telemetry`): logging, metrics and probe endpoint of the binaries;
 //! - `runtime` (feature `telemetry`): how the binaries' processes run: `run_main`, exit statuses, shutdown;
 //! - `grpc` (feature `grpc`): the gRPC server (legacy and `stagetime.v1` services) and client;
+//! - `forge` and `http` (feature `forge`): forge webhooks (GitHub, GitLab,
+//!   Gitea/Forgejo) starting runs, and the server's HTTP surface;
 //! - [`report`]: plan tables, dependency graphs and run summaries as text.
 
 pub use stagetime_core as core;
@@ -24,8 +26,12 @@ pub mod backends;
 pub use stagetime_kube as kube;
 #[cfg(feature = "redis")]
 pub use stagetime_redis as redis;
+#[cfg(feature = "forge")]
+pub mod forge;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "forge")]
+pub mod http;
 pub mod report;
 #[cfg(feature = "telemetry")]
 pub mod runtime;

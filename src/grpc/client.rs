@@ -329,6 +329,8 @@ pub struct RunQuery {
     pub commit: Option<String>,
     /// Only runs in one of these states.
     pub states: Vec<RunState>,
+    /// Only runs of this concurrency group.
+    pub concurrency_group: Option<String>,
     /// At most this many runs in all (0: every run), fetched page by page.
     pub limit: usize,
 }
@@ -437,6 +439,7 @@ impl Client {
                 let request = v1::ListRequest {
                     repo: p.query.repo.clone().unwrap_or_default(),
                     commit: p.query.commit.clone().unwrap_or_default(),
+                    concurrency_group: p.query.concurrency_group.clone().unwrap_or_default(),
                     states: p
                         .query
                         .states

@@ -198,6 +198,11 @@ impl RunsService {
         for (field, value, slot) in [
             ("repo", req.repo, &mut filter.repo),
             ("commit", req.commit, &mut filter.commit),
+            (
+                "concurrency_group",
+                req.concurrency_group,
+                &mut filter.concurrency_group,
+            ),
         ] {
             if value.len() > MAX_FILTER {
                 return Err(invalid(field, format!("longer than {MAX_FILTER} bytes")));

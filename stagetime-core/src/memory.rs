@@ -6,15 +6,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::store::{
-    ClaimToken, Claimed, Commit, Created, DEFAULT_RECLAIM_AFTER, DEFAULT_RETENTION, QueueStats,
-    RUN_STATES, RunFilter, RunId, RunPage, RunRecord, Store, StoreStats, WorkItem,
+    ClaimToken, Claimed, Commit, Created, DEFAULT_RECLAIM_AFTER, DEFAULT_RETENTION, Delivery,
+    DeliveryState, QueueStats, RUN_STATES, RunFilter, RunId, RunPage, RunRecord, Store, StoreStats,
+    WorkItem,
 };
 
 /// Default page size of [`Store::list_runs`].
@@ -36,6 +37,10 @@ struct Inner {
     delayed: BTreeMap<(u64, u64), WorkItem>,
     pending: BTreeMap<u64, Pending>,
     next_seq: u64,
+    /// Webhook deliveries by id, with the instant they are forgotten.
+    deliveries: HashMap<String, (Delivery, Instant)>,
+    /// (received ms, id) of the deliveries, for listing.
+    deliveries_by_time: BTreeSet<(u64, String)>,
 }
 
 impl Inner {
@@ -47,6 +52,20 @@ impl Inner {
                 self.delayed.insert((due, seq), item);
             }
             None => self.ready.push_back((seq, item, 0)),
+        }
+    }
+
+    /// Forgets deliveries whose time is up.
+    fn expire_deliveries(&mut self, now: Instant) {
+        let expired: Vec<(u64, String)> = self
+            .deliveries
+            .iter()
+            .filter(|(_, (d, until))| *until <= now && d.state != DeliveryState::Pending)
+            .map(|(id, (d, _))| (d.received_ms, id.clone()))
+            .collect();
+        for key in expired {
+            self.deliveries.remove(&key.1);
+            self.deliveries_by_time.remove(&key);
         }
     }
 
@@ -324,6 +343,63 @@ impl Store for MemoryStore {
     /// Counts in memory (one pass over the runs). Delayed items already due
     /// count as ready. The oldest age is that of the longest-held claim
     /// (this store keeps no enqueue times); `None` when nothing is claimed.
+    async fn record_delivery(&self, delivery: Delivery, ttl: Duration) -> Result<bool> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.expire_deliveries(now);
+        if inner.deliveries.contains_key(&delivery.id) {
+            return Ok(false);
+        }
+        let delivery = Delivery {
+            state: DeliveryState::Pending,
+            ..delivery
+        };
+        inner
+            .deliveries_by_time
+            .insert((delivery.received_ms, delivery.id.clone()));
+        inner
+            .deliveries
+            .insert(delivery.id.clone(), (delivery, now + ttl));
+        Ok(true)
+    }
+
+    async fn pending_deliveries(&self, max: usize) -> Result<Vec<Delivery>> {
+        let mut inner = self.lock();
+        // A pending delivery outlives its ttl until settled (as in Redis,
+        // where the pending list holds the whole record).
+        let inner = &mut *inner;
+        Ok(inner
+            .deliveries_by_time
+            .iter()
+            .filter_map(|(_, id)| inner.deliveries.get(id))
+            .filter(|(d, _)| d.state == DeliveryState::Pending)
+            .take(max)
+            .map(|(d, _)| d.clone())
+            .collect())
+    }
+
+    async fn settle_delivery(&self, delivery: Delivery) -> Result<()> {
+        let mut inner = self.lock();
+        if let Some((stored, _)) = inner.deliveries.get_mut(&delivery.id) {
+            *stored = delivery;
+        }
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, max: usize) -> Result<Vec<Delivery>> {
+        let now = Instant::now();
+        let inner = self.lock();
+        Ok(inner
+            .deliveries_by_time
+            .iter()
+            .rev()
+            .filter_map(|(_, id)| inner.deliveries.get(id))
+            .filter(|(d, until)| *until > now || d.state == DeliveryState::Pending)
+            .take(max)
+            .map(|(d, _)| d.clone())
+            .collect())
+    }
+
     async fn stats(&self, now_ms: u64) -> Result<Option<StoreStats>> {
         let inner = self.lock();
         let due = inner.delayed.range(..=(now_ms, u64::MAX)).count() as u64;

@@ -435,6 +435,56 @@ pub struct Commit {
     pub ack: Vec<ClaimToken>,
 }
 
+/// Where a webhook delivery is in the intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Verified and recorded; not yet turned into runs.
+    Pending,
+    /// Turned into runs (or, by the repository's triggers, into none).
+    Done,
+    /// Could not become a run (e.g. the pipeline file is missing or invalid).
+    Failed,
+}
+
+impl DeliveryState {
+    /// The lowercase name (`pending`, `done`, `failed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Done => "done",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+/// A verified forge webhook delivery, recorded by the intake before it is
+/// answered and settled once it has become runs (see [`Store::record_delivery`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The provider's delivery id, prefixed with the provider
+    /// (`github:<X-GitHub-Delivery>`); unique per delivery.
+    pub id: String,
+    /// The repository, as the repositories file names it.
+    pub repo: String,
+    /// When the delivery was received (ms since the epoch).
+    pub received_ms: u64,
+    /// The event, as the intake encodes it (opaque to the store).
+    pub event: String,
+    /// Where it is.
+    pub state: DeliveryState,
+    /// Why it failed, or what it came to ("no task selected", ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The runs it started (ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<String>,
+}
+
+/// How long a delivery id is remembered (default for [`Store::record_delivery`]):
+/// GitHub lets a delivery be redelivered for 3 days.
+pub const DEFAULT_DELIVERY_TTL: Duration = Duration::from_secs(72 * 3600);
+
 /// Where revision runs live, and the work queue engines share.
 ///
 /// Implementations: [`crate::memory::MemoryStore`] (one process) and
@@ -516,6 +566,47 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`Error::Unavailable`].
     async fn purge_expired(&self, now_ms: u64) -> Result<u64>;
+
+    /// Records a verified webhook delivery (state [`DeliveryState::Pending`])
+    /// and puts it on the pending list, atomically, unless a delivery with
+    /// this id was recorded within `ttl`. Returns true when it was new.
+    ///
+    /// Idempotent on `delivery.id`: a repeat within `ttl` writes nothing and
+    /// returns false, whatever state the first one reached. The record (and
+    /// the memory of its id) expires `ttl` after this call; a pending
+    /// delivery stays on the pending list until settled.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] (nothing was written, or all of it — retrying
+    /// is safe).
+    async fn record_delivery(&self, delivery: Delivery, ttl: Duration) -> Result<bool>;
+
+    /// Up to `max` pending deliveries, oldest first. Does not claim them:
+    /// two readers may get the same delivery, so turning one into runs must
+    /// be idempotent (deterministic run ids) and end with
+    /// [`Store::settle_delivery`].
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when a stored delivery cannot be read;
+    /// [`Error::Unavailable`].
+    async fn pending_deliveries(&self, max: usize) -> Result<Vec<Delivery>>;
+
+    /// Stores the final form of a delivery (state `Done` or `Failed`, its
+    /// message and runs) and takes it off the pending list, keeping its
+    /// expiry. Idempotent: settling twice keeps the last form; settling an
+    /// unknown or expired id does nothing.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    async fn settle_delivery(&self, delivery: Delivery) -> Result<()>;
+
+    /// Up to `max` remembered deliveries in every state, newest first (for
+    /// the CLI and metrics); expired ones are not listed.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when a stored delivery cannot be read;
+    /// [`Error::Unavailable`].
+    async fn list_deliveries(&self, max: usize) -> Result<Vec<Delivery>>;
 
     /// The stored version of a run, for pollers that only want to know
     /// whether it changed (a server's watch). The default loads the record;

@@ -20,8 +20,8 @@ use stagetime_core::memory::MemoryStore;
 use stagetime_core::scheduler::{AttemptOutcome, StopReason, TaskStatus};
 use stagetime_core::spec::RevisionRunSpec;
 use stagetime_core::store::{
-    ClaimToken, Claimed, Commit, Created, RunFilter, RunId, RunPage, RunRecord, RunState, Store,
-    WorkItem,
+    ClaimToken, Claimed, Commit, Created, Delivery, RunFilter, RunId, RunPage, RunRecord, RunState,
+    Store, WorkItem,
 };
 use stagetime_core::testkit::{ClaimGate, GatedStore, InstantBackend};
 use stagetime_core::{Error, Result};
@@ -410,6 +410,10 @@ mock! {
         async fn ack(&self, tokens: &[ClaimToken]) -> Result<()>;
         async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage>;
         async fn purge_expired(&self, now_ms: u64) -> Result<u64>;
+        async fn record_delivery(&self, delivery: Delivery, ttl: Duration) -> Result<bool>;
+        async fn pending_deliveries(&self, max: usize) -> Result<Vec<Delivery>>;
+        async fn settle_delivery(&self, delivery: Delivery) -> Result<()>;
+        async fn list_deliveries(&self, max: usize) -> Result<Vec<Delivery>>;
     }
 }
 

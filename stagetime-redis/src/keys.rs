@@ -78,6 +78,21 @@ impl Keys {
         format!("{}gc", self.prefix)
     }
 
+    /// One webhook delivery's record (JSON), expiring with the delivery ttl.
+    pub fn delivery(&self, id: &str) -> String {
+        format!("{}delivery:{}", self.prefix, id)
+    }
+
+    /// Hash delivery id → record JSON of the deliveries not yet settled.
+    pub fn deliveries_pending(&self) -> String {
+        format!("{}deliveries:pending", self.prefix)
+    }
+
+    /// Zset of remembered delivery ids by the end of their ttl (ms), for listing.
+    pub fn deliveries(&self) -> String {
+        format!("{}deliveries", self.prefix)
+    }
+
     /// Index of every run (lex-ordered members `<created ms, 16 digits>:<id>`).
     pub fn idx_all(&self) -> String {
         format!("{}idx:all", self.prefix)

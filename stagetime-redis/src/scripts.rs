@@ -9,6 +9,8 @@ pub(crate) struct Scripts {
     pub commit: Script,
     pub claim: Script,
     pub purge: Script,
+    pub record_delivery: Script,
+    pub settle_delivery: Script,
 }
 
 impl Scripts {
@@ -18,10 +20,19 @@ impl Scripts {
             commit: Script::new(include_str!("lua/commit.lua")),
             claim: Script::new(include_str!("lua/claim.lua")),
             purge: Script::new(include_str!("lua/purge.lua")),
+            record_delivery: Script::new(include_str!("lua/record_delivery.lua")),
+            settle_delivery: Script::new(include_str!("lua/settle_delivery.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 4] {
-        [&self.create, &self.commit, &self.claim, &self.purge]
+    pub fn all(&self) -> [&Script; 6] {
+        [
+            &self.create,
+            &self.commit,
+            &self.claim,
+            &self.purge,
+            &self.record_delivery,
+            &self.settle_delivery,
+        ]
     }
 }

@@ -11,8 +11,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client, Value};
 use serde::Deserialize;
 use stagetime_core::store::{
-    ClaimToken, Claimed, Commit, Created, QueueStats, RECORD_FORMAT, RunFilter, RunId, RunPage,
-    RunRecord, RunSummary, Store, StoreStats, WorkItem,
+    ClaimToken, Claimed, Commit, Created, Delivery, QueueStats, RECORD_FORMAT, RunFilter, RunId,
+    RunPage, RunRecord, RunSummary, Store, StoreStats, WorkItem,
 };
 use stagetime_core::{Error, FieldErrors, Result};
 use tracing::{debug, warn};
@@ -555,6 +555,15 @@ fn to_json<T: serde::Serialize>(v: &T, what: &str) -> Result<String> {
     })
 }
 
+fn decode_delivery(id: &str, bytes: &[u8]) -> Result<Delivery> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::corrupt(
+            format!("delivery {id}"),
+            format!("stored delivery cannot be read: {e}"),
+        )
+    })
+}
+
 /// Decodes a stored record, telling a foreign layout from a broken one.
 fn decode_record(id: &RunId, bytes: &[u8]) -> Result<RunRecord> {
     let what = format!("run {id}");
@@ -1000,6 +1009,90 @@ impl Store for RedisStore {
             None
         };
         Ok(RunPage { runs, next })
+    }
+
+    async fn record_delivery(&self, delivery: Delivery, ttl: Duration) -> Result<bool> {
+        let delivery = Delivery {
+            state: stagetime_core::store::DeliveryState::Pending,
+            ..delivery
+        };
+        let json = to_json(&delivery, "delivery")?;
+        let mut con = self.con.clone();
+        let added: u64 = self
+            .scripts
+            .record_delivery
+            .key(self.keys.delivery(&delivery.id))
+            .key(self.keys.deliveries_pending())
+            .key(self.keys.deliveries())
+            .arg(&delivery.id)
+            .arg(json)
+            .arg((ttl.as_millis() as u64).max(1))
+            .arg(delivery.received_ms)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "recording a delivery"))?;
+        Ok(added == 1)
+    }
+
+    async fn pending_deliveries(&self, max: usize) -> Result<Vec<Delivery>> {
+        let mut con = self.con.clone();
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.keys.deliveries_pending())
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "reading pending deliveries"))?;
+        let mut out = all
+            .into_iter()
+            .map(|(id, json)| decode_delivery(&id, json.as_bytes()))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| (a.received_ms, &a.id).cmp(&(b.received_ms, &b.id)));
+        out.truncate(max);
+        Ok(out)
+    }
+
+    async fn settle_delivery(&self, delivery: Delivery) -> Result<()> {
+        let json = to_json(&delivery, "delivery")?;
+        let mut con = self.con.clone();
+        let _: u64 = self
+            .scripts
+            .settle_delivery
+            .key(self.keys.delivery(&delivery.id))
+            .key(self.keys.deliveries_pending())
+            .arg(&delivery.id)
+            .arg(json)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "settling a delivery"))?;
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, max: usize) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(self.keys.deliveries())
+            .arg(0)
+            .arg(max - 1)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "listing deliveries"))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut get = redis::cmd("MGET");
+        for id in &ids {
+            get.arg(self.keys.delivery(id));
+        }
+        let values: Vec<Option<String>> = get
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "listing deliveries"))?;
+        ids.iter()
+            .zip(values)
+            .filter_map(|(id, v)| v.map(|json| decode_delivery(id, json.as_bytes())))
+            .collect()
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64> {

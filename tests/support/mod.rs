@@ -4,6 +4,8 @@
 //! of stagetime-redis's tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "forge")]
+pub mod forge;
 #[cfg(feature = "redis")]
 #[path = "../../stagetime-redis/tests/support/mod.rs"]
 pub mod redis;

@@ -53,6 +53,22 @@ pub struct GatedStore<G, S: ?Sized> {
 
 #[async_trait]
 impl<G: ClaimGate, S: Store + ?Sized> Store for GatedStore<G, S> {
+    async fn record_delivery(
+        &self,
+        delivery: crate::store::Delivery,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.inner.record_delivery(delivery, ttl).await
+    }
+    async fn pending_deliveries(&self, max: usize) -> Result<Vec<crate::store::Delivery>> {
+        self.inner.pending_deliveries(max).await
+    }
+    async fn settle_delivery(&self, delivery: crate::store::Delivery) -> Result<()> {
+        self.inner.settle_delivery(delivery).await
+    }
+    async fn list_deliveries(&self, max: usize) -> Result<Vec<crate::store::Delivery>> {
+        self.inner.list_deliveries(max).await
+    }
     async fn create_run(&self, record: RunRecord, start: Vec<WorkItem>) -> Result<Created> {
         self.inner.create_run(record, start).await
     }

@@ -9,7 +9,8 @@ use crate::error::ErrorKind;
 use crate::plan::Plan;
 use crate::scheduler::{Event, StageScheduler};
 use crate::store::{
-    Commit, RECORD_FORMAT, RunFilter, RunId, RunRecord, RunState, Store, TaskTiming, Work, WorkItem,
+    Commit, Delivery, DeliveryState, RECORD_FORMAT, RunFilter, RunId, RunRecord, RunState, Store,
+    TaskTiming, Work, WorkItem,
 };
 
 /// A store to test and its reclaim time (keep it short, e.g. 300 ms: the
@@ -528,6 +529,93 @@ pub async fn run_version_follows_commits(t: StoreUnderTest) {
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
 
+fn new_delivery(prefix: &str) -> Delivery {
+    Delivery {
+        id: format!("test:{}", super::unique(prefix)),
+        repo: "repo".to_string(),
+        received_ms: now(),
+        event: r#"{"kind":"push"}"#.to_string(),
+        state: DeliveryState::Pending,
+        message: None,
+        runs: Vec::new(),
+    }
+}
+
+/// A delivery id is recorded once: the repeat writes nothing, and the
+/// delivery is pending and listed until settled.
+pub async fn deliveries_are_recorded_once(t: StoreUnderTest) {
+    let s = &*t.store;
+    let d = new_delivery("delivery-once");
+    let ttl = Duration::from_secs(60);
+    assert!(s.record_delivery(d.clone(), ttl).await.unwrap(), "new id");
+    let repeat = Delivery {
+        event: "other".to_string(),
+        ..d.clone()
+    };
+    assert!(
+        !s.record_delivery(repeat, ttl).await.unwrap(),
+        "repeated id"
+    );
+    let pending = s.pending_deliveries(10_000).await.unwrap();
+    let mine: Vec<&Delivery> = pending.iter().filter(|p| p.id == d.id).collect();
+    assert_eq!(mine, vec![&d], "pending once, as first recorded");
+    let listed = s.list_deliveries(10_000).await.unwrap();
+    assert_eq!(listed.iter().filter(|l| l.id == d.id).count(), 1);
+}
+
+/// Settling takes a delivery off the pending list, keeps its final form
+/// listed, keeps its id remembered, and may be repeated.
+pub async fn settled_deliveries_leave_pending(t: StoreUnderTest) {
+    let s = &*t.store;
+    let d = new_delivery("delivery-settle");
+    let ttl = Duration::from_secs(60);
+    assert!(s.record_delivery(d.clone(), ttl).await.unwrap());
+    let failed = Delivery {
+        state: DeliveryState::Failed,
+        message: Some("pipeline file missing".to_string()),
+        ..d.clone()
+    };
+    s.settle_delivery(failed.clone()).await.unwrap();
+    s.settle_delivery(failed.clone()).await.unwrap();
+    let pending = s.pending_deliveries(10_000).await.unwrap();
+    assert!(pending.iter().all(|p| p.id != d.id), "settled: not pending");
+    let listed = s.list_deliveries(10_000).await.unwrap();
+    let mine: Vec<&Delivery> = listed.iter().filter(|l| l.id == d.id).collect();
+    assert_eq!(mine, vec![&failed], "listed in its final form");
+    assert!(
+        !s.record_delivery(d.clone(), ttl).await.unwrap(),
+        "a settled id is still remembered"
+    );
+    let unknown = new_delivery("delivery-unknown");
+    s.settle_delivery(unknown.clone()).await.unwrap();
+    let listed = s.list_deliveries(10_000).await.unwrap();
+    assert!(
+        listed.iter().all(|l| l.id != unknown.id),
+        "settling an unknown id stores nothing"
+    );
+}
+
+/// A settled delivery's id is forgotten after its ttl.
+pub async fn delivery_ids_expire(t: StoreUnderTest) {
+    let s = &*t.store;
+    let d = new_delivery("delivery-ttl");
+    let ttl = Duration::from_millis(200);
+    assert!(s.record_delivery(d.clone(), ttl).await.unwrap());
+    s.settle_delivery(Delivery {
+        state: DeliveryState::Done,
+        ..d.clone()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let listed = s.list_deliveries(10_000).await.unwrap();
+    assert!(listed.iter().all(|l| l.id != d.id), "expired: not listed");
+    assert!(
+        s.record_delivery(d.clone(), ttl).await.unwrap(),
+        "expired: the id is new again"
+    );
+}
+
 /// Expands to one `#[tokio::test]` per store conformance case. The argument
 /// is an expression (usually an `async` block) yielding
 /// `Option<StoreUnderTest>`; `None` skips.
@@ -539,7 +627,8 @@ macro_rules! store_conformance_tests {
             concurrent_commits_one_wins, commit_enqueues_and_acks, unacknowledged_work_is_reclaimed,
             delayed_work_waits_until_due, waiting_claim_wakes_on_enqueue, list_filters_and_pages,
             list_follows_state_changes, purge_removes_only_expired_finished_runs,
-            stats_count_work_and_states, run_version_follows_commits);
+            stats_count_work_and_states, run_version_follows_commits,
+            deliveries_are_recorded_once, settled_deliveries_leave_pending, delivery_ids_expire);
     };
     (@cases $make:expr; $($case:ident),*) => {
         mod store_conformance {

@@ -1,0 +1,416 @@
+//! The forge API client: the pipeline file at a commit and the changed
+//! files of a pull request or push — one small function per provider over
+//! reqwest (rustls), with timeouts and retries on 5xx/429 honouring
+//! `Retry-After` and the forges' rate limit headers.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use tracing::debug;
+
+use super::Provider;
+use super::config::RepoConfig;
+use super::event::ForgeEvent;
+
+/// Why the forge did not give what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The forge answered 404: the file (or pull request) does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The forge refused the request (401/403 not caused by a rate limit,
+    /// 4xx): retrying will not help.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The forge could not be reached or kept failing (5xx, 429, timeouts)
+    /// after every retry: try again later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Timeouts and retries.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Per request (default 10 s).
+    pub timeout: Duration,
+    /// Attempts per call (default 4).
+    pub attempts: u32,
+    /// First backoff, doubled after each attempt (default 500 ms).
+    pub backoff: Duration,
+    /// The longest wait a `Retry-After` or rate limit reset may impose
+    /// within one call (default 60 s); longer ones give up with
+    /// [`ClientError::Unavailable`] and the intake tries again later.
+    pub max_wait: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            timeout: Duration::from_secs(10),
+            attempts: 4,
+            backoff: Duration::from_millis(500),
+            max_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One HTTP client for every forge.
+#[derive(Debug, Clone)]
+pub struct ForgeClient {
+    http: reqwest::Client,
+    config: ClientConfig,
+}
+
+/// Characters percent-encoded in a path segment (everything but unreserved).
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A repository path (`dir/file.yaml`), each segment encoded, slashes kept.
+fn encode_path(p: &str) -> String {
+    p.split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl ForgeClient {
+    /// A client with `config`.
+    ///
+    /// # Errors
+    /// [`ClientError::Unavailable`] when the TLS setup cannot be built.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .user_agent(concat!("stagetime/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Unavailable(format!("cannot build the HTTP client: {e}")))?;
+        Ok(ForgeClient { http, config })
+    }
+
+    fn get(&self, repo: &RepoConfig, url: &str) -> RequestBuilder {
+        let mut req = self.http.get(url);
+        if let Some(token) = &repo.token {
+            let token = String::from_utf8_lossy(token.expose()).into_owned();
+            req = match repo.provider {
+                Provider::Github => req
+                    .bearer_auth(token)
+                    .header("accept", "application/vnd.github+json")
+                    .header("x-github-api-version", "2022-11-28"),
+                Provider::Gitlab => req.header("private-token", token),
+                Provider::Gitea => req.header("authorization", format!("token {token}")),
+            };
+        }
+        req
+    }
+
+    /// GET with retries; answers the successful response.
+    async fn send(&self, repo: &RepoConfig, url: &str) -> Result<Response, ClientError> {
+        let mut backoff = self.config.backoff;
+        let mut last = String::new();
+        for attempt in 1..=self.config.attempts.max(1) {
+            let wait = match self.get(repo, url).send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status.is_success() {
+                        return Ok(resp);
+                    }
+                    let limited = status == StatusCode::TOO_MANY_REQUESTS
+                        || (status == StatusCode::FORBIDDEN && rate_limited(&resp));
+                    last = format!("GET {} answered {status}", strip_query(url));
+                    if status == StatusCode::NOT_FOUND {
+                        return Err(ClientError::NotFound(last));
+                    }
+                    if !(limited || status.is_server_error()) {
+                        return Err(ClientError::Refused(last));
+                    }
+                    retry_after(&resp).unwrap_or(backoff)
+                }
+                Err(e) => {
+                    last = format!("GET {}: {e}", strip_query(url));
+                    backoff
+                }
+            };
+            if attempt == self.config.attempts.max(1) {
+                break;
+            }
+            if wait > self.config.max_wait {
+                return Err(ClientError::Unavailable(format!(
+                    "{last}; asked to wait {}s",
+                    wait.as_secs()
+                )));
+            }
+            debug!(
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                "{last}; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(self.config.max_wait);
+        }
+        Err(ClientError::Unavailable(last))
+    }
+
+    /// The pipeline file's text at the event's commit; `Ok(None)` when the
+    /// repository has no such file there.
+    ///
+    /// GitHub and Gitea: `GET {api}/repos/{owner}/{repo}/contents/{path}?ref={sha}`
+    /// (JSON, base64 content); GitLab: `GET
+    /// {api}/projects/{id}/repository/files/{path}/raw?ref={sha}`.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] (bad token, no access, not a file, not UTF-8)
+    /// or [`ClientError::Unavailable`].
+    pub async fn pipeline_file(
+        &self,
+        repo: &RepoConfig,
+        event: &ForgeEvent,
+    ) -> Result<Option<String>, ClientError> {
+        let sha = encode_segment(&event.commit);
+        let url = match repo.provider {
+            Provider::Github | Provider::Gitea => format!(
+                "{}/repos/{}/contents/{}?ref={sha}",
+                repo.api_url,
+                encode_path(&event.repository),
+                encode_path(&repo.pipeline)
+            ),
+            Provider::Gitlab => format!(
+                "{}/projects/{}/repository/files/{}/raw?ref={sha}",
+                repo.api_url,
+                gitlab_project(event),
+                encode_segment(&repo.pipeline)
+            ),
+        };
+        let resp = match self.send(repo, &url).await {
+            Ok(r) => r,
+            Err(ClientError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("reading {}: {e}", repo.pipeline)))?;
+        let bytes = match repo.provider {
+            Provider::Gitlab => body.to_vec(),
+            Provider::Github | Provider::Gitea => {
+                #[derive(Deserialize)]
+                struct Contents {
+                    #[serde(rename = "type", default)]
+                    kind: Option<String>,
+                    #[serde(default)]
+                    encoding: Option<String>,
+                    #[serde(default)]
+                    content: Option<String>,
+                }
+                let c: Contents = serde_json::from_slice(&body).map_err(|_| {
+                    ClientError::Refused(format!("{} is not a file (a directory?)", repo.pipeline))
+                })?;
+                if c.kind.as_deref().is_some_and(|k| k != "file") {
+                    return Err(ClientError::Refused(format!(
+                        "{} is not a file",
+                        repo.pipeline
+                    )));
+                }
+                if c.encoding.as_deref().is_some_and(|e| e != "base64") {
+                    return Err(ClientError::Refused(format!(
+                        "{} came in encoding {:?}; files over 1 MB are not served by the contents API",
+                        repo.pipeline,
+                        c.encoding.unwrap_or_default()
+                    )));
+                }
+                let text: String = c.content.unwrap_or_default().split_whitespace().collect();
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| {
+                        ClientError::Refused(format!("{}: bad base64: {e}", repo.pipeline))
+                    })?
+            }
+        };
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| ClientError::Refused(format!("{} is not UTF-8 text", repo.pipeline)))
+    }
+
+    /// The files a pull request changes (GitHub/Gitea `pulls/{n}/files`,
+    /// GitLab `merge_requests/{iid}/diffs`), or a push changed (GitHub/Gitea
+    /// `compare/{before}...{after}`, GitLab `repository/compare`). `Ok(None)`
+    /// when the forge cannot tell (a push creating a branch has no `before`).
+    ///
+    /// # Errors
+    /// As [`ForgeClient::pipeline_file`], and [`ClientError::NotFound`].
+    pub async fn changed_files(
+        &self,
+        repo: &RepoConfig,
+        event: &ForgeEvent,
+    ) -> Result<Option<Vec<String>>, ClientError> {
+        #[derive(Deserialize)]
+        struct HubFile {
+            filename: String,
+        }
+        #[derive(Deserialize)]
+        struct LabDiff {
+            new_path: String,
+            old_path: String,
+        }
+        let api = &repo.api_url;
+        let owner_repo = encode_path(&event.repository);
+        const PER_PAGE: usize = 100;
+        const MAX_PAGES: usize = 30;
+        let mut files = Vec::new();
+        if let Some(pr) = event.pr {
+            for page in 1..=MAX_PAGES {
+                let (url, gitlab) = match repo.provider {
+                    Provider::Github | Provider::Gitea => (
+                        format!(
+                            "{api}/repos/{owner_repo}/pulls/{pr}/files?per_page={PER_PAGE}&limit={PER_PAGE}&page={page}"
+                        ),
+                        false,
+                    ),
+                    Provider::Gitlab => (
+                        format!(
+                            "{api}/projects/{}/merge_requests/{pr}/diffs?per_page={PER_PAGE}&page={page}",
+                            gitlab_project(event)
+                        ),
+                        true,
+                    ),
+                };
+                let resp = self.send(repo, &url).await?;
+                let n = if gitlab {
+                    let list: Vec<LabDiff> = json(resp).await?;
+                    let n = list.len();
+                    files.extend(list.into_iter().flat_map(|d| [d.new_path, d.old_path]));
+                    n
+                } else {
+                    let list: Vec<HubFile> = json(resp).await?;
+                    let n = list.len();
+                    files.extend(list.into_iter().map(|f| f.filename));
+                    n
+                };
+                if n < PER_PAGE {
+                    break;
+                }
+            }
+        } else {
+            let Some(before) = &event.before else {
+                return Ok(None);
+            };
+            match repo.provider {
+                Provider::Github | Provider::Gitea => {
+                    #[derive(Deserialize)]
+                    struct Compare {
+                        #[serde(default)]
+                        files: Option<Vec<HubFile>>,
+                    }
+                    let url = format!(
+                        "{api}/repos/{owner_repo}/compare/{}...{}",
+                        encode_segment(before),
+                        encode_segment(&event.commit)
+                    );
+                    let c: Compare = json(self.send(repo, &url).await?).await?;
+                    match c.files {
+                        Some(list) => files.extend(list.into_iter().map(|f| f.filename)),
+                        None => return Ok(None),
+                    }
+                }
+                Provider::Gitlab => {
+                    #[derive(Deserialize)]
+                    struct Compare {
+                        diffs: Vec<LabDiff>,
+                    }
+                    let url = format!(
+                        "{api}/projects/{}/repository/compare?from={}&to={}",
+                        gitlab_project(event),
+                        encode_segment(before),
+                        encode_segment(&event.commit)
+                    );
+                    let c: Compare = json(self.send(repo, &url).await?).await?;
+                    files.extend(c.diffs.into_iter().flat_map(|d| [d.new_path, d.old_path]));
+                }
+            }
+        }
+        files.sort();
+        files.dedup();
+        Ok(Some(files))
+    }
+}
+
+async fn json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T, ClientError> {
+    let url = strip_query(resp.url().as_str()).to_string();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Unavailable(format!("reading {url}: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ClientError::Refused(format!("{url} answered an unexpected shape: {e}")))
+}
+
+fn gitlab_project(event: &ForgeEvent) -> String {
+    match event.project_id {
+        Some(id) => id.to_string(),
+        None => encode_segment(&event.repository),
+    }
+}
+
+fn strip_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+/// GitHub answers 403 (or 429) with `x-ratelimit-remaining: 0` when the
+/// primary rate limit is used up.
+fn rate_limited(resp: &Response) -> bool {
+    header(resp, "x-ratelimit-remaining").is_some_and(|v| v.trim() == "0")
+        || header(resp, "retry-after").is_some()
+}
+
+fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// How long the forge asks to wait: `Retry-After` (seconds), else the rate
+/// limit reset (`x-ratelimit-reset` / `ratelimit-reset`, epoch seconds)
+/// when nothing remains.
+fn retry_after(resp: &Response) -> Option<Duration> {
+    if let Some(secs) = header(resp, "retry-after").and_then(|v| v.trim().parse::<u64>().ok()) {
+        return Some(Duration::from_secs(secs));
+    }
+    let exhausted = ["x-ratelimit-remaining", "ratelimit-remaining"]
+        .iter()
+        .any(|h| header(resp, h).is_some_and(|v| v.trim() == "0"));
+    if !exhausted {
+        return None;
+    }
+    let reset = ["x-ratelimit-reset", "ratelimit-reset"]
+        .iter()
+        .find_map(|h| header(resp, h).and_then(|v| v.trim().parse::<u64>().ok()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_encoded_per_segment() {
+        assert_eq!(encode_path("ci/stage time.yaml"), "ci/stage%20time.yaml");
+        assert_eq!(encode_segment("ci/.stagetime.yaml"), "ci%2F.stagetime.yaml");
+        assert_eq!(
+            encode_path("Codertocat/Hello-World"),
+            "Codertocat/Hello-World"
+        );
+    }
+}

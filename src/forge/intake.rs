@@ -1,0 +1,320 @@
+//! The intake: verified deliveries recorded in the [`Store`] become runs
+//! after the webhook was answered.
+//!
+//! The HTTP handler records a delivery (idempotent on its id, 72 h) before
+//! answering 2xx; [`IntakeLoop::run`] then reads the pending deliveries,
+//! asks the forge for the changed files (when a `paths` filter needs them)
+//! and the pipeline file, submits the run (trusted, with the event as
+//! `stagetime/` annotations, run id deterministic) and settles the delivery
+//! as `done` or `failed` with the reason. A delivery still pending when the
+//! server stops is taken up by the next start (or by another replica:
+//! submissions are idempotent). A forge that is unavailable leaves the
+//! delivery pending and it is tried again later.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use stagetime_core::Error;
+use stagetime_core::control::{RunControl, SubmitOptions};
+use stagetime_core::store::{Delivery, DeliveryState, Store};
+use tokio::sync::{Notify, RwLock};
+use tracing::{info, warn};
+
+use super::client::{ClientError, ForgeClient};
+use super::config::Repositories;
+use super::event::ForgeEvent;
+use super::trigger::{build_spec, paths_filter, paths_match};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Deliveries turned into runs at once.
+const CONCURRENCY: usize = 8;
+
+/// The webhook and intake metric families (cheap to clone).
+///
+/// | family | labels |
+/// |---|---|
+/// | `stagetime_webhook_deliveries_total` | `provider`, `outcome` (`accepted`, `duplicate`, `ignored`, `unknown_repository`, `unauthorized`, `forbidden`, `bad_request`, `too_large`, `unavailable`) |
+/// | `stagetime_intake_total` | `outcome` (`run`, `existing_run`, `skipped`, `failed`, `retry`) |
+/// | `stagetime_intake_failures_total` | `reason` (`missing_file`, `invalid_file`, `forge_refused`) |
+#[derive(Clone, Default)]
+pub struct ForgeMetrics {
+    deliveries: Family<Labels, Counter>,
+    intake: Family<Labels, Counter>,
+    failures: Family<Labels, Counter>,
+}
+
+impl std::fmt::Debug for ForgeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForgeMetrics").finish_non_exhaustive()
+    }
+}
+
+impl ForgeMetrics {
+    /// Registers the families in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = ForgeMetrics::default();
+        registry.register(
+            "stagetime_webhook_deliveries",
+            "Webhook deliveries by provider and how they were answered",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "stagetime_intake",
+            "Recorded deliveries processed by the intake, by outcome",
+            m.intake.clone(),
+        );
+        registry.register(
+            "stagetime_intake_failures",
+            "Deliveries that could not become a run, by reason",
+            m.failures.clone(),
+        );
+        m
+    }
+
+    /// Counts one answered delivery.
+    pub fn delivery(&self, provider: &str, outcome: &'static str) {
+        self.deliveries
+            .get_or_create(&vec![
+                ("provider", provider.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+    }
+
+    fn intake(&self, outcome: &'static str) {
+        self.intake
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    fn failure(&self, reason: &'static str) {
+        self.failures
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+}
+
+/// The repositories file in force, replaced as a whole on a good reload.
+pub type SharedRepositories = Arc<RwLock<Arc<Repositories>>>;
+
+/// Turns pending deliveries into runs.
+#[derive(Clone)]
+pub struct IntakeLoop {
+    /// Where deliveries and runs live.
+    pub store: Arc<dyn Store>,
+    /// The repositories in force.
+    pub repos: SharedRepositories,
+    /// The forge API client.
+    pub client: ForgeClient,
+    /// Metrics.
+    pub metrics: ForgeMetrics,
+    /// Woken by the handler after it recorded a delivery.
+    pub wake: Arc<Notify>,
+    /// How often pending deliveries are looked at without a wake-up (and
+    /// how long a delivery whose forge was unavailable waits; default 5 s).
+    pub poll: Duration,
+}
+
+impl std::fmt::Debug for IntakeLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntakeLoop").finish_non_exhaustive()
+    }
+}
+
+/// What became of one delivery.
+enum Outcome {
+    /// Settle it with this final form.
+    Settle(Delivery),
+    /// Leave it pending (the forge or the store was unavailable).
+    Retry(String),
+}
+
+impl IntakeLoop {
+    /// Processes pending deliveries until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        tokio::pin!(shutdown);
+        loop {
+            match self.store.pending_deliveries(64).await {
+                Ok(pending) => {
+                    // A few at once, so that one slow forge does not hold up the others.
+                    let this = &self;
+                    futures::stream::iter(pending)
+                        .for_each_concurrent(CONCURRENCY, |d| async move {
+                            this.process_one(d).await;
+                        })
+                        .await;
+                }
+                Err(e) => warn!(error = %e, "cannot read pending deliveries"),
+            }
+            // New deliveries wake the loop at once; ones left pending (the
+            // forge or the store unavailable) wait for the next poll.
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+
+    /// Processes one delivery; false when it stays pending.
+    pub async fn process_one(&self, delivery: Delivery) -> bool {
+        let id = delivery.id.clone();
+        match self.turn_into_run(delivery).await {
+            Outcome::Settle(d) => {
+                if d.state == DeliveryState::Failed {
+                    warn!(delivery = %id, repo = %d.repo, reason = d.message.as_deref().unwrap_or(""), "webhook delivery could not become a run");
+                } else {
+                    info!(delivery = %id, repo = %d.repo, runs = ?d.runs, message = d.message.as_deref().unwrap_or(""), "webhook delivery processed");
+                }
+                match self.store.settle_delivery(d).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(delivery = %id, error = %e, "cannot settle a delivery; it stays pending");
+                        false
+                    }
+                }
+            }
+            Outcome::Retry(why) => {
+                self.metrics.intake("retry");
+                warn!(delivery = %id, reason = %why, "delivery stays pending; trying again later");
+                false
+            }
+        }
+    }
+
+    async fn turn_into_run(&self, delivery: Delivery) -> Outcome {
+        let fail = |d: &Delivery, message: String| {
+            Outcome::Settle(Delivery {
+                state: DeliveryState::Failed,
+                message: Some(message),
+                ..d.clone()
+            })
+        };
+        let done = |d: &Delivery, message: Option<String>, runs: Vec<String>| {
+            Outcome::Settle(Delivery {
+                state: DeliveryState::Done,
+                message,
+                runs,
+                ..d.clone()
+            })
+        };
+        let event: ForgeEvent = match serde_json::from_str(&delivery.event) {
+            Ok(e) => e,
+            Err(e) => {
+                self.metrics.intake("failed");
+                return fail(&delivery, format!("the recorded event cannot be read: {e}"));
+            }
+        };
+        let repos = Arc::clone(&*self.repos.read().await);
+        let Some(repo) = repos.by_name(&delivery.repo) else {
+            self.metrics.intake("skipped");
+            return done(
+                &delivery,
+                Some(format!(
+                    "repository {} is no longer configured",
+                    delivery.repo
+                )),
+                vec![],
+            );
+        };
+        // Changed files: from the payload, else from the forge when a filter needs them.
+        let mut changed = event.changed_files.clone();
+        if changed.is_none() && paths_filter(repo, &event).is_some() {
+            match self.client.changed_files(repo, &event).await {
+                Ok(files) => changed = files,
+                Err(ClientError::Unavailable(e)) => return Outcome::Retry(e),
+                Err(e) => {
+                    self.metrics.intake("failed");
+                    self.metrics.failure("forge_refused");
+                    return fail(&delivery, format!("cannot list the changed files: {e}"));
+                }
+            }
+        }
+        if let (Some(paths), Some(files)) = (paths_filter(repo, &event), &changed)
+            && !paths_match(paths, files)
+        {
+            self.metrics.intake("skipped");
+            return done(
+                &delivery,
+                Some("no changed file matches `paths`".to_string()),
+                vec![],
+            );
+        }
+        let file = match self.client.pipeline_file(repo, &event).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                self.metrics.intake("failed");
+                self.metrics.failure("missing_file");
+                return fail(
+                    &delivery,
+                    format!("{} not found at commit {}", repo.pipeline, event.commit),
+                );
+            }
+            Err(ClientError::Unavailable(e)) => return Outcome::Retry(e),
+            Err(e) => {
+                self.metrics.intake("failed");
+                self.metrics.failure("forge_refused");
+                return fail(&delivery, format!("cannot fetch {}: {e}", repo.pipeline));
+            }
+        };
+        let spec = match build_spec(repo, &event, &file, changed.as_deref()) {
+            Ok(Some(spec)) => spec,
+            Ok(None) => {
+                self.metrics.intake("skipped");
+                return done(
+                    &delivery,
+                    Some("no task selected for this event".to_string()),
+                    vec![],
+                );
+            }
+            Err(e) => {
+                self.metrics.intake("failed");
+                self.metrics.failure("invalid_file");
+                return fail(&delivery, format!("{} is invalid: {e}", repo.pipeline));
+            }
+        };
+        let id = spec.id.clone().unwrap_or_default();
+        let control = RunControl::new(Arc::clone(&self.store));
+        match control
+            .submit_with(
+                spec,
+                SubmitOptions {
+                    runnable_by: None,
+                    trusted: true,
+                },
+            )
+            .await
+        {
+            Ok(s) => {
+                self.metrics
+                    .intake(if s.created { "run" } else { "existing_run" });
+                done(&delivery, None, vec![s.id.to_string()])
+            }
+            // The same event delivered again under a new delivery id: the
+            // run exists (its annotations name the first delivery).
+            Err(Error::AlreadyExists { .. }) => {
+                self.metrics.intake("existing_run");
+                done(
+                    &delivery,
+                    Some("the run exists already".to_string()),
+                    vec![id],
+                )
+            }
+            Err(Error::Invalid(errors)) => {
+                self.metrics.intake("failed");
+                self.metrics.failure("invalid_file");
+                fail(&delivery, format!("{} is invalid: {errors}", repo.pipeline))
+            }
+            Err(e) if e.is_retryable() => Outcome::Retry(e.to_string()),
+            Err(e) => {
+                self.metrics.intake("failed");
+                fail(&delivery, format!("cannot submit the run: {e}"))
+            }
+        }
+    }
+}

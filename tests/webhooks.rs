@@ -1,0 +1,952 @@
+//! End to end: forge webhooks through the `server` (HTTP surface + intake)
+//! on a real redis-server, runs carried out by a `worker` with the local
+//! backend, the pipeline files served by a forge API emulator over
+//! loopback HTTP (tests/support/forge.rs) in the GitHub, GitLab and Gitea
+//! flavours. Payloads are the forges' documented examples
+//! (tests/fixtures/forge/), changed where a case needs it.
+#![cfg(all(feature = "forge", feature = "redis", feature = "kube"))]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use stagetime::forge::signature::{github_signature, hex_hmac};
+use stagetime::redis::RedisStore;
+use stagetime::store::{Delivery, DeliveryState, RunFilter, RunId, RunState, Store};
+use support::forge::Emulator;
+use support::{Proc, examples};
+
+const SECRET: &str = "It's a Secret to Everybody";
+
+fn exe(name: &str) -> PathBuf {
+    examples(&["server", "worker"]).join(name)
+}
+
+fn fixture(name: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/forge")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// redis-server + server (webhooks on) + one local worker, and a store
+/// handle on the same keys for the assertions.
+struct Deployment {
+    dir: tempfile::TempDir,
+    server: Proc,
+    redis_url: String,
+    prefix: String,
+    _worker: Proc,
+    hooks: String,
+    /// The gRPC URL.
+    api: String,
+    store: Arc<dyn Store>,
+    emulator: Emulator,
+    http: reqwest::Client,
+}
+
+/// `repos` writes the repositories file from the emulator and the test's
+/// directory (which holds `hook-secret` and `token`; the server also has
+/// `HOOK_SECRET` and `FORGE_TOKEN` in its environment).
+async fn deployment(name: &str, repos: impl Fn(&Emulator, &Path) -> String) -> Option<Deployment> {
+    let redis = support::redis::shared();
+    let Some(redis) = redis else {
+        stagetime_core::testkit::skip_or_fail("redis-server (REDIS_SERVER or PATH)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let emulator = Emulator::start().await;
+    std::fs::write(d.join("hook-secret"), format!("{SECRET}\n")).unwrap();
+    std::fs::write(d.join("token"), "forge-token\n").unwrap();
+    std::fs::write(d.join("repos.yaml"), repos(&emulator, d)).unwrap();
+    let config = redis.config(name);
+    let prefix = config.prefix.clone();
+    let url = redis.url();
+    let (server, hooks, api) = start_server(d, &url, &prefix);
+    let mut worker = Proc::start(
+        &exe("worker"),
+        &[
+            "--redis-url",
+            &url,
+            "--redis-prefix",
+            &prefix,
+            "--backend",
+            "local",
+            "--workdir",
+            d.join("work").to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+        d,
+    );
+    worker.wait_line("metrics listening on ");
+    let store = RedisStore::connect(config).await.expect("connect to redis");
+    Some(Deployment {
+        dir,
+        server,
+        redis_url: url,
+        prefix,
+        _worker: worker,
+        hooks,
+        api,
+        store: Arc::new(store),
+        emulator,
+        http: reqwest::Client::new(),
+    })
+}
+
+/// A server with webhooks on; it, its hooks URL and its gRPC URL.
+fn start_server(d: &Path, url: &str, prefix: &str) -> (Proc, String, String) {
+    let mut server = Proc::start(
+        &exe("server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--repos",
+            d.join("repos.yaml").to_str().unwrap(),
+            "--redis-url",
+            url,
+            "--redis-prefix",
+            prefix,
+        ],
+        &[("HOOK_SECRET", SECRET), ("FORGE_TOKEN", "forge-token")],
+        d,
+    );
+    let hooks = format!("http://{}", server.wait_line("http listening on "));
+    let api = format!("http://{}", server.wait_line("grpc listening on "));
+    (server, hooks, api)
+}
+
+impl Deployment {
+    /// kill -9 of the server, and a new one on the same store.
+    fn restart_server(&mut self) {
+        self.server.kill9();
+        let (server, hooks, api) = start_server(self.dir.path(), &self.redis_url, &self.prefix);
+        self.server = server;
+        self.hooks = hooks;
+        self.api = api;
+    }
+
+    /// Runs the CLI; its exit code and stdout.
+    fn cli(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = std::process::Command::new(examples(&["stagetime"]).join("stagetime"))
+            .args(args)
+            .env("STAGETIME_SERVER", &self.api)
+            .env("STAGETIME_HTTP", &self.hooks)
+            .env_remove("STAGETIME_AUTH_TOKEN")
+            .output()
+            .expect("run the CLI");
+        (out.status.code(), support::text(&out))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// POSTs `body` to `/hooks/{provider}` with `headers`; the status and body.
+    async fn post(
+        &self,
+        provider: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/hooks/{provider}", self.hooks))
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.expect("post the hook");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// A GitHub delivery, signed with `secret` (none: unsigned).
+    async fn github(
+        &self,
+        event: &str,
+        delivery: &str,
+        payload: &Value,
+        secret: Option<&str>,
+    ) -> (u16, Value) {
+        let body = serde_json::to_vec(payload).unwrap();
+        let mut h = vec![
+            ("x-github-event", event.to_string()),
+            ("x-github-delivery", delivery.to_string()),
+        ];
+        if let Some(s) = secret {
+            h.push(("x-hub-signature-256", github_signature(s.as_bytes(), &body)));
+        }
+        self.post("github", &h, body).await
+    }
+
+    async fn gitlab(&self, event: &str, delivery: &str, payload: &Value) -> (u16, Value) {
+        let body = serde_json::to_vec(payload).unwrap();
+        let h = vec![
+            ("x-gitlab-event", event.to_string()),
+            ("x-gitlab-event-uuid", delivery.to_string()),
+            ("x-gitlab-token", SECRET.to_string()),
+        ];
+        self.post("gitlab", &h, body).await
+    }
+
+    async fn gitea(&self, event: &str, delivery: &str, payload: &Value) -> (u16, Value) {
+        let body = serde_json::to_vec(payload).unwrap();
+        let h = vec![
+            ("x-gitea-event", event.to_string()),
+            ("x-gitea-delivery", delivery.to_string()),
+            ("x-gitea-signature", hex_hmac(SECRET.as_bytes(), &body)),
+        ];
+        self.post("gitea", &h, body).await
+    }
+
+    /// The delivery `id` once settled (waits for the intake).
+    async fn settled(&self, id: &str) -> Delivery {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let all = self.store.list_deliveries(1000).await.unwrap();
+            if let Some(d) = all.iter().find(|d| d.id == id)
+                && d.state != DeliveryState::Pending
+            {
+                return d.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "delivery {id} not settled within 60 s: {all:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn recorded(&self, id: &str) -> bool {
+        self.store
+            .list_deliveries(1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.id == id)
+    }
+
+    /// The run once it is in one of `states`.
+    async fn run_in(&self, id: &str, states: &[RunState]) -> stagetime::store::RunRecord {
+        let id = RunId::new(id).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.store.load_run(&id).await
+                && states.contains(&r.state)
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} not in {states:?} within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn runs_of(&self, repo: &str) -> Vec<stagetime::store::RunSummary> {
+        self.store
+            .list_runs(&RunFilter {
+                repo: Some(repo.to_string()),
+                ..RunFilter::default()
+            })
+            .await
+            .unwrap()
+            .runs
+    }
+}
+
+const DONE: &[RunState] = &[RunState::Succeeded, RunState::Failed, RunState::Cancelled];
+
+fn github_push(branch_ref: &str, after: &str, modified: &[&str]) -> Value {
+    let mut p = fixture("github-push.json");
+    p["ref"] = json!(branch_ref);
+    p["after"] = json!(after);
+    p["head_commit"]["id"] = json!(after);
+    p["commits"][0]["id"] = json!(after);
+    p["commits"][0]["modified"] = json!(modified);
+    p["head_commit"]["modified"] = json!(modified);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_pushes_tags_filters_replays_and_bad_input() {
+    let Some(d) = deployment("hooks-github", |emu, dir| {
+        format!(
+            r#"repositories:
+  - name: hello
+    provider: github
+    url: https://github.com/Codertocat/Hello-World
+    api_url: {api}
+    webhook_secret_file: {dir}/hook-secret
+    token_file: {dir}/token
+    on:
+      push: {{ branches: [main, "release/*"], tags: ["v*"] }}
+      pull_request: {{ branches: [main] }}
+  - name: paths
+    provider: github
+    url: https://github.com/Codertocat/Paths
+    api_url: {api}
+    webhook_secret_file: {dir}/hook-secret
+    on:
+      push: {{ branches: [main], paths: ["src/**"] }}
+"#,
+            api = emu.url,
+            dir = dir.display()
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let order = d.path("order");
+    let pipeline = format!(
+        r#"tasks:
+  - {{ name: build, stage: 0, command: "echo build >> {o}" }}
+  - {{ name: lint, stage: 0, command: "echo lint >> {o}" }}
+  - {{ name: test, stage: 1, command: "echo test >> {o}" }}
+  - name: deploy
+    stage: 2
+    command: "echo deploy >> {o}"
+    when: {{ branches: [main] }}
+  - name: smoke
+    stage: 3
+    needs: [deploy]
+    command: "echo smoke >> {o}"
+"#,
+        o = order.display()
+    );
+    let c1 = "1111111111111111111111111111111111111111";
+    d.emulator.put_file(c1, ".stagetime.yaml", &pipeline);
+
+    // 1. A push to main runs the file's tasks in stage order.
+    let push = github_push("refs/heads/main", c1, &["README.md"]);
+    let (status, body) = d.github("push", "d-1", &push, Some(SECRET)).await;
+    assert_eq!(status, 202, "{body}");
+    let settled = d.settled("github:d-1").await;
+    assert_eq!(settled.state, DeliveryState::Done, "{settled:?}");
+    let run_id = settled.runs[0].clone();
+    let run = d.run_in(&run_id, DONE).await;
+    assert_eq!(run.state, RunState::Succeeded);
+    let lines: Vec<String> = std::fs::read_to_string(&order)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let pos = |t: &str| {
+        lines
+            .iter()
+            .position(|l| l == t)
+            .unwrap_or_else(|| panic!("{t} did not run: {lines:?}"))
+    };
+    assert!(
+        pos("build") < pos("test") && pos("lint") < pos("test"),
+        "{lines:?}"
+    );
+    assert!(
+        pos("test") < pos("deploy") && pos("deploy") < pos("smoke"),
+        "{lines:?}"
+    );
+    assert_eq!(run.spec.repo, "hello");
+    assert_eq!(run.spec.commit, c1);
+    assert_eq!(run.spec.branch.as_deref(), Some("main"));
+    assert_eq!(
+        run.spec.options.concurrency_group.as_deref(),
+        Some("hello/branch/main")
+    );
+    let a = &run.spec.annotations;
+    assert_eq!(a["stagetime/event"], "push");
+    assert_eq!(a["stagetime/delivery"], "d-1");
+    assert_eq!(a["stagetime/sender"], "Codertocat");
+    assert_eq!(a["stagetime/ref"], "refs/heads/main");
+    let fetches: Vec<_> = d
+        .emulator
+        .calls()
+        .into_iter()
+        .filter(|c| c.path.ends_with("/contents/.stagetime.yaml"))
+        .collect();
+    assert_eq!(fetches.len(), 1, "{fetches:?}");
+    assert_eq!(
+        fetches[0].path,
+        "/repos/Codertocat/Hello-World/contents/.stagetime.yaml"
+    );
+    assert_eq!(fetches[0].query, format!("ref={c1}"));
+    assert_eq!(fetches[0].auth.as_deref(), Some("Bearer forge-token"));
+
+    // 2. The same delivery again: 200, nothing new.
+    let (status, body) = d.github("push", "d-1", &push, Some(SECRET)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("duplicate")),
+        "{body}"
+    );
+    // A redelivery under a new id finds the same run.
+    let (status, _) = d.github("push", "d-1-again", &push, Some(SECRET)).await;
+    assert_eq!(status, 202);
+    let again = d.settled("github:d-1-again").await;
+    assert_eq!(again.runs, vec![run_id.clone()], "{again:?}");
+    assert_eq!(d.runs_of("hello").await.len(), 1, "one run for one push");
+
+    // 3. Missing and wrong signatures; an unknown repository.
+    let c2 = "2222222222222222222222222222222222222222";
+    let other = github_push("refs/heads/main", c2, &["README.md"]);
+    let (status, _) = d.github("push", "d-unsigned", &other, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = d
+        .github("push", "d-wrong", &other, Some("not the secret"))
+        .await;
+    assert_eq!(status, 403);
+    let mut unknown = other.clone();
+    unknown["repository"]["html_url"] = json!("https://github.com/someone/else");
+    unknown["repository"]["clone_url"] = json!("https://github.com/someone/else.git");
+    unknown["repository"]["url"] = json!("https://github.com/someone/else");
+    let (status, _) = d.github("push", "d-unknown", &unknown, Some(SECRET)).await;
+    assert_eq!(status, 404);
+    for id in ["github:d-unsigned", "github:d-wrong", "github:d-unknown"] {
+        assert!(!d.recorded(id).await, "{id} must not be recorded");
+    }
+
+    // 4. Branch deletion, a branch not in `on`, a ping: 200, nothing recorded.
+    let mut deletion = github_push(
+        "refs/heads/main",
+        "0000000000000000000000000000000000000000",
+        &[],
+    );
+    deletion["deleted"] = json!(true);
+    let (status, body) = d.github("push", "d-delete", &deletion, Some(SECRET)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
+    let feature = github_push("refs/heads/feature/x", c2, &["README.md"]);
+    let (status, body) = d.github("push", "d-feature", &feature, Some(SECRET)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
+    let ping =
+        json!({"zen": "Design for failure.", "hook_id": 1, "repository": push["repository"]});
+    let (status, _) = d.github("ping", "d-ping", &ping, Some(SECRET)).await;
+    assert_eq!(status, 200);
+    for id in ["github:d-delete", "github:d-feature", "github:d-ping"] {
+        assert!(!d.recorded(id).await, "{id} must not be recorded");
+    }
+
+    // 5. A tag: a run whose `when: {branches: [main]}` task (and what needs it) is left out.
+    d.emulator.put_file(c2, ".stagetime.yaml", &pipeline);
+    let tag = github_push("refs/tags/v1.0", c2, &["README.md"]);
+    let (status, _) = d.github("push", "d-tag", &tag, Some(SECRET)).await;
+    assert_eq!(status, 202);
+    let t = d.settled("github:d-tag").await;
+    let tag_run = d.run_in(&t.runs[0], DONE).await;
+    assert_eq!(tag_run.state, RunState::Succeeded);
+    assert_eq!(tag_run.spec.annotations["stagetime/event"], "tag");
+    let names: Vec<&str> = tag_run.spec.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["build", "lint", "test"],
+        "deploy (when: main) and smoke (needs deploy) dropped"
+    );
+    assert_eq!(tag_run.spec.options.concurrency_group, None);
+
+    // 6. Path filters: a push that touches only README starts nothing; one touching src/ runs.
+    let c3 = "3333333333333333333333333333333333333333";
+    d.emulator.put_file(c3, ".stagetime.yaml", &pipeline);
+    let paths_repo = |p: &mut Value| {
+        p["repository"]["full_name"] = json!("Codertocat/Paths");
+        p["repository"]["html_url"] = json!("https://github.com/Codertocat/Paths");
+        p["repository"]["clone_url"] = json!("https://github.com/Codertocat/Paths.git");
+        p["repository"]["url"] = json!("https://github.com/Codertocat/Paths");
+    };
+    let mut readme = github_push("refs/heads/main", c3, &["README.md", "docs/src/x.md"]);
+    paths_repo(&mut readme);
+    let (status, body) = d.github("push", "d-readme", &readme, Some(SECRET)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
+    let mut src = github_push("refs/heads/main", c3, &["src/lib.rs"]);
+    paths_repo(&mut src);
+    let (status, _) = d.github("push", "d-src", &src, Some(SECRET)).await;
+    assert_eq!(status, 202);
+    let s = d.settled("github:d-src").await;
+    assert_eq!(s.state, DeliveryState::Done);
+    assert_eq!(d.runs_of("paths").await.len(), 1);
+
+    // 7. A missing pipeline file and an invalid one: failed deliveries with the reason, no run.
+    let c4 = "4444444444444444444444444444444444444444";
+    let (status, _) = d
+        .github(
+            "push",
+            "d-missing",
+            &github_push("refs/heads/main", c4, &["a"]),
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let m = d.settled("github:d-missing").await;
+    assert_eq!(m.state, DeliveryState::Failed);
+    assert!(
+        m.message.as_deref().unwrap_or("").contains("not found"),
+        "{m:?}"
+    );
+    let c5 = "5555555555555555555555555555555555555555";
+    d.emulator.put_file(
+        c5,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: a, command: 'true', can_fial: true }\n",
+    );
+    let (status, _) = d
+        .github(
+            "push",
+            "d-invalid",
+            &github_push("refs/heads/main", c5, &["a"]),
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let inv = d.settled("github:d-invalid").await;
+    assert_eq!(inv.state, DeliveryState::Failed);
+    assert!(
+        inv.message.as_deref().unwrap_or("").contains("can_fial"),
+        "{inv:?}"
+    );
+    let commits: Vec<String> = d
+        .runs_of("hello")
+        .await
+        .into_iter()
+        .map(|r| r.commit)
+        .collect();
+    assert!(
+        !commits.contains(&c4.to_string()) && !commits.contains(&c5.to_string()),
+        "{commits:?}"
+    );
+
+    // The CLI shows the failed deliveries with their reasons, and lists runs by branch.
+    let (code, out) = d.cli(&["intake", "--state", "failed"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("github:d-missing") && out.contains("not found"),
+        "{out}"
+    );
+    assert!(
+        out.contains("github:d-invalid") && out.contains("can_fial"),
+        "{out}"
+    );
+    assert!(!out.contains("github:d-1 "), "only failed ones: {out}");
+    let (code, out) = d.cli(&[
+        "list", "--repo", "hello", "--branch", "main", "--output", "json",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&run_id), "{out}");
+    assert!(
+        !out.contains(&t.runs[0]),
+        "the tag's run is not on branch main: {out}"
+    );
+
+    // 8. Oversized and malformed bodies.
+    let big = vec![b' '; 26 << 20];
+    let (status, _) = d
+        .post(
+            "github",
+            &[
+                ("x-github-event", "push".into()),
+                ("x-github-delivery", "d-big".into()),
+            ],
+            big,
+        )
+        .await;
+    assert_eq!(status, 413);
+    let (status, _) = d
+        .post(
+            "github",
+            &[
+                ("x-github-event", "push".into()),
+                ("x-github-delivery", "d-bad".into()),
+            ],
+            b"{not json".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = d.post("bitbucket", &[], b"{}".to_vec()).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_pull_requests_synchronize_cancels_closed_and_forks_start_nothing() {
+    let Some(d) = deployment("hooks-github-pr", |emu, _| {
+        format!(
+            r#"repositories:
+  - name: hello
+    provider: github
+    url: https://github.com/Codertocat/Hello-World
+    api_url: {api}
+    webhook_secret_env: HOOK_SECRET
+"#,
+            api = emu.url
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let head1 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let head2 = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    d.emulator.put_file(
+        head1,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: slow, command: 'sleep 60' }\n",
+    );
+    d.emulator.put_file(
+        head2,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: quick, command: 'true' }\n",
+    );
+    let mut opened = fixture("github-pull_request.json");
+    opened["pull_request"]["head"]["sha"] = json!(head1);
+    let (status, _) = d
+        .github("pull_request", "pr-1", &opened, Some(SECRET))
+        .await;
+    assert_eq!(status, 202);
+    let first = d.settled("github:pr-1").await.runs[0].clone();
+    d.run_in(&first, &[RunState::Running]).await;
+    let mut sync = opened.clone();
+    sync["action"] = json!("synchronize");
+    sync["pull_request"]["head"]["sha"] = json!(head2);
+    let (status, _) = d.github("pull_request", "pr-2", &sync, Some(SECRET)).await;
+    assert_eq!(status, 202);
+    let second = d.settled("github:pr-2").await.runs[0].clone();
+    assert_ne!(first, second);
+    assert_eq!(
+        d.run_in(&first, DONE).await.state,
+        RunState::Cancelled,
+        "superseded"
+    );
+    let run = d.run_in(&second, DONE).await;
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(run.spec.annotations["stagetime/pr"], "2");
+    assert_eq!(run.spec.annotations["stagetime/target-branch"], "main");
+    assert_eq!(
+        run.spec.options.concurrency_group.as_deref(),
+        Some("hello/pr/2")
+    );
+
+    // Closed, and a pull request from a fork: 200, nothing recorded.
+    let mut closed = sync.clone();
+    closed["action"] = json!("closed");
+    let (status, body) = d
+        .github("pull_request", "pr-3", &closed, Some(SECRET))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
+    let mut fork = opened.clone();
+    fork["pull_request"]["head"]["repo"]["full_name"] = json!("someone/Hello-World");
+    fork["pull_request"]["head"]["repo"]["fork"] = json!(true);
+    fork["pull_request"]["head"]["sha"] = json!(head2);
+    let (status, body) = d.github("pull_request", "pr-4", &fork, Some(SECRET)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("fork"),
+        "{body}"
+    );
+    for id in ["github:pr-3", "github:pr-4"] {
+        assert!(!d.recorded(id).await, "{id} must not be recorded");
+    }
+    assert_eq!(d.runs_of("hello").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_push_and_merge_request_with_path_filter_from_the_api() {
+    let Some(d) = deployment("hooks-gitlab", |emu, _| {
+        format!(
+            r#"repositories:
+  - name: diaspora
+    provider: gitlab
+    url: http://example.com/mike/diaspora
+    api_url: {api}/api/v4
+    webhook_secret_env: HOOK_SECRET
+    token_env: FORGE_TOKEN
+    pipeline: ci/stagetime.yaml
+    on:
+      push: {{ branches: [master], paths: ["app/**"] }}
+      pull_request: {{ branches: [master], paths: ["app/**"] }}
+"#,
+            api = emu.url
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let sha = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7";
+    let marker = d.path("gitlab-ran");
+    d.emulator.put_file(
+        sha,
+        "ci/stagetime.yaml",
+        &format!(
+            "tasks:\n  - {{ name: a, command: 'touch {}' }}\n",
+            marker.display()
+        ),
+    );
+    let (status, body) = d
+        .gitlab("Push Hook", "uuid-push-1", &fixture("gitlab-push.json"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let p = d.settled("gitlab:uuid-push-1").await;
+    assert_eq!(p.state, DeliveryState::Done, "{p:?}");
+    assert_eq!(d.run_in(&p.runs[0], DONE).await.state, RunState::Succeeded);
+    assert!(marker.exists());
+    let fetch = d
+        .emulator
+        .calls()
+        .into_iter()
+        .find(|c| c.path.contains("/repository/files/"))
+        .unwrap();
+    assert_eq!(
+        fetch.path,
+        "/api/v4/projects/15/repository/files/ci%2Fstagetime.yaml/raw"
+    );
+    assert_eq!(fetch.auth.as_deref(), Some("forge-token"));
+
+    // A push whose payload lists fewer commits than it had: the compare API decides.
+    let truncated_sha = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+    d.emulator.put_compare(truncated_sha, &["docs/only.md"]);
+    let mut truncated = fixture("gitlab-push.json");
+    truncated["after"] = json!(truncated_sha);
+    truncated["checkout_sha"] = json!(truncated_sha);
+    truncated["total_commits_count"] = json!(30);
+    let (status, _) = d.gitlab("Push Hook", "uuid-push-2", &truncated).await;
+    assert_eq!(
+        status, 202,
+        "the payload cannot tell: recorded, then the API decides"
+    );
+    let t = d.settled("gitlab:uuid-push-2").await;
+    assert_eq!((t.state, t.runs.len()), (DeliveryState::Done, 0), "{t:?}");
+    let compare = d
+        .emulator
+        .calls()
+        .into_iter()
+        .find(|c| c.path.ends_with("/repository/compare"))
+        .unwrap();
+    assert_eq!(compare.path, "/api/v4/projects/15/repository/compare");
+    assert_eq!(
+        compare.query,
+        format!("from=95790bf891e76fee5e1747ab589903a6a1f80f22&to={truncated_sha}")
+    );
+
+    // A wrong token is refused; a merge request touching only docs starts nothing.
+    let body = serde_json::to_vec(&fixture("gitlab-push.json")).unwrap();
+    let (status, _) = d
+        .post(
+            "gitlab",
+            &[
+                ("x-gitlab-event", "Push Hook".into()),
+                ("x-gitlab-event-uuid", "uuid-bad".into()),
+                ("x-gitlab-token", "nope".into()),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(status, 403);
+    d.emulator.put_pr_files(1, &["docs/readme.md"]);
+    let (status, _) = d
+        .gitlab(
+            "Merge Request Hook",
+            "uuid-mr-1",
+            &fixture("gitlab-merge_request.json"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let mr = d.settled("gitlab:uuid-mr-1").await;
+    assert_eq!(mr.state, DeliveryState::Done);
+    assert!(mr.runs.is_empty(), "{mr:?}");
+    assert!(
+        d.emulator
+            .calls()
+            .iter()
+            .any(|c| c.path == "/api/v4/projects/15/merge_requests/1/diffs")
+    );
+    // An update with new commits (oldrev) touching app/: a run.
+    d.emulator.put_pr_files(1, &["app/models/user.rb"]);
+    let mut update = fixture("gitlab-merge_request.json");
+    update["object_attributes"]["action"] = json!("update");
+    update["object_attributes"]["oldrev"] = json!("95790bf891e76fee5e1747ab589903a6a1f80f22");
+    let (status, _) = d.gitlab("Merge Request Hook", "uuid-mr-2", &update).await;
+    assert_eq!(status, 202);
+    let mr2 = d.settled("gitlab:uuid-mr-2").await;
+    assert_eq!(mr2.runs.len(), 1, "{mr2:?}");
+    assert_eq!(
+        d.run_in(&mr2.runs[0], DONE).await.state,
+        RunState::Succeeded
+    );
+    // An update without new commits (title edited) starts nothing.
+    let mut edited = fixture("gitlab-merge_request.json");
+    edited["object_attributes"]["action"] = json!("update");
+    let (status, body) = d.gitlab("Merge Request Hook", "uuid-mr-3", &edited).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitea_push_and_pull_request() {
+    let Some(d) = deployment("hooks-gitea", |emu, _| {
+        format!(
+            r#"repositories:
+  - name: webhooks
+    provider: gitea
+    url: http://localhost:3000/gitea/webhooks
+    api_url: {api}/api/v1
+    webhook_secret_env: HOOK_SECRET
+    token_env: FORGE_TOKEN
+"#,
+            api = emu.url
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let push = fixture("gitea-push.json");
+    let sha = push["after"].as_str().unwrap().to_string();
+    d.emulator.put_file(
+        &sha,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: a, command: 'true' }\n  - { name: b, stage: 1, command: 'true' }\n",
+    );
+    let (status, body) = d.gitea("push", "g-1", &push).await;
+    assert_eq!(status, 202, "{body}");
+    let p = d.settled("gitea:g-1").await;
+    let run = d.run_in(&p.runs[0], DONE).await;
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(run.spec.branch.as_deref(), Some("develop"));
+    let fetch = d
+        .emulator
+        .calls()
+        .into_iter()
+        .find(|c| c.path.contains("/contents/"))
+        .unwrap();
+    assert_eq!(
+        fetch.path,
+        "/api/v1/repos/gitea/webhooks/contents/.stagetime.yaml"
+    );
+    assert_eq!(fetch.auth.as_deref(), Some("token forge-token"));
+    // Forgejo's header names are accepted as well; a wrong signature is not.
+    let body = serde_json::to_vec(&push).unwrap();
+    let (status, _) = d
+        .post(
+            "gitea",
+            &[
+                ("x-forgejo-event", "push".into()),
+                ("x-forgejo-delivery", "g-bad".into()),
+                ("x-forgejo-signature", hex_hmac(b"wrong", &body)),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = d
+        .gitea(
+            "pull_request",
+            "g-pr-1",
+            &fixture("gitea-pull_request.json"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let pr = d.settled("gitea:g-pr-1").await;
+    let pr_run = d.run_in(&pr.runs[0], DONE).await;
+    assert_eq!(pr_run.spec.annotations["stagetime/pr"], "3");
+    assert_ne!(
+        pr_run.id, run.id,
+        "a pull request run is not the push run of the same commit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_delivery_survives_a_forge_outage_a_rate_limit_and_a_server_kill() {
+    let Some(mut d) = deployment("hooks-restart", |emu, _| {
+        format!(
+            r#"repositories:
+  - name: hello
+    provider: github
+    url: https://github.com/Codertocat/Hello-World
+    api_url: {api}
+    webhook_secret_env: HOOK_SECRET
+"#,
+            api = emu.url
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let c = "cccccccccccccccccccccccccccccccccccccccc";
+    d.emulator.put_file(
+        c,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: a, command: 'true' }\n",
+    );
+    d.emulator.set_down(true);
+    let (status, _) = d
+        .github(
+            "push",
+            "r-1",
+            &github_push("refs/heads/main", c, &["x"]),
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(status, 202, "accepted while the forge is down");
+    // The intake tries (and retries) the forge, and the delivery stays pending.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.emulator.calls().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the intake never asked the forge"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pending = d.store.pending_deliveries(1000).await.unwrap();
+    assert!(pending.iter().any(|p| p.id == "github:r-1"), "{pending:?}");
+    assert!(d.runs_of("hello").await.is_empty());
+
+    // kill -9 of the server; the forge comes back rate limiting once.
+    d.restart_server();
+    d.emulator.rate_limit_next(1);
+    d.emulator.set_down(false);
+    let settled = d.settled("github:r-1").await;
+    assert_eq!(settled.state, DeliveryState::Done, "{settled:?}");
+    assert_eq!(
+        d.run_in(&settled.runs[0], DONE).await.state,
+        RunState::Succeeded
+    );
+    assert_eq!(d.runs_of("hello").await.len(), 1);
+}
