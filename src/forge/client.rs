@@ -197,12 +197,10 @@ impl ForgeClient {
             Err(ClientError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unavailable(format!("reading {}: {e}", repo.pipeline)))?;
+        // Base64 in a JSON envelope: a little over 4/3 of the file itself.
+        let body = read_bounded(resp, 2 * super::trigger::MAX_PIPELINE_FILE_BYTES).await?;
         let bytes = match repo.provider {
-            Provider::Gitlab => body.to_vec(),
+            Provider::Gitlab => body,
             Provider::Github | Provider::Gitea => {
                 #[derive(Deserialize)]
                 struct Contents {
@@ -347,12 +345,41 @@ impl ForgeClient {
 
 async fn json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T, ClientError> {
     let url = strip_query(resp.url().as_str()).to_string();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| ClientError::Unavailable(format!("reading {url}: {e}")))?;
+    let bytes = read_bounded(resp, MAX_API_RESPONSE_BYTES).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ClientError::Refused(format!("{url} answered an unexpected shape: {e}")))
+}
+
+/// The largest answer of a forge API call read (a page of changed files or
+/// commits): GitHub's own webhook cap.
+const MAX_API_RESPONSE_BYTES: usize = 25 << 20;
+
+/// Reads a response body of at most `max` bytes: a forge (or whoever
+/// answers at its URL) cannot make the server hold more.
+async fn read_bounded(mut resp: Response, max: usize) -> Result<Vec<u8>, ClientError> {
+    let url = strip_query(resp.url().as_str()).to_string();
+    let too_big = |n: u64| {
+        ClientError::Refused(format!(
+            "{url} answered {n} bytes or more, beyond the {max} bytes read"
+        ))
+    };
+    if let Some(n) = resp.content_length()
+        && n > max as u64
+    {
+        return Err(too_big(n));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| ClientError::Unavailable(format!("reading {url}: {e}")))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(too_big((body.len() + chunk.len()) as u64));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn gitlab_project(event: &ForgeEvent) -> String {

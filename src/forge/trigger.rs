@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use stagetime_core::limits::{ParseLimits, check_document};
 use stagetime_core::spec::RevisionRunSpec;
 use stagetime_core::store::RunId;
 use stagetime_core::{Error, FieldErrors};
@@ -167,6 +168,9 @@ pub mod annotations {
     pub const REPOSITORY: &str = "stagetime/repository";
 }
 
+/// The largest pipeline file taken from a forge: the server's document limit.
+pub const MAX_PIPELINE_FILE_BYTES: usize = 1 << 20;
+
 /// What a task's `when` asks for.
 #[derive(Debug, Clone, Default)]
 struct When {
@@ -216,6 +220,16 @@ pub fn build_spec(
     changed: Option<&[String]>,
 ) -> Result<Option<RevisionRunSpec>, Error> {
     let mut errors = FieldErrors::default();
+    // The file comes from anyone who can push: bound it before building
+    // anything from it (aliases, depth, size), as every other entry does.
+    let limits = ParseLimits {
+        max_bytes: MAX_PIPELINE_FILE_BYTES,
+        ..ParseLimits::default()
+    };
+    if let Err(e) = check_document(file, &limits) {
+        errors.push(repo.pipeline.clone(), e);
+        return Err(Error::Invalid(errors));
+    }
     let mut doc: yaml_serde::Value = yaml_serde::from_str(file).map_err(|e| {
         let mut errors = FieldErrors::default();
         errors.push(repo.pipeline.clone(), e.to_string());
@@ -512,5 +526,25 @@ finally:
             err.contains("tasks[0].when.events[0]") && err.contains("tasks[1].when"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_hostile_pipeline_file_is_refused_before_it_is_built() {
+        let r = repo("");
+        // Issue 11's alias bomb, pushed as the pipeline file.
+        let bomb = format!(
+            "x: &x [{}]\ny: [{}]\ntasks:\n  - {{name: a, command: \"true\"}}\n",
+            vec!["1"; 150_000].join(","),
+            vec!["*x"; 100_000].join(",")
+        );
+        let err = build_spec(&r, &push("main", None), &bomb, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("aliases"), "{err}");
+        let big = format!("# {}\ntasks: []\n", "x".repeat(MAX_PIPELINE_FILE_BYTES));
+        let err = build_spec(&r, &push("main", None), &big, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exceed the maximum"), "{err}");
     }
 }

@@ -104,6 +104,18 @@ pub(crate) enum Shape {
     Other,
 }
 
+/// Checks that the YAML (or JSON) `text` stays within `limits` — size,
+/// nesting, and values and text with aliases expanded — without building
+/// it: call it before deserializing text from outside into a generic value
+/// (e.g. a pipeline file fetched from a forge). [`crate::spec::parse_document`]
+/// does this itself.
+///
+/// # Errors
+/// A message naming the limit exceeded, or the syntax error.
+pub fn check_document(text: &str, limits: &ParseLimits) -> Result<(), String> {
+    scan(text, limits).map(|_| ())
+}
+
 /// Walks the YAML (or JSON) `text` without building it, enforcing `limits`
 /// as aliases are expanded, so that a document is only ever deserialized
 /// for real once it is known to be small.
