@@ -35,6 +35,7 @@ BAD = {
     "cancel-mode.yaml": "/tekton/cancelMode",
     "pod-template-typo.yaml": "nodeSelecter",
     "redis-url.yaml": "/redis/external/url",
+    "http-without-repos.yaml": "repositories.config",
 }
 # No Kubernetes schema for prometheus-operator's CRD: the fields the chart writes.
 SERVICE_MONITOR = {
@@ -299,7 +300,8 @@ def main() -> int:
         try:
             render(chart, load_values(path))
             fail(f"bad-values/{path.name}: rendered, but the schema must refuse it")
-        except helm.HelmValuesError as e:
+        # Refused by the schema, or by a template's `fail` (a rule across values).
+        except (helm.HelmValuesError, helm.HelmRenderError) as e:
             if want not in str(e):
                 fail(f"bad-values/{path.name}: the refusal does not name {want!r}: {e}")
             else:
