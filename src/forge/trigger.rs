@@ -100,36 +100,19 @@ fn ref_matches(filter: &Filter, event: &ForgeEvent) -> bool {
 /// (repository, commit, event kind, pull request), so a redelivery under a
 /// new delivery id finds the run it already started.
 pub fn run_id(repo: &str, event: &ForgeEvent) -> RunId {
-    use sha2::{Digest, Sha256};
     let pr = event.pr.map(|n| n.to_string()).unwrap_or_default();
     let key = format!("{repo}\n{}\n{}\n{pr}", event.commit, event.kind.as_str());
-    let digest = Sha256::digest(key.as_bytes());
-    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    let slug = |s: &str, max: usize| -> String {
-        let s: String = s
-            .to_ascii_lowercase()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let s: String = s.trim_matches('-').chars().take(max).collect();
-        s.trim_matches('-').to_string()
-    };
     let kind = match (event.kind, event.pr) {
         (EventKind::PullRequest, Some(n)) => format!("pr{n}"),
         (EventKind::PullRequest, None) => "pr".to_string(),
         (k, _) => k.as_str().to_string(),
     };
-    let parts: Vec<String> = [
-        slug(repo, 24),
-        slug(&kind, 12),
-        slug(&event.commit, 12),
-        hash,
-    ]
-    .into_iter()
-    .filter(|p| !p.is_empty())
-    .collect();
-    // Only [a-z0-9-] joined by '-', at most 24+12+12+8+3 characters.
-    RunId::new(parts.join("-")).unwrap_or_else(|_| RunId::derive(&RevisionRunSpec::default()))
+    // At most 24+12+12+8+3 characters of [a-z0-9-]: a valid id.
+    RunId::readable(
+        &[(repo, 24), (&kind, 12), (&event.commit, 12)],
+        key.as_bytes(),
+        4,
+    )
 }
 
 /// The concurrency group of an event's runs: pushes to one branch, or

@@ -53,10 +53,23 @@ impl RunId {
     /// The id derived from a spec's repo, commit and content: submitting the
     /// same document twice yields the same id.
     pub fn derive(spec: &RevisionRunSpec) -> RunId {
-        use sha2::{Digest, Sha256};
         let canonical = serde_json::to_vec(spec).unwrap_or_default();
-        let digest = Sha256::digest(&canonical);
-        let hash: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+        RunId::readable(&[(&spec.repo, 24), (&spec.commit, 12)], &canonical, 5)
+    }
+
+    /// A deterministic id people can read: each of `words` slugged (lowercase
+    /// letters and digits, other characters as `-`) and cut to its length,
+    /// then the first `hash_bytes` bytes of SHA-256 of `key` in hex, joined
+    /// by `-`; empty parts are left out. With `hash_bytes` ≤ 8 and words
+    /// within 63 characters together, the id is valid.
+    pub fn readable(words: &[(&str, usize)], key: &[u8], hash_bytes: usize) -> RunId {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(key);
+        let hash: String = digest
+            .iter()
+            .take(hash_bytes)
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let slug = |s: &str, max: usize| -> String {
             let s: String = s
                 .to_ascii_lowercase()
@@ -70,8 +83,10 @@ impl RunId {
                 .trim_matches('-')
                 .to_string()
         };
-        let parts: Vec<String> = [slug(&spec.repo, 24), slug(&spec.commit, 12), hash]
-            .into_iter()
+        let parts: Vec<String> = words
+            .iter()
+            .map(|(w, max)| slug(w, *max))
+            .chain(std::iter::once(hash))
             .filter(|p| !p.is_empty())
             .collect();
         RunId(parts.join("-"))
@@ -735,8 +750,21 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 fn _assert_object_safe(_: &dyn Store) {}
 
 #[cfg(test)]
-mod epoch_tests {
-    use super::EpochWatch;
+mod tests {
+    use super::{EpochWatch, RunId};
+
+    #[test]
+    fn derived_ids_keep_their_format() {
+        // The id the README's quickstart shows for the demo (pinned: ids are
+        // how a repeated submission finds its run).
+        let text = include_str!("../../examples/pipelines/demo.yaml");
+        let (spec, _) = crate::spec::parse_document("demo.yaml", text).unwrap();
+        assert_eq!(RunId::derive(&spec).as_str(), "demo-4f1c2e9a77-bad1d0d739");
+        let id = RunId::readable(&[("Hello World!", 24), ("", 12)], b"k", 2);
+        assert!(id.as_str().starts_with("hello-world-"), "{id}");
+        assert_eq!(id.as_str().len(), "hello-world-".len() + 4);
+        assert!(RunId::new(id.as_str()).is_ok());
+    }
 
     #[test]
     fn a_new_epoch_is_a_loss_told_once() {
