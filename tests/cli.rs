@@ -313,3 +313,40 @@ fn hostile_documents_are_refused_by_validate_and_run_alike() {
         }
     }
 }
+
+/// Issue 12: `when` is part of the native format — `validate` checks it,
+/// and a run not started by a forge event runs every task.
+#[test]
+fn when_is_validated_and_ignored_outside_forge_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(
+        dir.path(),
+        "when.yaml",
+        "repo: r\ncommit: c\ntasks:\n  - {name: a, command: \"true\", when: {events: [tag], branches: [main]}}\n",
+    );
+    let out = run_cli(dir.path(), &["validate", &good]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run_cli(dir.path(), &["run", &good]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("succeeded"), "{}", text(&out));
+    let bad = write(
+        dir.path(),
+        "bad-when.yaml",
+        "repo: r\ncommit: c\ntasks:\n  - {name: a, command: \"true\", when: {events: [merge], brnaches: [x]}}\n",
+    );
+    let out = run_cli(dir.path(), &["validate", &bad]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("brnaches"), "{}", text(&out));
+    let bad = write(
+        dir.path(),
+        "bad-event.yaml",
+        "repo: r\ncommit: c\ntasks:\n  - {name: a, command: \"true\", when: {events: [merge]}}\n",
+    );
+    let out = run_cli(dir.path(), &["validate", &bad]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("tasks[0].when.events[0]"),
+        "{}",
+        text(&out)
+    );
+}

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use stagetime_core::limits::{ParseLimits, check_document};
-use stagetime_core::spec::RevisionRunSpec;
+use stagetime_core::spec::{RevisionRunSpec, TaskWhen};
 use stagetime_core::store::RunId;
 use stagetime_core::{Error, FieldErrors};
 
@@ -297,19 +297,9 @@ pub fn build_spec(
 }
 
 fn parse_when(value: yaml_serde::Value, path: &str, errors: &mut FieldErrors) -> When {
-    #[derive(serde::Deserialize, Default)]
-    #[serde(deny_unknown_fields)]
-    struct WhenDoc {
-        #[serde(default)]
-        events: Option<Vec<String>>,
-        #[serde(default)]
-        branches: Option<Vec<String>>,
-        #[serde(default)]
-        tags: Option<Vec<String>>,
-        #[serde(default)]
-        paths: Option<Vec<String>>,
-    }
-    let doc: WhenDoc = match yaml_serde::from_value(value) {
+    // The document's own type (core's `TaskWhen`), so `validate` and the
+    // intake read the same `when`.
+    let doc: TaskWhen = match yaml_serde::from_value(value) {
         Ok(d) => d,
         Err(e) => {
             errors.push(path, e.to_string());

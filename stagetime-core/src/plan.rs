@@ -296,6 +296,22 @@ impl Plan {
                 if let Some(p) = &t.pipeline {
                     check_pipeline(p, &format!("{path}.pipeline"), &mut errors);
                 }
+                for (j, e) in t
+                    .when
+                    .iter()
+                    .flat_map(|w| w.events.iter().flatten())
+                    .enumerate()
+                {
+                    if !crate::spec::WHEN_EVENTS.contains(&e.as_str()) {
+                        errors.push(
+                            format!("{path}.when.events[{j}]"),
+                            format!(
+                                "{} is not one of push, tag, pull_request",
+                                crate::limits::quoted(e)
+                            ),
+                        );
+                    }
+                }
                 if let Some(c) = &t.command
                     && c.trim().is_empty()
                 {

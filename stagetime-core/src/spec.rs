@@ -156,7 +156,36 @@ pub struct TaskSpec {
     /// run it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom: Option<serde_json::Value>,
+    /// Which forge events select the task, for runs started by a webhook
+    /// (see docs/git.md): the webhook intake keeps a task only when its
+    /// `when` matches the event, and drops tasks that need a dropped one.
+    /// Runs started otherwise (`run`, `submit`) run every task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<TaskWhen>,
 }
+
+/// A task's `when`: every list given must match (event kind, branch or PR
+/// target branch, tag, a changed file); an absent list matches anything.
+/// Globs use `*`, `**`, `?` and `[...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskWhen {
+    /// `push`, `tag` or `pull_request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// Branch globs (for pull requests: the target branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branches: Option<Vec<String>>,
+    /// Tag globs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Globs of changed files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+}
+
+/// The event kinds a task's `when.events` may name.
+pub const WHEN_EVENTS: [&str; 3] = ["push", "tag", "pull_request"];
 
 /// Building a task in code: `TaskSpec::new("test").stage(1).command("make test")`.
 impl TaskSpec {
