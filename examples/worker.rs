@@ -90,7 +90,7 @@ struct Args {
     housekeeping_keep_last: usize,
     /// A claimed item not acknowledged within this time (a dead worker) is
     /// handed to another worker.
-    #[arg(long, env = "STAGETIME_RECLAIM_AFTER", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "STAGETIME_RECLAIM_AFTER", default_value = "5s", value_parser = parse_duration)]
     reclaim_after: Duration,
     /// At shutdown, how long the batch in hand may take to finish.
     #[arg(long, env = "STAGETIME_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

@@ -65,8 +65,8 @@ fn worker_at(dir: &Path, redis_url: &str, prefix: &str, workdir: &Path) -> (Proc
             workdir.to_str().unwrap(),
             "--metrics-listen",
             "127.0.0.1:0",
-            "--reclaim-after",
-            "2s",
+            // The default reclaim time: a dead worker's claims move on
+            // within seconds because live workers renew theirs.
             "--concurrency",
             "16",
         ],

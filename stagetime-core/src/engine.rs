@@ -102,6 +102,10 @@ pub struct EngineConfig {
     /// past it, its unacknowledged items are left for another engine to
     /// reclaim.
     pub drain_timeout: Duration,
+    /// While a batch is applied, how often its claims are renewed
+    /// ([`Store::renew_claims`]): keep it well below the store's reclaim
+    /// time, so that only a dead engine's work is taken over.
+    pub renew_claims_every: Duration,
 }
 
 impl Default for EngineConfig {
@@ -114,6 +118,7 @@ impl Default for EngineConfig {
             housekeeping: None,
             reconcile_on_start: true,
             drain_timeout: Duration::from_secs(30),
+            renew_claims_every: Duration::from_secs(1),
         }
     }
 }
@@ -452,6 +457,7 @@ impl Engine {
     /// Applies a batch of claimed work, grouped by run (one load and commit
     /// per run rather than per item).
     pub async fn process_batch(&self, claimed: Vec<Claimed>) {
+        let held: Vec<ClaimToken> = claimed.iter().map(|c| c.token.clone()).collect();
         let mut groups: Vec<(RunId, Vec<Claimed>)> = Vec::new();
         let mut index: HashMap<RunId, usize> = HashMap::new();
         for c in claimed {
@@ -489,7 +495,21 @@ impl Engine {
                 }
             }
         });
-        futures::future::join_all(runs).await;
+        // The claims stay this engine's while it works on them, however long
+        // that takes; renewing stops with the batch (a dead engine stops too).
+        let renew = async {
+            loop {
+                tokio::time::sleep(self.config.renew_claims_every).await;
+                if let Err(e) = self.store.renew_claims(&held, self.clock.now_ms()).await {
+                    self.listener.store_error("renew", &e);
+                    warn!(error = %e, "cannot renew the claims in hand");
+                }
+            }
+        };
+        tokio::select! {
+            _ = futures::future::join_all(runs) => {}
+            _ = renew => {}
+        }
     }
 
     /// The plans of the runs this engine drives, built once per run.

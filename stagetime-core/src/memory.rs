@@ -283,6 +283,18 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn renew_claims(&self, tokens: &[ClaimToken], now_ms: u64) -> Result<()> {
+        let mut inner = self.lock();
+        for t in tokens {
+            if let Ok(seq) = t.0.parse::<u64>()
+                && let Some(p) = inner.pending.get_mut(&seq)
+            {
+                p.claimed_at_ms = p.claimed_at_ms.max(now_ms);
+            }
+        }
+        Ok(())
+    }
+
     async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
         let inner = self.lock();
         let limit = if filter.limit == 0 {

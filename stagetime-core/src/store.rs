@@ -568,6 +568,22 @@ pub trait Store: Send + Sync + 'static {
     /// [`Error::Unavailable`].
     async fn ack(&self, tokens: &[ClaimToken]) -> Result<()>;
 
+    /// Renews claims this consumer still works on: their reclaim deadline
+    /// becomes `now_ms` plus the store's reclaim time, so that only the
+    /// work of a consumer that stopped renewing (a dead worker) is handed
+    /// to another one — and that soon, whatever a batch takes. Tokens
+    /// already acknowledged or reclaimed by another consumer are ignored.
+    ///
+    /// Idempotent. The default does nothing: a store whose claims do not
+    /// expire while their consumer lives need not implement it.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    async fn renew_claims(&self, tokens: &[ClaimToken], now_ms: u64) -> Result<()> {
+        let _ = (tokens, now_ms);
+        Ok(())
+    }
+
     /// Lists runs matching `filter`, newest first, one page at a time, from
     /// an index (never a scan of the keyspace).
     ///
@@ -741,7 +757,10 @@ pub type SharedStore = std::sync::Arc<dyn Store>;
 
 /// How long a claimed item may stay unacknowledged before another consumer
 /// may take it over (default for stores).
-pub const DEFAULT_RECLAIM_AFTER: Duration = Duration::from_secs(30);
+/// Workers renew the claims they hold every second or so
+/// ([`Store::renew_claims`]), so this only has to outlast a renewal missed
+/// now and then: a dead worker's work moves on within these seconds.
+pub const DEFAULT_RECLAIM_AFTER: Duration = Duration::from_secs(5);
 
 /// How long finished runs are kept (default for stores).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -391,7 +391,9 @@ impl RedisStore {
         let autoclaim_every = (self.config.reclaim_after / 2)
             .clamp(Duration::from_millis(50), Duration::from_secs(10));
         let autoclaim = if self.due(&self.last_autoclaim_ms, autoclaim_every) {
-            reclaim_ms.max(1).to_string()
+            // The backstop reads Redis's idle time, which renewals do not
+            // reset: it must outlast a long batch that is being renewed.
+            backstop_idle_ms(reclaim_ms).to_string()
         } else {
             String::new()
         };
@@ -869,6 +871,29 @@ impl Store for RedisStore {
         }
     }
 
+    async fn renew_claims(&self, tokens: &[ClaimToken], now_ms: u64) -> Result<()> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let deadline = now_ms.saturating_add(self.config.reclaim_after.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        for chunk in chunks(tokens) {
+            // XX: only deadlines still there (not acknowledged, not taken
+            // over and re-dated by another consumer's claim... which would
+            // hold a deadline of its own under the same member: GT keeps
+            // the later one).
+            let zadd = pipe.cmd("ZADD").arg(self.keys.timers()).arg("XX").arg("GT");
+            for t in chunk {
+                zadd.arg(deadline).arg(format!("c{}", t.0));
+            }
+            zadd.ignore();
+        }
+        let mut con = self.con.clone();
+        pipe.query_async::<()>(&mut con)
+            .await
+            .map_err(|e| classify(e, "renewing claims"))
+    }
+
     async fn ack(&self, tokens: &[ClaimToken]) -> Result<()> {
         if tokens.is_empty() {
             return Ok(());
@@ -1261,4 +1286,10 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
 /// The milliseconds part of a stream entry id (`<ms>-<seq>`).
 fn stream_id_ms(v: &Value) -> Option<u64> {
     as_string(v)?.split_once('-')?.0.parse().ok()
+}
+
+/// Idle time after which the XAUTOCLAIM backstop takes entries over: six
+/// reclaim times (30 s by default; claims with a deadline move on sooner).
+fn backstop_idle_ms(reclaim_ms: u64) -> u64 {
+    reclaim_ms.saturating_mul(6).max(1)
 }

@@ -94,6 +94,9 @@ impl<G: ClaimGate, S: Store + ?Sized> Store for GatedStore<G, S> {
     async fn ack(&self, tokens: &[ClaimToken]) -> Result<()> {
         self.inner.ack(tokens).await
     }
+    async fn renew_claims(&self, tokens: &[ClaimToken], now_ms: u64) -> Result<()> {
+        self.inner.renew_claims(tokens, now_ms).await
+    }
     async fn list_runs(&self, filter: &RunFilter) -> Result<RunPage> {
         self.inner.list_runs(filter).await
     }

@@ -264,6 +264,49 @@ pub async fn unacknowledged_work_is_reclaimed(t: StoreUnderTest) {
         .expect("ack is idempotent");
 }
 
+/// A claim renewed by its consumer is not handed out again while renewed;
+/// once renewals stop, it is, one reclaim time later.
+pub async fn renewed_claims_stay_with_their_consumer(t: StoreUnderTest) {
+    let s = &*t.store;
+    let rec = new_record("renewed", "repo", "c1", now());
+    s.create_run(
+        rec.clone(),
+        vec![WorkItem::event(rec.id.clone(), Event::Start)],
+    )
+    .await
+    .unwrap();
+    let at = now();
+    let first = claim_for(s, &rec.id, at, Duration::from_secs(2)).await;
+    assert_eq!(first.len(), 1);
+    let step = t.reclaim_after.as_millis() as u64 * 2 / 3;
+    let mut clock = at;
+    for _ in 0..3 {
+        clock += step;
+        s.renew_claims(&[first[0].token.clone()], clock)
+            .await
+            .unwrap();
+        let other = s.claim("other", 64, clock, Duration::ZERO).await.unwrap();
+        assert!(
+            other.iter().all(|c| c.item.run != rec.id),
+            "a renewed claim was handed out again"
+        );
+    }
+    let later = clock + t.reclaim_after.as_millis() as u64 + 1;
+    let mut reclaimed = Vec::new();
+    for _ in 0..20 {
+        let got = s
+            .claim("other", 64, later, Duration::from_millis(50))
+            .await
+            .unwrap();
+        reclaimed.extend(got.into_iter().filter(|c| c.item.run == rec.id));
+        if !reclaimed.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(reclaimed.len(), 1, "unrenewed, the claim moves on");
+    s.ack(&[reclaimed[0].token.clone()]).await.unwrap();
+}
+
 /// Delayed work is not handed out before it is due.
 pub async fn delayed_work_waits_until_due(t: StoreUnderTest) {
     let s = &*t.store;
@@ -625,6 +668,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@cases $make;
             create_is_idempotent, load_unknown_is_not_found, commit_is_compare_and_set,
             concurrent_commits_one_wins, commit_enqueues_and_acks, unacknowledged_work_is_reclaimed,
+            renewed_claims_stay_with_their_consumer,
             delayed_work_waits_until_due, waiting_claim_wakes_on_enqueue, list_filters_and_pages,
             list_follows_state_changes, purge_removes_only_expired_finished_runs,
             stats_count_work_and_states, run_version_follows_commits,
