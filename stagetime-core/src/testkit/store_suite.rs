@@ -220,10 +220,13 @@ pub async fn commit_enqueues_and_acks(t: StoreUnderTest) {
     s.ack(&[again[0].token.clone()]).await.unwrap();
 }
 
-/// An item claimed and not acknowledged is handed out again after the reclaim time, and not before.
-pub async fn unacknowledged_work_is_reclaimed(t: StoreUnderTest) {
-    let s = &*t.store;
-    let rec = new_record("reclaim", "repo", "c1", now());
+/// A new run `id` whose start item this suite's consumer claimed: the
+/// record, the clock of the claim, and the claim.
+async fn started_and_claimed(
+    s: &dyn Store,
+    id: &str,
+) -> (RunRecord, u64, Vec<crate::store::Claimed>) {
+    let rec = new_record(id, "repo", "c1", now());
     s.create_run(
         rec.clone(),
         vec![WorkItem::event(rec.id.clone(), Event::Start)],
@@ -233,6 +236,13 @@ pub async fn unacknowledged_work_is_reclaimed(t: StoreUnderTest) {
     let at = now();
     let first = claim_for(s, &rec.id, at, Duration::from_secs(2)).await;
     assert_eq!(first.len(), 1);
+    (rec, at, first)
+}
+
+/// An item claimed and not acknowledged is handed out again after the reclaim time, and not before.
+pub async fn unacknowledged_work_is_reclaimed(t: StoreUnderTest) {
+    let s = &*t.store;
+    let (rec, at, first) = started_and_claimed(s, "reclaim").await;
     let early = s.claim("other", 64, at, Duration::ZERO).await.unwrap();
     assert!(
         early.iter().all(|c| c.item.run != rec.id),
@@ -268,16 +278,7 @@ pub async fn unacknowledged_work_is_reclaimed(t: StoreUnderTest) {
 /// once renewals stop, it is, one reclaim time later.
 pub async fn renewed_claims_stay_with_their_consumer(t: StoreUnderTest) {
     let s = &*t.store;
-    let rec = new_record("renewed", "repo", "c1", now());
-    s.create_run(
-        rec.clone(),
-        vec![WorkItem::event(rec.id.clone(), Event::Start)],
-    )
-    .await
-    .unwrap();
-    let at = now();
-    let first = claim_for(s, &rec.id, at, Duration::from_secs(2)).await;
-    assert_eq!(first.len(), 1);
+    let (rec, at, first) = started_and_claimed(s, "renewed").await;
     let step = t.reclaim_after.as_millis() as u64 * 2 / 3;
     let mut clock = at;
     for _ in 0..3 {
