@@ -45,7 +45,12 @@ pub fn progress_line(t: &TaskView) -> Option<String> {
         .map(|s| format!("stage {s}"))
         .unwrap_or_else(|| "finally".into());
     let mut line = format!("{stage:>9}  {:<24} {}", t.name, t.status.as_str());
-    if t.attempt > 1 || t.status == TaskStatus::Backoff {
+    if t.lost > 0 {
+        line.push_str(&format!(
+            " (attempt {}, {} lost with the worker and retried)",
+            t.attempt, t.lost
+        ));
+    } else if t.attempt > 1 || t.status == TaskStatus::Backoff {
         line.push_str(&format!(" (attempt {})", t.attempt));
     }
     if let Some(m) = &t.message
@@ -457,6 +462,8 @@ mod tests {
                 status,
                 attempt: 1,
                 message: None,
+                lost: 0,
+                lost_reason: None,
                 timing: stagetime_core::store::TaskTiming {
                     first_launch_ms: Some(1_000),
                     launch_ms: Some(1_000),

@@ -84,6 +84,8 @@ pub fn run_to_proto(run: &RunView) -> v1::Run {
             finished_ms: t.timing.finished_ms.unwrap_or(0),
             handle: t.timing.handle.clone().unwrap_or_default(),
             needs: t.needs.clone(),
+            lost: t.lost,
+            lost_reason: t.lost_reason.clone().unwrap_or_default(),
         })
         .collect();
     let stages = run
@@ -143,6 +145,8 @@ pub fn run_from_proto(run: &v1::Run) -> Result<RunView, Error> {
             status: task_status_from_proto(t.status()).unwrap_or(TaskStatus::Waiting),
             attempt: t.attempt,
             message: text(&t.message),
+            lost: t.lost,
+            lost_reason: text(&t.lost_reason),
             timing: TaskTiming {
                 first_launch_ms: nonzero(t.first_launch_ms),
                 launch_ms: nonzero(t.launch_ms),

@@ -22,6 +22,11 @@ pub type TaskIndex = u32;
 /// Default cap of the doubling retry delay.
 pub const DEFAULT_RETRY_DELAY_MAX: Duration = Duration::from_secs(300);
 
+/// Default of `options.lost_retries`: how many attempts of one task lost
+/// with their executor (a worker killed, a PipelineRun deleted) are retried
+/// as infrastructure failures, outside the task's own `retries`.
+pub const DEFAULT_LOST_RETRIES: u32 = 2;
+
 /// What a task waits for before it may start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -77,6 +82,9 @@ pub struct PlanOptions {
     pub timeout: Option<Duration>,
     /// Cap of the retry delay.
     pub retry_delay_max: Duration,
+    /// Lost attempts of one task retried as infrastructure failures
+    /// (default [`DEFAULT_LOST_RETRIES`]).
+    pub lost_retries: u32,
 }
 
 /// A validated revision run: tasks, stage groups and the dependency graph in
@@ -226,7 +234,17 @@ impl Plan {
                     parse_duration(t, MAX_RETRY_DELAY, "options.retry_delay_max", &mut errors)
                 })
                 .unwrap_or(DEFAULT_RETRY_DELAY_MAX),
+            lost_retries: spec.options.lost_retries.unwrap_or(DEFAULT_LOST_RETRIES),
         };
+        if options.lost_retries > MAX_RETRIES {
+            errors.push(
+                "options.lost_retries",
+                format!(
+                    "{} exceeds the maximum of {MAX_RETRIES}",
+                    options.lost_retries
+                ),
+            );
+        }
         match options.max_parallel {
             Some(0) => errors.push("options.max_parallel", "must be at least 1"),
             Some(n) if n as usize > MAX_TASKS => errors.push(

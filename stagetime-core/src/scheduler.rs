@@ -54,6 +54,14 @@ pub enum AttemptOutcome {
         /// Why, as the backend reports it.
         message: String,
     },
+    /// Lost with its executor: the worker (or node) running it died and
+    /// nothing recorded how it ended. An infrastructure failure: retried up
+    /// to the run's `options.lost_retries` times without using the task's
+    /// own `retries`; past that it counts as a failure.
+    Lost {
+        /// What was lost and why, as the backend reports it.
+        message: String,
+    },
 }
 
 impl AttemptOutcome {
@@ -62,7 +70,8 @@ impl AttemptOutcome {
             AttemptOutcome::Succeeded => None,
             AttemptOutcome::Failed { message }
             | AttemptOutcome::TimedOut { message }
-            | AttemptOutcome::Cancelled { message } => Some(message),
+            | AttemptOutcome::Cancelled { message }
+            | AttemptOutcome::Lost { message } => Some(message),
         }
     }
 }
@@ -294,6 +303,14 @@ pub struct TaskState {
     /// The last message (failure reason, skip reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Attempts lost with their executor ([`AttemptOutcome::Lost`]) and
+    /// retried as infrastructure failures, outside the task's `retries`
+    /// (counted over the run's life, reruns included, like `attempt`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: u32,
+    /// Why the last lost attempt was lost; kept after the task ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_reason: Option<String>,
     /// Dependencies not yet terminal.
     #[serde(default)]
     pending: u32,
@@ -309,10 +326,16 @@ impl TaskState {
             attempt: 0,
             started: false,
             message: None,
+            lost: 0,
+            lost_reason: None,
             pending: 0,
             blocked: false,
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -590,14 +613,35 @@ impl StageScheduler {
             planned.spec.can_fail,
             planned.is_finally,
         );
+        let lost_retries = self.plan.options.lost_retries;
+        let may_retry = is_finally || self.state.stop.is_none();
         let st = &mut self.state.tasks[task as usize];
         st.started = false;
         st.message = outcome.message().map(str::to_string);
+        if let AttemptOutcome::Lost { message } = &outcome {
+            st.lost_reason = Some(message.clone());
+            if st.lost < lost_retries && may_retry {
+                // An infrastructure failure: launched again at once, as a new
+                // attempt, without using the task's own retries.
+                st.lost += 1;
+                st.message = Some(format!(
+                    "{message} (retried as an infrastructure failure, {} of {lost_retries})",
+                    st.lost
+                ));
+                st.status = TaskStatus::Ready;
+                self.state.ready.push_back(task);
+                return;
+            }
+        }
         let terminal = match outcome {
             AttemptOutcome::Succeeded => TaskStatus::Succeeded,
             AttemptOutcome::Cancelled { .. } => TaskStatus::Cancelled,
-            AttemptOutcome::Failed { .. } | AttemptOutcome::TimedOut { .. } => {
-                if st.attempt <= retries && (is_finally || self.state.stop.is_none()) {
+            AttemptOutcome::Failed { .. }
+            | AttemptOutcome::TimedOut { .. }
+            | AttemptOutcome::Lost { .. } => {
+                // Lost attempts retried as infrastructure failures do not count.
+                let own_attempts = st.attempt.saturating_sub(st.lost);
+                if own_attempts <= retries && may_retry {
                     st.status = TaskStatus::Backoff;
                     let attempt = st.attempt + 1;
                     match self.backoff(task, attempt) {
@@ -628,11 +672,13 @@ impl StageScheduler {
         }
     }
 
-    /// Delay before `attempt` (≥ 2): `retry_delay` doubled per earlier retry,
+    /// Delay before `attempt` (≥ 2): `retry_delay` doubled per earlier retry
+    /// (lost attempts retried as infrastructure failures do not count),
     /// capped, and up to 10% shorter by the seeded jitter. `None`: no delay.
     fn backoff(&mut self, task: TaskIndex, attempt: u32) -> Option<Duration> {
         let base = self.plan.task(task).retry_delay?;
-        let doublings = attempt.saturating_sub(2).min(31);
+        let lost = self.state.tasks[task as usize].lost;
+        let doublings = attempt.saturating_sub(lost).saturating_sub(2).min(31);
         let exp = base.checked_mul(1u32 << doublings).unwrap_or(Duration::MAX);
         let capped = exp.min(self.plan.options.retry_delay_max);
         let jitter = 1.0 - 0.1 * self.next_unit();
@@ -797,6 +843,7 @@ impl StageScheduler {
             }
             *st = TaskState {
                 attempt: st.attempt,
+                lost: st.lost,
                 ..TaskState::new()
             };
             if main {

@@ -81,6 +81,11 @@ pub struct RunOptions {
     /// Cap of the doubling retry delay (default `5m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_delay_max: Option<String>,
+    /// How many attempts of one task lost with their executor (a worker
+    /// killed mid-attempt) are retried as infrastructure failures, apart
+    /// from the task's own `retries` (default 2, at most 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_retries: Option<u32>,
     /// Runs of the same group are related (e.g. `repo/branch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_group: Option<String>,

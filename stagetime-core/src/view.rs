@@ -183,11 +183,22 @@ pub struct TaskView {
     /// Last failure or skip reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Attempts lost with their executor (a worker killed mid-attempt) and
+    /// retried as infrastructure failures, outside `retries`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: u32,
+    /// Why the last lost attempt was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_reason: Option<String>,
     /// Launch and end times and the backend's handle of the last attempt
     /// (PipelineRun name or log file), as the engine recorded them;
     /// serialised inline.
     #[serde(flatten)]
     pub timing: TaskTiming,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TaskView {
@@ -246,6 +257,8 @@ impl RunView {
                 status: st.status,
                 attempt: st.attempt,
                 message: st.message.clone(),
+                lost: st.lost,
+                lost_reason: st.lost_reason.clone(),
                 timing: record.timings.get(i).cloned().unwrap_or_default(),
             })
             .collect();

@@ -25,16 +25,19 @@ use stagetime_core::testkit::strategies::{maybe_cyclic_spec, valid_spec};
 /// Upper bound of driver steps; a run that needs more does not terminate.
 const MAX_STEPS: usize = 5_000;
 
-/// `valid_spec` plus task timeouts, retry delays, a run timeout and a low
-/// retry-delay cap, so that every kind of timer shows up.
+/// `valid_spec` plus task timeouts, retry delays, a run timeout, a low
+/// retry-delay cap and budgets of lost-attempt retries, so that every kind
+/// of timer and retry shows up.
 fn spec_strategy() -> impl Strategy<Value = RevisionRunSpec> {
     (
         valid_spec(10),
         prop::collection::vec((any::<bool>(), any::<bool>()), 1..8),
         any::<bool>(),
         any::<bool>(),
+        prop::option::of(0u32..4),
     )
-        .prop_map(|(mut spec, extras, run_timeout, low_cap)| {
+        .prop_map(|(mut spec, extras, run_timeout, low_cap, lost_retries)| {
+            spec.options.lost_retries = lost_retries;
             for (i, t) in spec
                 .tasks
                 .iter_mut()
@@ -171,9 +174,18 @@ impl Driver {
                         self.last_attempt[task as usize] + 1,
                         "attempts of task {task} are not consecutive"
                     );
+                    let lost = self.state().tasks()[task as usize].lost;
                     assert!(
-                        attempt <= self.plan.task(task).spec.retries + 1,
+                        lost <= self.plan.options.lost_retries,
+                        "task {task} retried {lost} lost attempts, beyond the budget"
+                    );
+                    assert!(
+                        attempt <= self.plan.task(task).spec.retries + 1 + lost,
                         "task {task} launched beyond its retries"
+                    );
+                    assert!(
+                        !self.reported_success.contains(&task),
+                        "task {task} launched again after a recorded success"
                     );
                     assert!(
                         !self.cancelled_outcome.contains(&task),
@@ -225,7 +237,8 @@ impl Driver {
                         }
                         Timer::RetryBackoff { task, attempt } => {
                             let base = self.plan.task(task).retry_delay.unwrap();
-                            let d = (base * (1u32 << (attempt - 2)))
+                            let lost = self.state().tasks()[task as usize].lost;
+                            let d = (base * (1u32 << (attempt - lost - 2)))
                                 .min(self.plan.options.retry_delay_max);
                             assert!(
                                 after <= d && after >= d.mul_f64(0.9),
@@ -274,8 +287,11 @@ impl Driver {
             13..=16 => AttemptOutcome::Failed {
                 message: "exit 1".into(),
             },
-            17..=18 => AttemptOutcome::TimedOut {
+            17 => AttemptOutcome::TimedOut {
                 message: "too slow".into(),
+            },
+            18 => AttemptOutcome::Lost {
+                message: "its worker died".into(),
             },
             _ => AttemptOutcome::Cancelled {
                 message: "someone cancelled it".into(),
@@ -500,6 +516,9 @@ fn hostile_event(tasks: u32) -> impl Strategy<Value = Event> {
         }),
         Just(AttemptOutcome::Cancelled {
             message: "c".into()
+        }),
+        Just(AttemptOutcome::Lost {
+            message: "l".into()
         }),
     ];
     prop_oneof![

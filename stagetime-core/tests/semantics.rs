@@ -420,6 +420,98 @@ fn timeout_counts_as_failure_and_is_retried() {
     assert_eq!(cmds.launched, ["t#2"]);
 }
 
+fn lost(r: &mut Run, name: &str, attempt: u32) -> Out {
+    r.end(
+        name,
+        attempt,
+        AttemptOutcome::Lost {
+            message: "its worker died".into(),
+        },
+    )
+}
+
+#[test]
+fn lost_attempts_are_retried_apart_from_the_tasks_own_retries() {
+    // No retries of its own: two lost attempts (the default budget) are
+    // relaunched at once, the third lost attempt fails the task.
+    let mut r = Run::new("{repo: r, commit: c, tasks: [{name: t, command: x}]}");
+    r.start();
+    assert_eq!(lost(&mut r, "t", 1).launched, ["t#2"]);
+    assert_eq!(r.status("t"), TaskStatus::Running);
+    let st = &r.s.state().tasks()[0];
+    assert_eq!(
+        (st.lost, st.lost_reason.as_deref()),
+        (1, Some("its worker died"))
+    );
+    assert!(
+        st.message
+            .as_deref()
+            .unwrap()
+            .contains("infrastructure failure, 1 of 2"),
+        "{:?}",
+        st.message
+    );
+    assert_eq!(lost(&mut r, "t", 2).launched, ["t#3"]);
+    let out = lost(&mut r, "t", 3);
+    assert!(out.launched.is_empty());
+    assert_eq!(out.completed(), Some(RunOutcome::Failed));
+    assert_eq!(r.status("t"), TaskStatus::Failed);
+
+    // With retries of its own, lost attempts leave them untouched: after one
+    // lost attempt, two failures are still retried, the third ends it.
+    let mut r = Run::new("{repo: r, commit: c, tasks: [{name: t, retries: 2, command: x}]}");
+    r.start();
+    assert_eq!(lost(&mut r, "t", 1).launched, ["t#2"]);
+    assert_eq!(r.fail("t", 2).launched, ["t#3"]);
+    assert_eq!(r.fail("t", 3).launched, ["t#4"]);
+    assert_eq!(r.fail("t", 4).completed(), Some(RunOutcome::Failed));
+
+    // A lost attempt past the budget is a failure, which the task's own
+    // retries then cover.
+    let mut r = Run::new(
+        "{repo: r, commit: c, options: {lost_retries: 0}, tasks: [{name: t, retries: 1, command: x}]}",
+    );
+    r.start();
+    assert_eq!(lost(&mut r, "t", 1).launched, ["t#2"]);
+    assert_eq!(r.s.state().tasks()[0].lost, 0);
+    assert_eq!(r.ok("t", 2).completed(), Some(RunOutcome::Succeeded));
+}
+
+#[test]
+fn a_recorded_success_is_never_rerun_by_a_late_lost_report() {
+    let mut r =
+        Run::new("{repo: r, commit: c, tasks: [{name: a, command: x}, {name: b, command: x}]}");
+    r.start();
+    r.ok("a", 1);
+    // The same attempt reported lost afterwards (a second worker finding
+    // its worker dead) is stale: nothing is launched, the success stands.
+    let out = lost(&mut r, "a", 1);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(r.status("a"), TaskStatus::Succeeded);
+    assert_eq!(r.ok("b", 1).completed(), Some(RunOutcome::Succeeded));
+}
+
+#[test]
+fn lost_attempts_of_a_stopped_run_are_not_retried() {
+    let mut r =
+        Run::new("{repo: r, commit: c, tasks: [{name: a, command: x}, {name: b, command: x}]}");
+    r.start();
+    r.fail("a", 1);
+    let out = lost(&mut r, "b", 1);
+    assert!(out.launched.is_empty());
+    assert_eq!(r.status("b"), TaskStatus::Failed);
+    assert_eq!(out.completed(), Some(RunOutcome::Failed));
+}
+
+#[test]
+fn lost_retries_is_bounded() {
+    let e = field_errors(
+        "{repo: r, commit: c, options: {lost_retries: 101}, tasks: [{name: t, command: x}]}",
+    );
+    assert!(e.to_string().contains("options.lost_retries"), "{e}");
+    assert!(e.to_string().contains("exceeds the maximum of 100"), "{e}");
+}
+
 #[test]
 fn cancelled_attempt_is_never_retried() {
     let mut r = Run::new("{repo: r, commit: c, tasks: [{name: t, retries: 3, command: x}]}");
