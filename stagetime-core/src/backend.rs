@@ -272,6 +272,13 @@ pub struct HousekeepingReport {
 /// - launching a key that exists starts nothing;
 /// - cancel of an unknown or finished attempt succeeds.
 ///
+/// A backend that can tell that an attempt was lost with its executor (the
+/// process supervising it died, its cluster object was deleted from under
+/// it) reports [`AttemptOutcome::Lost`]: the scheduler retries it as an
+/// infrastructure failure, apart from the task's own retries. Report it only
+/// when the attempt's end is really unknown — an attempt that is known to
+/// have succeeded must be reported as succeeded.
+///
 /// [`observe`]: Backend::observe
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {

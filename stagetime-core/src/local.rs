@@ -6,6 +6,22 @@
 //! `<attempt>.outcome.json` next to it (so a restarted backend can reconcile).
 //! Timeout and cancel kill the whole process group.
 //!
+//! **Attempts lost with their worker.** The command runs under a small `sh`
+//! wrapper that records its exit status in `<attempt>.exit`, and every
+//! attempt not yet over is listed in `<root>/.live/` with the process that
+//! supervises it (pid and start time) and its process group. Every
+//! `LocalBackend` observing a root checks that list every
+//! [`ORPHAN_SCAN_EVERY`]: an attempt whose supervising process is gone
+//! (killed, crashed) has nobody to enforce its timeout or cancel, or to
+//! record its end, so its process group is killed and its end is published —
+//! the exit status the wrapper recorded if the command had finished, else
+//! [`AttemptOutcome::Lost`], which the scheduler retries as an
+//! infrastructure failure. The first backend to record the end wins
+//! (`<attempt>.outcome.json` is created atomically, never overwritten), so
+//! every observer publishes the same outcome. This needs the workers to
+//! share the host and the root directory; a worker on another host cannot
+//! see the processes.
+//!
 //! A run's directory belongs to one *creation* of the run
 //! ([`RunMeta::created_ms`](crate::backend::RunMeta::created_ms), recorded in
 //! `<root>/<run>/run.json`). The same run resumed — by a restarted process
@@ -18,11 +34,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
-use nix::sys::signal::{Signal, killpg};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -35,6 +53,13 @@ use crate::error::{Error, Result};
 use crate::scheduler::AttemptOutcome;
 use crate::store::RunId;
 
+/// How often a `LocalBackend` that is observed looks for attempts whose
+/// supervising process died (see the module documentation).
+pub const ORPHAN_SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// The directory under the root listing attempts not yet over.
+const LIVE_DIR: &str = ".live";
+
 #[derive(Default)]
 struct Shared {
     /// Attempts launched by this instance; a present key is never launched again.
@@ -42,7 +67,114 @@ struct Shared {
     /// The creation of each run whose directory this instance has checked.
     creations: HashMap<RunId, u64>,
     observers: Observers,
+    /// The scan for attempts of dead processes runs.
+    scanning: bool,
 }
+
+/// A process, told apart from a later one with the same pid by its start
+/// time (clock ticks after boot, from `/proc/<pid>/stat`; `None` where
+/// there is no `/proc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ProcessId {
+    pid: i32,
+    start: Option<u64>,
+}
+
+impl ProcessId {
+    fn current() -> Self {
+        let pid = std::process::id() as i32;
+        ProcessId {
+            pid,
+            start: proc_stat(pid).map(|s| s.0),
+        }
+    }
+
+    /// True while this very process runs (a zombie counts as gone).
+    fn is_alive(&self) -> bool {
+        if kill(Pid::from_raw(self.pid), None) == Err(Errno::ESRCH) {
+            return false;
+        }
+        if !Path::new("/proc/self/stat").exists() {
+            return true; // no /proc: the pid exists, trust it
+        }
+        match proc_stat(self.pid) {
+            Some((start, state)) => {
+                !matches!(state, 'Z' | 'X') && self.start.is_none_or(|s| s == start)
+            }
+            None => false,
+        }
+    }
+}
+
+/// Start time and state of a process, from `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(u64, char)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ...`: comm may hold anything, so split after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 22 of the line is the 20th after the state.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((start, state))
+}
+
+/// `<root>/.live/<run>_<task>_<attempt>.json`: an attempt not yet over and
+/// the process supervising it. (`_` is in neither run ids nor task names.)
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct LiveAttempt {
+    key: LaunchKey,
+    /// The run's creation ([`crate::backend::RunMeta::created_ms`]).
+    created_ms: u64,
+    /// The process that launched and supervises it.
+    owner: ProcessId,
+    /// Its process group: the wrapper shell leads it.
+    group: ProcessId,
+}
+
+/// Kills process group `group` unless its id now belongs to another
+/// process (a group id is not reused while the group has members).
+fn kill_group(group: &ProcessId) {
+    let leader = ProcessId {
+        pid: group.pid,
+        start: None,
+    };
+    if leader.is_alive() && !group.is_alive() {
+        return; // the id leads another, newer process
+    }
+    let _ = killpg(Pid::from_raw(group.pid), Signal::SIGKILL);
+}
+
+/// Writes `value` to `path` whole (a reader never sees half of it).
+fn write_whole(path: &Path, value: &impl serde::Serialize) -> std::io::Result<PathBuf> {
+    let json = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
+    std::fs::write(&tmp, json)?;
+    Ok(tmp)
+}
+
+/// Records `outcome` as the end of the attempt whose outcome file is `path`
+/// unless an end is recorded already, and returns the recorded end. The
+/// file is created whole and never replaced, so that every backend that
+/// settles the same attempt publishes the same outcome.
+fn record_outcome(path: &Path, outcome: AttemptOutcome) -> std::io::Result<AttemptOutcome> {
+    let tmp = write_whole(path, &outcome)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(outcome),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read(path)?;
+            serde_json::from_slice(&text).map_err(std::io::Error::other)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The shell wrapper that runs `$1` and records its exit status in `$2`
+/// (whole, through a rename), so that the status survives the worker.
+const WRAPPER: &str = r#"sh -c "$1"; s=$?; echo "$s" > "$2.tmp" && mv "$2.tmp" "$2"; exit "$s""#;
 
 /// Runs task commands as local child processes.
 #[derive(Clone)]
@@ -90,6 +222,15 @@ impl LocalBackend {
             .join(format!("{}.outcome.json", key.attempt))
     }
 
+    fn exit_path(&self, key: &LaunchKey) -> PathBuf {
+        self.task_dir(key).join(format!("{}.exit", key.attempt))
+    }
+
+    fn live_path(root: &Path, key: &LaunchKey) -> PathBuf {
+        root.join(LIVE_DIR)
+            .join(format!("{}_{}_{}.json", key.run, key.task, key.attempt))
+    }
+
     fn creation_path(&self, run: &RunId) -> PathBuf {
         self.root.join(run.as_str()).join("run.json")
     }
@@ -133,6 +274,126 @@ impl LocalBackend {
     fn publish(shared: &Mutex<Shared>, observation: Observation) {
         let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
         s.observers.publish(observation);
+    }
+}
+
+/// The end of an attempt whose supervising process is gone (`live`: its
+/// entry in `.live`, `None` when it died before writing one): the end
+/// recorded already, else — after killing what is left of its process
+/// group — the exit status its wrapper recorded, else
+/// [`AttemptOutcome::Lost`]. Records it (first writer wins) and returns
+/// the recorded end.
+fn settle_orphan(
+    root: &Path,
+    key: &LaunchKey,
+    live: Option<&LiveAttempt>,
+) -> std::io::Result<AttemptOutcome> {
+    let dir = root.join(key.run.as_str()).join(&key.task);
+    let outcome_path = dir.join(format!("{}.outcome.json", key.attempt));
+    if let Ok(text) = std::fs::read(&outcome_path)
+        && let Ok(outcome) = serde_json::from_slice::<AttemptOutcome>(&text)
+    {
+        return Ok(outcome);
+    }
+    // Nobody enforces its timeout or cancel any more: stop it.
+    if let Some(live) = live {
+        kill_group(&live.group);
+    }
+    let log = dir.join(format!("{}.log", key.attempt));
+    let exit = std::fs::read_to_string(dir.join(format!("{}.exit", key.attempt)))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok());
+    let who = match live {
+        Some(live) => format!("its worker (pid {}) died", live.owner.pid),
+        None => "the worker that launched it died as it started it".to_string(),
+    };
+    let outcome = match exit {
+        Some(0) => AttemptOutcome::Succeeded,
+        Some(code) => AttemptOutcome::Failed {
+            message: format!(
+                "exited with status {code} (recorded by its wrapper: {who}); log: {}",
+                log.display()
+            ),
+        },
+        None => AttemptOutcome::Lost {
+            message: format!(
+                "lost: {who} before it finished; its processes were stopped; log: {}",
+                log.display()
+            ),
+        },
+    };
+    record_outcome(&outcome_path, outcome)
+}
+
+/// Settles every attempt listed in `<root>/.live` whose supervising process
+/// is gone, and returns their ends.
+fn scan_orphans(root: &Path) -> Vec<Observation> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root.join(LIVE_DIR)) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read(&path) else {
+            continue; // settled and removed meanwhile
+        };
+        let live = match serde_json::from_slice::<LiveAttempt>(&text) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "removing an unreadable entry of live attempts");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+        };
+        if live.owner.is_alive() {
+            continue;
+        }
+        let creation = std::fs::read(root.join(live.key.run.as_str()).join("run.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RunCreation>(&b).ok())
+            .map(|c| c.created_ms);
+        if live.created_ms != 0 && creation != Some(live.created_ms) {
+            // The run was created again since: this attempt is nobody's.
+            kill_group(&live.group);
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        match settle_orphan(root, &live.key, Some(&live)) {
+            Ok(outcome) => {
+                warn!(key = %live.key, owner = live.owner.pid, ?outcome, "settled an attempt whose worker died");
+                let _ = std::fs::remove_file(&path);
+                found.push(Observation {
+                    key: live.key,
+                    outcome,
+                });
+            }
+            Err(e) => {
+                warn!(key = %live.key, error = %e, "cannot settle an attempt whose worker died")
+            }
+        }
+    }
+    found
+}
+
+/// Every [`ORPHAN_SCAN_EVERY`], publishes the ends of attempts whose
+/// supervising process died, while the backend exists.
+async fn scan_loop(shared: Weak<Mutex<Shared>>, root: PathBuf) {
+    loop {
+        let dir = root.clone();
+        let found = tokio::task::spawn_blocking(move || scan_orphans(&dir))
+            .await
+            .unwrap_or_default();
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        for observation in found {
+            LocalBackend::publish(&shared, observation);
+        }
+        drop(shared);
+        tokio::time::sleep(ORPHAN_SCAN_EVERY).await;
     }
 }
 
@@ -188,15 +449,26 @@ impl Backend for LocalBackend {
                 });
             }
             if workdir.exists() {
-                // Launched by an earlier process: report what it left, so the
-                // engine is never left waiting for an attempt nobody watches.
-                let outcome = std::fs::read(self.outcome_path(&key))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<AttemptOutcome>(&b).ok())
-                    .unwrap_or_else(|| AttemptOutcome::Failed {
-                        message: format!("lost: started by an earlier process that ended before it finished; log: {handle}"),
-                    });
+                // Launched by another process: report what it left, so the
+                // engine is never left waiting for an attempt nobody watches
+                // — unless that process is alive and will report it itself.
                 s.attempts.insert(key.clone(), None);
+                let live_path = Self::live_path(&self.root, &key);
+                let live = std::fs::read(&live_path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<LiveAttempt>(&b).ok());
+                if live.as_ref().is_some_and(|l| l.owner.is_alive()) {
+                    return Ok(Launched {
+                        handle,
+                        created: false,
+                    });
+                }
+                let outcome = settle_orphan(&self.root, &key, live.as_ref()).unwrap_or_else(|e| {
+                    AttemptOutcome::Lost {
+                        message: format!("lost: launched by a worker that died, and its end cannot be recorded: {e}; log: {handle}"),
+                    }
+                });
+                let _ = std::fs::remove_file(&live_path);
                 let observation = Observation {
                     key: key.clone(),
                     outcome,
@@ -217,9 +489,14 @@ impl Backend for LocalBackend {
         let log_err = log_file
             .try_clone()
             .map_err(|e| io("opening the log file", e))?;
+        let exit_path = std::path::absolute(self.exit_path(&key))
+            .map_err(|e| io("resolving the exit status path", e))?;
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
+            .arg(WRAPPER)
+            .arg("stagetime-attempt")
             .arg(&command)
+            .arg(&exit_path)
             .current_dir(&workdir)
             .stdin(Stdio::null())
             .stdout(log_file)
@@ -255,6 +532,26 @@ impl Backend for LocalBackend {
             }
         };
         let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        // List it as live, with this process as its supervisor, so that
+        // other backends on this root settle it should this process die.
+        let live_path = Self::live_path(&self.root, &key);
+        if let Some(pg) = pgid {
+            let live = LiveAttempt {
+                key: key.clone(),
+                created_ms: request.run.created_ms,
+                owner: ProcessId::current(),
+                group: ProcessId {
+                    pid: pg.as_raw(),
+                    start: proc_stat(pg.as_raw()).map(|s| s.0),
+                },
+            };
+            let listed = std::fs::create_dir_all(self.root.join(LIVE_DIR))
+                .and_then(|()| write_whole(&live_path, &live))
+                .and_then(|tmp| std::fs::rename(tmp, &live_path));
+            if let Err(e) = listed {
+                warn!(%key, error = %e, "cannot list the attempt as live: should this worker die, it would be found only by its timeout");
+            }
+        }
         let shared = Arc::clone(&self.shared);
         let outcome_path = self.outcome_path(&key);
         let timeout = request.timeout;
@@ -300,11 +597,26 @@ impl Backend for LocalBackend {
                     AttemptOutcome::Cancelled { message: "cancelled".into() }
                 }
             };
-            if let Ok(json) = serde_json::to_vec(&outcome)
-                && let Err(e) = tokio::fs::write(&outcome_path, json).await
-            {
-                warn!(%key, error = %e, "cannot record the outcome file");
-            }
+            let recorded = {
+                let outcome = outcome.clone();
+                tokio::task::spawn_blocking(move || {
+                    let recorded = record_outcome(&outcome_path, outcome);
+                    let _ = std::fs::remove_file(&live_path);
+                    recorded
+                })
+                .await
+            };
+            let outcome = match recorded {
+                Ok(Ok(recorded)) => recorded,
+                Ok(Err(e)) => {
+                    warn!(%key, error = %e, "cannot record the outcome file");
+                    outcome
+                }
+                Err(e) => {
+                    warn!(%key, error = %e, "cannot record the outcome file");
+                    outcome
+                }
+            };
             if let Some(slot) = shared
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -331,7 +643,14 @@ impl Backend for LocalBackend {
     }
 
     fn observe(&self) -> BoxStream<'static, Observation> {
-        self.lock().observers.subscribe()
+        let mut s = self.lock();
+        if !s.scanning
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            s.scanning = true;
+            runtime.spawn(scan_loop(Arc::downgrade(&self.shared), self.root.clone()));
+        }
+        s.observers.subscribe()
     }
 
     async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>> {
@@ -402,6 +721,9 @@ impl Backend for LocalBackend {
             .await
             .map_err(|e| Error::io("listing runs", e))?
         {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue; // .live, not a run
+            }
             let modified = entry
                 .metadata()
                 .await
