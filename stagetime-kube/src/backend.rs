@@ -295,8 +295,10 @@ struct Known {
 
 /// Turns watcher events into observations: each attempt's end once per
 /// tracker (again after a re-list only if it was not seen finished before),
-/// and a failure for a PipelineRun deleted before it finished — also when the
-/// deletion happened while the watch was down (found by the re-list).
+/// and a lost attempt ([`AttemptOutcome::Lost`], retried as an
+/// infrastructure failure) for a PipelineRun deleted before it finished —
+/// also when the deletion happened while the watch was down (found by the
+/// re-list).
 #[derive(Debug, Default)]
 pub struct Tracker {
     prefix: String,
@@ -316,7 +318,7 @@ impl Tracker {
     fn deleted_unfinished(name: &str, key: LaunchKey) -> Observation {
         Observation {
             key,
-            outcome: AttemptOutcome::Failed {
+            outcome: AttemptOutcome::Lost {
                 message: format!("PipelineRun {name} was deleted before it finished"),
             },
         }
@@ -673,12 +675,12 @@ mod tests {
     }
 
     #[test]
-    fn deleted_before_finishing_is_a_failure() {
+    fn deleted_before_finishing_is_lost() {
         let mut t = Tracker::new("stagetime");
         t.handle(Event::Apply(pr("a", None, None)));
         let obs = t.handle(Event::Delete(pr("a", None, None)));
         match tasks(&obs)[..] {
-            [("a", AttemptOutcome::Failed { message })] => {
+            [("a", AttemptOutcome::Lost { message })] => {
                 assert!(message.contains("deleted before it finished"), "{message}")
             }
             ref other => panic!("{other:?}"),
@@ -703,7 +705,7 @@ mod tests {
         ));
         let after = t.handle(Event::InitDone);
         assert!(
-            matches!(tasks(&after)[..], [("b", AttemptOutcome::Failed { .. })]),
+            matches!(tasks(&after)[..], [("b", AttemptOutcome::Lost { .. })]),
             "{after:?}"
         );
     }

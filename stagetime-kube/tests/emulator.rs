@@ -239,7 +239,7 @@ async fn restart_and_reconcile() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_before_finishing_is_a_failure() {
+async fn deleted_before_finishing_is_lost() {
     let Some(w) = World::new().await else { return };
     let run = RunId::new(unique("del")).unwrap();
     let mut obs = Obs::new(w.backend.observe());
@@ -253,10 +253,10 @@ async fn deleted_before_finishing_is_a_failure() {
         .await
         .unwrap();
     match next_for(&mut obs, &req.key).await {
-        AttemptOutcome::Failed { message } => {
+        AttemptOutcome::Lost { message } => {
             assert!(message.contains("deleted before it finished"), "{message}")
         }
-        other => panic!("expected a failure, got {other:?}"),
+        other => panic!("expected a lost attempt, got {other:?}"),
     }
 }
 
