@@ -172,9 +172,12 @@ fn record_outcome(path: &Path, outcome: AttemptOutcome) -> std::io::Result<Attem
     }
 }
 
-/// The shell wrapper that runs `$1` and records its exit status in `$2`
-/// (whole, through a rename), so that the status survives the worker.
-const WRAPPER: &str = r#"sh -c "$1"; s=$?; echo "$s" > "$2.tmp" && mv "$2.tmp" "$2"; exit "$s""#;
+/// The shell wrapper that runs `$1` and records its exit status in `$2`, so
+/// that the status survives the worker. Only shell builtins run between the
+/// command's end and the record (no `mv`), to keep the instant in which a
+/// killed worker's attempt has finished unrecorded short; a half-written
+/// (empty) file reads as no status.
+const WRAPPER: &str = r#"sh -c "$1"; s=$?; echo "$s" > "$2"; exit "$s""#;
 
 /// Runs task commands as local child processes.
 #[derive(Clone)]

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
 use serde::Deserialize;
+use stagetime_core::limits::millis;
 use stagetime_core::store::{
     ClaimToken, Claimed, Commit, Created, Delivery, QueueStats, RECORD_FORMAT, RunFilter, RunId,
     RunPage, RunRecord, RunSummary, Store, StoreStats, WorkItem,
@@ -242,18 +243,18 @@ impl RedisStore {
     }
 
     fn retention_ms(&self) -> u64 {
-        self.config.retention.as_millis() as u64
+        millis(self.config.retention)
     }
 
     fn elapsed_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        millis(self.started.elapsed())
     }
 
     /// True (once per period, across tasks) when a periodic chore is due.
     fn due(&self, last: &AtomicU64, every: Duration) -> bool {
         let now = self.elapsed_ms().max(1);
         let prev = last.load(Ordering::Relaxed);
-        (prev == 0 || now.saturating_sub(prev) >= every.as_millis() as u64)
+        (prev == 0 || now.saturating_sub(prev) >= millis(every))
             && last
                 .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
@@ -357,7 +358,7 @@ impl RedisStore {
     /// claim script takes it afterwards). Returns early on new entries.
     async fn wait_for_entries(&self, last_id: &str, block: Duration) -> Result<()> {
         let mut con = self.blocking_connection().await?;
-        let ms = block.as_millis().max(1) as u64;
+        let ms = millis(block).max(1);
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(1)
@@ -387,7 +388,7 @@ impl RedisStore {
 
     /// One run of the claim script.
     async fn claim_once(&self, consumer: &str, max: usize, now_ms: u64) -> Result<ClaimReply> {
-        let reclaim_ms = self.config.reclaim_after.as_millis() as u64;
+        let reclaim_ms = millis(self.config.reclaim_after);
         let autoclaim_every = (self.config.reclaim_after / 2)
             .clamp(Duration::from_millis(50), Duration::from_secs(10));
         let autoclaim = if self.due(&self.last_autoclaim_ms, autoclaim_every) {
@@ -514,7 +515,8 @@ fn parse_claim_reply(v: Value) -> Result<ClaimReply> {
         let mut it = flat.into_iter();
         while let (Some(id), Some(deliveries), Some(json)) = (it.next(), it.next(), it.next()) {
             let id = as_string(&id).ok_or_else(|| unavailable_reply("claim", "entry id"))?;
-            let deliveries = as_u64(&deliveries).unwrap_or(1).max(1) as u32;
+            let deliveries =
+                u32::try_from(as_u64(&deliveries).unwrap_or(1).max(1)).unwrap_or(u32::MAX);
             let json = match json {
                 Value::BulkString(b) => b,
                 Value::SimpleString(s) => s.into_bytes(),
@@ -831,7 +833,7 @@ impl Store for RedisStore {
         let started = Instant::now();
         loop {
             let elapsed = started.elapsed();
-            let now = now_ms.saturating_add(elapsed.as_millis() as u64);
+            let now = now_ms.saturating_add(millis(elapsed));
             let reply = self.claim_once(consumer, max, now).await?;
             if !reply.entries.is_empty() {
                 let mut out = Vec::with_capacity(reply.entries.len());
@@ -875,7 +877,7 @@ impl Store for RedisStore {
         if tokens.is_empty() {
             return Ok(());
         }
-        let deadline = now_ms.saturating_add(self.config.reclaim_after.as_millis() as u64);
+        let deadline = now_ms.saturating_add(millis(self.config.reclaim_after));
         let mut pipe = redis::pipe();
         for chunk in chunks(tokens) {
             // XX: only deadlines still there (not acknowledged, not taken
@@ -1051,7 +1053,7 @@ impl Store for RedisStore {
             .key(self.keys.deliveries())
             .arg(&delivery.id)
             .arg(json)
-            .arg((ttl.as_millis() as u64).max(1))
+            .arg(millis(ttl).max(1))
             .arg(delivery.received_ms)
             .invoke_async(&mut con)
             .await
@@ -1137,7 +1139,7 @@ impl Store for RedisStore {
                 .await
                 .map_err(|e| classify(e, "purging expired runs"))?;
             total += n;
-            if (n as usize) < PURGE_BATCH {
+            if usize::try_from(n).unwrap_or(usize::MAX) < PURGE_BATCH {
                 return Ok(total);
             }
         }
@@ -1157,6 +1159,7 @@ impl Store for RedisStore {
             RandomState::new().build_hasher().finish(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
+                // The low 64 bits: a tie-breaker of the random part, not a time.
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0)
         );

@@ -127,6 +127,11 @@ impl Proc {
         panic!("no {prefix:?} line within 60 s: {}", self.log());
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What it wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()

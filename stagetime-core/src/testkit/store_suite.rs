@@ -213,7 +213,7 @@ pub async fn commit_enqueues_and_acks(t: StoreUnderTest) {
     .unwrap();
     // Well after the reclaim time, only the new item is there: the acknowledged one never returns.
     tokio::time::sleep(t.reclaim_after + Duration::from_millis(100)).await;
-    let later = now() + t.reclaim_after.as_millis() as u64 * 4;
+    let later = now() + crate::limits::millis(t.reclaim_after) * 4;
     let again = claim_for(s, &rec.id, later, Duration::from_secs(2)).await;
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again[0].item.work, Work::Flush);
@@ -249,7 +249,7 @@ pub async fn unacknowledged_work_is_reclaimed(t: StoreUnderTest) {
         "handed out again before the reclaim time"
     );
     tokio::time::sleep(t.reclaim_after + Duration::from_millis(150)).await;
-    let later = now() + t.reclaim_after.as_millis() as u64 * 2;
+    let later = now() + crate::limits::millis(t.reclaim_after) * 2;
     let mut reclaimed = Vec::new();
     for _ in 0..20 {
         let got = s
@@ -279,7 +279,7 @@ pub async fn unacknowledged_work_is_reclaimed(t: StoreUnderTest) {
 pub async fn renewed_claims_stay_with_their_consumer(t: StoreUnderTest) {
     let s = &*t.store;
     let (rec, at, first) = started_and_claimed(s, "renewed").await;
-    let step = t.reclaim_after.as_millis() as u64 * 2 / 3;
+    let step = crate::limits::millis(t.reclaim_after) * 2 / 3;
     let mut clock = at;
     for _ in 0..3 {
         clock += step;
@@ -292,7 +292,7 @@ pub async fn renewed_claims_stay_with_their_consumer(t: StoreUnderTest) {
             "a renewed claim was handed out again"
         );
     }
-    let later = clock + t.reclaim_after.as_millis() as u64 + 1;
+    let later = clock + crate::limits::millis(t.reclaim_after) + 1;
     let mut reclaimed = Vec::new();
     for _ in 0..20 {
         let got = s
