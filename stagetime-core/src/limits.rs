@@ -10,7 +10,7 @@
 //! |---|---|
 //! | task `timeout`, `options.timeout` | ≤ [`MAX_TIMEOUT`] (30 days) |
 //! | `retry_delay`, `options.retry_delay_max` | ≤ [`MAX_RETRY_DELAY`] (1 day) |
-//! | `retries` | ≤ [`MAX_RETRIES`] (100) |
+//! | `retries`, `options.lost_retries` | ≤ [`MAX_RETRIES`] (100) |
 //! | tasks + finally tasks | ≤ [`MAX_TASKS`] (100,000) |
 //! | `options.max_parallel` | 1 ..= [`MAX_TASKS`] |
 //! | `stage` | a whole number 0 ..= 4,294,967,295 |
