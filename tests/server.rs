@@ -517,7 +517,7 @@ async fn a_worker_killed_with_sigkill_mid_runs_loses_nothing_and_repeats_nothing
     }
     // Kill the first worker while it runs attempts (its live attempts are
     // listed with it as their supervisor).
-    let live = d.join("work/.live");
+    let live = d.join("work/runs/.live");
     let owner = format!("\"owner\":{{\"pid\":{},", w1.pid());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

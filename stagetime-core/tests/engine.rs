@@ -177,6 +177,50 @@ async fn retry_delay_is_waited_for_between_attempts() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn lost_attempts_are_retried_without_the_tasks_retries_and_shown_in_the_view() {
+    // `a` is lost twice (the default budget) and then succeeds; `b`, with
+    // the budget set to 0, is lost once and fails. Neither has retries.
+    let backend = InstantBackend::with(|r| {
+        Some(if r.key.attempt < 3 {
+            AttemptOutcome::Lost {
+                message: format!("lost: its worker died (attempt {})", r.key.attempt),
+            }
+        } else {
+            AttemptOutcome::Succeeded
+        })
+    });
+    let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
+    let id = running
+        .submit("{repo: r, commit: c, tasks: [{name: a, command: x}]}")
+        .await;
+    let record = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Succeeded);
+    assert_created_once(&backend, &id, &[("a", 1), ("a", 2), ("a", 3)]);
+    let plan = stagetime_core::plan::Plan::build(record.spec.clone()).unwrap();
+    let view = stagetime_core::view::RunView::build(&record, &plan).unwrap();
+    let a = &view.tasks[0];
+    assert_eq!((a.attempt, a.lost), (3, 2));
+    assert_eq!(
+        a.lost_reason.as_deref(),
+        Some("lost: its worker died (attempt 2)")
+    );
+    let id = running
+        .submit("{repo: r, commit: d, options: {lost_retries: 0}, tasks: [{name: b, command: x}]}")
+        .await;
+    let record = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(record.state, RunState::Failed);
+    let b: Vec<LaunchKey> = backend
+        .created()
+        .into_keys()
+        .filter(|k| k.run == id)
+        .collect();
+    assert_eq!(b, [key(&id, "b", 1)], "no budget: not relaunched");
+    let message = record.scheduler.tasks()[0].message.clone().unwrap();
+    assert!(message.contains("its worker died"), "{message}");
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn hanging_task_times_out_is_cancelled_and_retried() {
     let backend = InstantBackend::new();
     let running = start(Arc::new(MemoryStore::new()), Arc::new(backend.clone()));
