@@ -176,10 +176,15 @@ async fn an_attempt_whose_worker_is_killed_is_stopped_and_reported_lost() {
         .unwrap();
     let pid_file = dir.path().join("orphan/t/1/pid");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Launched: the command runs and the worker listed it as live (a worker
+    // dying before that leaves its launch in the run's outbox, and the
+    // worker carrying it out again finds the attempt and reports it lost).
+    let listed = dir.path().join(".live/orphan_t_1.json");
     let command_pid: i32 = loop {
         if let Some(pid) = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|t| t.trim().parse().ok())
+            && listed.exists()
         {
             break pid;
         }
