@@ -1255,6 +1255,14 @@ async fn status_list_and_last_show_times_attempts_and_reasons() {
     );
     let out = cli(d, api, &["watch", "--last"], None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // A rerun of the newest run: nothing failed, so it succeeds again.
+    let out = cli(d, api, &["rerun", "--last", "-w"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("rerun of run {id} requested")),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Issue 14: `submit --wait` waited forever at 0/6 with no hint that no
