@@ -1323,3 +1323,31 @@ fn watch_says_no_worker_started_the_run_and_ctrl_c_only_detaches() {
         text(&out)
     );
 }
+
+/// Issue 14: the worker's repository → namespace mapping is read strictly:
+/// a bad entry stops it before it connects anywhere, naming the entry.
+#[test]
+fn a_bad_repo_namespace_mapping_stops_the_worker_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(exe("worker"))
+        .args([
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--backend",
+            "tekton",
+            "--repo-namespaces",
+            "web=team-web,api=Team_API",
+        ])
+        .current_dir(dir.path())
+        .env_remove("STAGETIME_REPO_NAMESPACES")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("--repo-namespaces")
+            && t.contains("repo_namespaces[1]")
+            && t.contains("\"Team_API\" is not a namespace name"),
+        "{t}"
+    );
+}
