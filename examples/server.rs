@@ -43,8 +43,9 @@ struct Args {
     /// Key prefix in Redis (must match the workers').
     #[arg(long, env = "STAGETIME_REDIS_PREFIX", default_value = "stagetime")]
     redis_prefix: String,
-    /// Keep runs in this process's memory instead of Redis (local trials
-    /// only: no worker can see them).
+    /// Keep runs in this process's memory instead of Redis: for API trials
+    /// only — no worker can see these runs, so they stay queued (a warning
+    /// says so at start).
     #[arg(long, conflicts_with = "redis_url")]
     memory: bool,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
@@ -111,7 +112,10 @@ async fn run(args: Args) -> Result<(), Failure> {
             Arc::new(store)
         }
         _ => {
-            info!("keeping runs in memory (--memory): no worker can see them");
+            // Loud: a run submitted here stays queued forever (issue 14).
+            tracing::warn!(
+                "--memory: runs are kept in this process only and NO WORKER CAN SEE THEM, so submitted runs stay queued forever; for a trial on one machine use `stagetime run FILE`, for workers start the server with --redis-url"
+            );
             Arc::new(MemoryStore::new())
         }
     };

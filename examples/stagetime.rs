@@ -3,7 +3,9 @@
 //!
 //! Exit status: 0 the run succeeded (or the command did its job), 1 the run
 //! failed or was cancelled, 2 invalid input or usage, 3 an infrastructure
-//! error (cluster, Redis, processes unavailable).
+//! error (cluster, Redis, processes unavailable), 130 `watch`/`submit
+//! --wait` detached by Ctrl-C (the run goes on), 141 stdout's reader went
+//! away (`... | head`).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -21,12 +23,30 @@ use stagetime::grpc::client::{Client, ClientConfig, RunQuery, WatchEvent};
 use stagetime::kube::TektonConfig;
 use stagetime::memory::MemoryStore;
 use stagetime::plan::Plan;
-use stagetime::report::{GraphFormat, RunView, graph, plan_table, progress_line, summary};
+use stagetime::report::{
+    GraphFormat, RunView, Style, add_rfc3339, describe, graph, plan_table, progress_line,
+    queued_too_long, run_table, summary,
+};
 use stagetime::runtime::{Failure, parse_duration, run_cli};
 use stagetime::scheduler::TaskStatus;
 use stagetime::spec::{DocumentFormat, parse_document};
 use stagetime::store::{RunId, RunState};
 use stagetime::telemetry::LogFormat;
+
+// `print!`/`println!` in this file write through `write_stdout`: when the
+// reader of stdout went away (`stagetime plan F --output json | head`) the
+// CLI ends quietly with status 141, as Unix tools do, where std's macros
+// would panic.
+macro_rules! print {
+    ($($arg:tt)*) => { stagetime::runtime::write_stdout(&format!($($arg)*)) };
+}
+macro_rules! println {
+    () => { stagetime::runtime::write_stdout("\n") };
+    ($($arg:tt)*) => { stagetime::runtime::write_stdout(&format!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Exit status of `watch` / `submit --wait` detached by Ctrl-C (128 + SIGINT).
+const EXIT_DETACHED: u8 = 130;
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +74,26 @@ enum Output {
     Text,
     Json,
     Yaml,
+}
+
+/// Which run: its id, or `--last` for the newest.
+#[derive(clap::Args, Clone)]
+struct RunRef {
+    /// The run's id.
+    #[arg(required_unless_present = "last")]
+    id: Option<String>,
+    /// The newest run (the first of `stagetime list`) instead of an id.
+    #[arg(short, long, conflicts_with = "id")]
+    last: bool,
+}
+
+/// When `watch` and `submit --wait` say that no worker picked the run up.
+#[derive(clap::Args, Clone, Copy)]
+struct QueueHint {
+    /// Say so when the run is still queued after this long (no worker has
+    /// started any task of it).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    warn_queued_after: Duration,
 }
 
 /// Where the server is (for submit, status, watch, list, cancel, rerun).
@@ -95,7 +135,7 @@ enum Cmd {
     /// Show the stages (table) or the PipelineRuns that would be created (yaml/json).
     Plan {
         file: PathBuf,
-        #[arg(long, value_enum, default_value = "table")]
+        #[arg(short, long, value_enum, default_value = "table")]
         output: PlanOutput,
         #[arg(long, default_value = "default")]
         namespace: String,
@@ -118,26 +158,36 @@ enum Cmd {
         #[command(flatten)]
         server: ServerArgs,
         /// Watch the run until it ends and exit with its status.
-        #[arg(long)]
+        #[arg(short, long)]
         wait: bool,
-        #[arg(long, value_enum, default_value = "text")]
+        #[command(flatten)]
+        queue_hint: QueueHint,
+        #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Show a run with every stage and task.
+    /// Show a run: its times (submitted, started, queued, ended, duration),
+    /// every stage and task, and each task's attempts with their reasons
+    /// and handles (PipelineRun names or log files).
+    #[command(visible_alias = "describe")]
     Status {
-        id: String,
+        #[command(flatten)]
+        run: RunRef,
         #[command(flatten)]
         server: ServerArgs,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Follow a run live until it ends; exit 0 if it succeeded, 1 otherwise.
+    /// Follow a run live until it ends; exit 0 if it succeeded, 1 otherwise
+    /// (Ctrl-C detaches: exit 130, the run goes on).
     Watch {
-        id: String,
+        #[command(flatten)]
+        run: RunRef,
         #[command(flatten)]
         server: ServerArgs,
+        #[command(flatten)]
+        queue_hint: QueueHint,
     },
-    /// List runs, newest first.
+    /// List runs, newest first, with their age and duration.
     List {
         #[command(flatten)]
         server: ServerArgs,
@@ -155,22 +205,24 @@ enum Cmd {
         /// At most this many runs (following pages as needed).
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Ask the server to cancel a run.
+    /// Ask the server to cancel a run (a finished one: exit 2).
     Cancel {
-        id: String,
+        #[command(flatten)]
+        run: RunRef,
         #[command(flatten)]
         server: ServerArgs,
     },
     /// Run a finished run again, keeping its succeeded tasks.
     Rerun {
-        id: String,
+        #[command(flatten)]
+        run: RunRef,
         #[command(flatten)]
         server: ServerArgs,
         /// Watch the run until it ends and exit with its status.
-        #[arg(long)]
+        #[arg(short, long)]
         wait: bool,
     },
     /// List the webhook deliveries the server remembers (72 h) and what
@@ -188,10 +240,12 @@ enum Cmd {
         /// At most this many (newest first).
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Delete finished work older than --ttl beyond the newest --keep-last (once).
+    /// Delete finished work older than --ttl beyond the newest --keep-last
+    /// (once): PipelineRuns in --namespace (tekton, the default: needs a
+    /// cluster) or attempt directories under --workdir (local).
     Housekeeping {
         #[arg(long, default_value = "tekton")]
         backend: BackendKind,
@@ -300,18 +354,14 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             let backend = backend
                 .open(workdir.join("runs"), TektonConfig::new(namespace))
                 .await?;
-            // Each embedded invocation is a new run: without an explicit id,
-            // suffix the derived one so reruns of a file never adopt old attempts.
-            if spec.id.is_none() {
-                let stamp = SystemClock.now_ms() & 0xff_ffff;
-                spec.id = Some(format!("{}-{stamp:06x}", RunId::derive(&spec)));
-            }
+            spec.id = Some(embedded_run_id(&spec)?.to_string());
             return run(spec, backend).await;
         }
         Cmd::Submit {
             file,
             server,
             wait,
+            queue_hint,
             output,
         } => {
             let text = std::fs::read_to_string(&file)
@@ -329,17 +379,30 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 )?,
             }
             if wait {
-                return watch(&client, r.id.as_str(), 0).await;
+                return watch(&client, r.id.as_str(), 0, queue_hint).await;
             }
         }
-        Cmd::Status { id, server, output } => {
-            let view = connect(&server).await?.get(&id).await?;
+        Cmd::Status {
+            run,
+            server,
+            output,
+        } => {
+            let client = connect(&server).await?;
+            let view = client.get(&resolve(&client, &run).await?).await?;
             match output {
-                Output::Text => print!("{}", summary(&view)),
+                Output::Text => print!("{}", describe(&view, SystemClock.now_ms(), style())),
                 _ => emit(output, &view)?,
             }
         }
-        Cmd::Watch { id, server } => return watch(&connect(&server).await?, &id, 0).await,
+        Cmd::Watch {
+            run,
+            server,
+            queue_hint,
+        } => {
+            let client = connect(&server).await?;
+            let id = resolve(&client, &run).await?;
+            return watch(&client, &id, 0, queue_hint).await;
+        }
         Cmd::List {
             server,
             repo,
@@ -372,18 +435,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             };
             let runs: Vec<_> = connect(&server).await?.list(query).try_collect().await?;
             match output {
-                Output::Text => {
-                    println!("{:<40} {:<10} {:<20} COMMIT", "ID", "STATE", "REPO");
-                    for r in &runs {
-                        println!(
-                            "{:<40} {:<10} {:<20} {}",
-                            r.id,
-                            r.state.as_str(),
-                            r.repo,
-                            r.commit
-                        );
-                    }
-                }
+                Output::Text => print!("{}", run_table(&runs, SystemClock.now_ms(), style())),
                 _ => emit(output, &runs)?,
             }
         }
@@ -394,17 +446,30 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             limit,
             output,
         } => intake(&http, state, repo, limit, output).await?,
-        Cmd::Cancel { id, server } => {
-            connect(&server).await?.cancel(&id).await?;
+        Cmd::Cancel { run, server } => {
+            let client = connect(&server).await?;
+            let id = resolve(&client, &run).await?;
+            let state = client.get(&id).await?.state;
+            if state.is_finished() {
+                return Err(Failure::invalid(format!(
+                    "run {id} already finished ({}): nothing to cancel",
+                    state.as_str()
+                )));
+            }
+            client.cancel(&id).await?;
             println!("cancel of run {id} requested");
         }
-        Cmd::Rerun { id, server, wait } => {
+        Cmd::Rerun { run, server, wait } => {
             let client = connect(&server).await?;
+            let id = resolve(&client, &run).await?;
             let before = client.get(&id).await?.version;
             let recorded = client.rerun(&id, Some(before)).await?;
             println!("rerun of run {id} requested");
             if wait {
-                return watch(&client, &id, recorded).await;
+                let hint = QueueHint {
+                    warn_queued_after: Duration::MAX,
+                };
+                return watch(&client, &id, recorded, hint).await;
             }
         }
         Cmd::Housekeeping {
@@ -414,9 +479,24 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             ttl,
             keep_last,
         } => {
+            let root = workdir.join("runs");
+            match backend {
+                BackendKind::Tekton => eprintln!(
+                    "housekeeping of the PipelineRuns in namespace {namespace} (tekton backend)"
+                ),
+                BackendKind::Local => eprintln!(
+                    "housekeeping of the attempt directories under {} (local backend)",
+                    root.display()
+                ),
+            }
             let backend = backend
-                .open(workdir.join("runs"), TektonConfig::new(namespace))
-                .await?;
+                .open(root, TektonConfig::new(namespace))
+                .await
+                .map_err(|e| {
+                    Failure::unavailable(format!(
+                        "{e}: housekeeping --backend tekton (the default) needs a Kubernetes cluster (kubeconfig or in-cluster); for a local workdir use --backend local --workdir DIR"
+                    ))
+                })?;
             let policy = Housekeeping {
                 ttl,
                 keep_last,
@@ -439,14 +519,54 @@ async fn connect(server: &ServerArgs) -> Result<Client, Failure> {
     Ok(Client::connect(&config).await?)
 }
 
-/// Machine-readable output on stdout.
+/// Colours on a terminal unless NO_COLOR.
+fn style() -> Style {
+    Style::detect(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    )
+}
+
+/// The id `run` names: given, or the newest run's.
+async fn resolve(client: &Client, run: &RunRef) -> Result<String, Failure> {
+    if let Some(id) = &run.id {
+        return Ok(id.clone());
+    }
+    let query = RunQuery {
+        limit: 1,
+        ..RunQuery::default()
+    };
+    let newest: Vec<_> = client.list(query).take(1).try_collect().await?;
+    match newest.first() {
+        Some(r) => Ok(r.id.to_string()),
+        None => Err(Failure::invalid("--last: the server has no runs")),
+    }
+}
+
+/// The id of an embedded run: the file's (given or derived) with a suffix
+/// from the clock, so that each invocation is a fresh run that never adopts
+/// attempts an earlier invocation left (its working directories or
+/// PipelineRuns).
+fn embedded_run_id(spec: &RevisionRunSpec) -> Result<RunId, Failure> {
+    let base = run_id(spec)?;
+    let stamp = SystemClock.now_ms() & 0xff_ffff;
+    RunId::new(format!("{base}-{stamp:06x}")).map_err(|_| {
+        Failure::invalid(format!(
+            "id: {base:?} leaves no room for the suffix -XXXXXX that makes each `stagetime run` a fresh run: use at most 56 characters"
+        ))
+    })
+}
+
+/// Machine-readable output on stdout; times also in RFC 3339.
 fn emit(output: Output, value: &impl serde::Serialize) -> Result<(), Failure> {
+    let mut value = serde_json::to_value(value).map_err(|e| Failure::unavailable(e.to_string()))?;
+    add_rfc3339(&mut value);
     let text = match output {
         Output::Yaml => {
-            yaml_serde::to_string(value).map_err(|e| Failure::unavailable(e.to_string()))?
+            yaml_serde::to_string(&value).map_err(|e| Failure::unavailable(e.to_string()))?
         }
         _ => {
-            serde_json::to_string_pretty(value).map_err(|e| Failure::unavailable(e.to_string()))?
+            serde_json::to_string_pretty(&value).map_err(|e| Failure::unavailable(e.to_string()))?
                 + "\n"
         }
     };
@@ -455,24 +575,58 @@ fn emit(output: Output, value: &impl serde::Serialize) -> Result<(), Failure> {
 }
 
 /// Follows a run with progress lines, then prints its summary; exit status
-/// 0 when it succeeded, 1 otherwise.
-async fn watch(client: &Client, id: &str, after_version: u64) -> Result<u8, Failure> {
+/// 0 when it succeeded, 1 otherwise. Says when the run stays queued longer
+/// than `hint` allows; Ctrl-C detaches (exit 130) and says the run goes on.
+async fn watch(
+    client: &Client,
+    id: &str,
+    after_version: u64,
+    hint: QueueHint,
+) -> Result<u8, Failure> {
     let mut progress: Option<Progress> = None;
     let mut events = client.watch(id, after_version);
-    while let Some(event) = events.next().await {
-        match event? {
-            WatchEvent::Reconnecting { reason } => {
-                if let Some(p) = &progress {
-                    p.note(&format!("watch interrupted ({reason}); reconnecting"));
+    let mut latest: Option<RunView> = None;
+    let mut hinted = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let Some(event) = event else { break };
+                match event? {
+                    WatchEvent::Reconnecting { reason } => {
+                        if let Some(p) = &progress {
+                            p.note(&format!("watch interrupted ({reason}); reconnecting"));
+                        }
+                    }
+                    WatchEvent::Update(view) => {
+                        progress
+                            .get_or_insert_with(|| Progress::new(&view))
+                            .show(&view);
+                        if view.state.is_finished() {
+                            return Ok(finish(progress.as_ref(), &view));
+                        }
+                        latest = Some(*view);
+                    }
                 }
             }
-            WatchEvent::Update(view) => {
-                progress
-                    .get_or_insert_with(|| Progress::new(&view))
-                    .show(&view);
-                if view.state.is_finished() {
-                    return Ok(finish(progress.as_ref(), &view));
+            _ = tick.tick(), if !hinted => {
+                if let (Some(view), Some(p)) = (&latest, &progress)
+                    && let Some(note) = queued_too_long(view, SystemClock.now_ms(), hint.warn_queued_after)
+                {
+                    p.note(&note);
+                    hinted = true;
                 }
+            }
+            _ = &mut interrupted => {
+                if let Some(p) = &progress {
+                    p.finish();
+                }
+                eprintln!(
+                    "detached from run {id}: it goes on without you (`stagetime watch {id}` follows it again, `stagetime cancel {id}` stops it)"
+                );
+                return Ok(EXIT_DETACHED);
             }
         }
     }
@@ -486,7 +640,7 @@ fn finish(progress: Option<&Progress>, view: &RunView) -> u8 {
     if let Some(p) = progress {
         p.finish();
     }
-    print!("{}", summary(view));
+    print!("{}", summary(view, SystemClock.now_ms(), style()));
     u8::from(view.state != RunState::Succeeded)
 }
 
@@ -506,13 +660,15 @@ fn run_id(spec: &RevisionRunSpec) -> Result<RunId, Failure> {
 /// Runs one revision run embedded and prints progress and a summary.
 async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Failure> {
     let store = Arc::new(MemoryStore::new());
-    let engine = Arc::new(Engine::new(store, backend).with_config(EngineConfig {
-        consumer: "cli".into(),
-        claim_wait: Duration::from_millis(500),
-        purge_every: None,
-        reconcile_on_start: false,
-        ..EngineConfig::default()
-    }));
+    let engine = Arc::new(
+        Engine::new(store, Arc::clone(&backend)).with_config(EngineConfig {
+            consumer: "cli".into(),
+            claim_wait: Duration::from_millis(500),
+            purge_every: None,
+            reconcile_on_start: false,
+            ..EngineConfig::default()
+        }),
+    );
     let mut updates = engine.subscribe();
     let id = engine.submit(spec).await?.id;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -542,7 +698,9 @@ async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Fai
                 interrupts += 1;
                 if interrupts > 1 {
                     progress.finish();
-                    eprintln!("interrupted twice: exiting without waiting for finally tasks");
+                    eprintln!("interrupted twice: stopping the running tasks (finally tasks too) and exiting");
+                    let view = view_of(&engine.store().load_run(&id).await?)?;
+                    stop_running(backend.as_ref(), &view).await;
                     return Ok(1);
                 }
                 progress.note("interrupt: cancelling the run (finally tasks still run; interrupt again to quit)");
@@ -558,6 +716,41 @@ async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Fai
     let _ = worker.await;
     Ok(finish(Some(&progress), &view))
 }
+/// Cancels every running attempt of `run` through the backend (for the
+/// local backend: kills its process group) and waits until the backend has
+/// seen each end, at most 10 s — so that nothing is left running when the
+/// CLI exits.
+async fn stop_running(backend: &dyn Backend, run: &RunView) {
+    let mut ends = backend.observe();
+    let mut running: Vec<stagetime::LaunchKey> = run
+        .tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Running)
+        .map(|t| stagetime::LaunchKey {
+            run: run.id.clone(),
+            task: t.name.clone(),
+            attempt: t.attempt,
+        })
+        .collect();
+    for key in &running {
+        if let Err(e) = backend.cancel(key).await {
+            eprintln!("cannot stop {key}: {e}");
+        }
+    }
+    let all_ended = async {
+        while !running.is_empty() {
+            let Some(end) = ends.next().await else { break };
+            running.retain(|k| *k != end.key);
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), all_ended)
+        .await
+        .is_err()
+    {
+        eprintln!("some tasks did not confirm their end within 10 s");
+    }
+}
+
 /// Live progress: an indicatif bar on a terminal, plain lines otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,

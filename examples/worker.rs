@@ -21,7 +21,7 @@ use stagetime::backend::HousekeepingPolicy;
 use stagetime::backends::BackendKind;
 use stagetime::engine::{Engine, EngineConfig};
 use stagetime::grpc::metrics::Metrics;
-use stagetime::kube::config::parse_pod_template;
+use stagetime::kube::config::{parse_pod_template, parse_repo_namespaces};
 use stagetime::kube::{CancelMode, TektonConfig};
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::runtime::{Failure, Shutdown, parse_duration, run_main};
@@ -44,6 +44,12 @@ struct Args {
     /// Namespace of the PipelineRuns (Tekton backend).
     #[arg(long, env = "STAGETIME_NAMESPACE", default_value = "default")]
     namespace: String,
+    /// The namespace of the PipelineRuns of listed repositories (Tekton
+    /// backend): `repo=namespace` entries separated by commas or spaces,
+    /// e.g. `web=team-web,api=team-api`; other repositories' runs go to
+    /// --namespace. The worker needs RBAC on PipelineRuns in each.
+    #[arg(long, env = "STAGETIME_REPO_NAMESPACES", default_value = "")]
+    repo_namespaces: String,
     /// Service account of the PipelineRuns' pods (Tekton backend; absent: Tekton's default).
     #[arg(long, env = "STAGETIME_PIPELINERUN_SERVICE_ACCOUNT")]
     pipelinerun_service_account: Option<String>,
@@ -121,7 +127,10 @@ fn tekton_config(args: &Args) -> Result<TektonConfig, Failure> {
         .map(|text| parse_pod_template(&text))
         .transpose()
         .map_err(|e| Failure::invalid(format!("--pod-template: {e}")))?;
+    let repo_namespaces = parse_repo_namespaces(&args.repo_namespaces)
+        .map_err(|e| Failure::invalid(format!("--repo-namespaces: {e}")))?;
     Ok(TektonConfig {
+        repo_namespaces,
         service_account: args.pipelinerun_service_account.clone(),
         default_timeout: (!args.pipelinerun_timeout.is_zero()).then_some(args.pipelinerun_timeout),
         pod_template,

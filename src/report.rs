@@ -17,20 +17,117 @@
 //! assert!(dot.contains("\"stage 0 done\" -> \"test\""));
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
 use stagetime_core::plan::{Plan, PlannedTask, TaskIndex};
 use stagetime_core::scheduler::TaskStatus;
+use stagetime_core::store::RunSummary;
 pub use stagetime_core::view::{RunView, TaskView};
 
-/// A duration for people: `850ms`, `12.3s`.
+/// A duration for people: `850ms`, `12.3s`, `4m05s`, `2h03m`, `3d04h`.
 pub fn fmt_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else {
-        format!("{:.1}s", ms as f64 / 1000.0)
+    let secs = ms / 1000;
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3_600_000..86_400_000 => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d{:02}h", secs / 86_400, secs / 3600 % 24),
+    }
+}
+
+/// An age as `kubectl get` shows it, one unit: `42s`, `5m`, `3h`, `12d`.
+pub fn fmt_age(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7_200 => format!("{}m", secs / 60),
+        7_200..172_800 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// A time (ms since the epoch) in RFC 3339, UTC, with milliseconds:
+/// `2026-11-30T21:06:44.123Z`.
+pub fn rfc3339(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// The names of the time fields (ms since the epoch) of runs, tasks and
+/// attempts, and the RFC 3339 field [`add_rfc3339`] puts beside each.
+pub const TIME_FIELDS: [(&str, &str); 5] = [
+    ("created_ms", "created"),
+    ("updated_ms", "updated"),
+    ("finished_ms", "finished"),
+    ("first_launch_ms", "first_launch"),
+    ("launch_ms", "launch"),
+];
+
+/// Beside every time field of [`TIME_FIELDS`] in `value` (at any depth),
+/// the same time in RFC 3339 (`"created": "2026-11-30T21:06:44.123Z"`
+/// beside `"created_ms": 1796…`): machine output for people and for tools
+/// that read dates, keeping the milliseconds for the rest.
+pub fn add_rfc3339(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut found = Vec::new();
+            for (field, name) in TIME_FIELDS {
+                if let Some(ms) = map.get(field).and_then(serde_json::Value::as_u64) {
+                    found.push((name, rfc3339(ms)));
+                }
+            }
+            for v in map.values_mut() {
+                add_rfc3339(v);
+            }
+            for (name, text) in found {
+                map.insert(name.to_string(), serde_json::Value::String(text));
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(add_rfc3339),
+        _ => {}
+    }
+}
+
+/// How text output looks: with ANSI colours (states: green succeeded, red
+/// failed, ...) or plain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Style {
+    /// Colour the states.
+    pub colour: bool,
+}
+
+impl Style {
+    /// Plain text.
+    pub const PLAIN: Style = Style { colour: false };
+
+    /// Colours when the output is a terminal and `NO_COLOR` is unset or
+    /// empty (<https://no-color.org>): pass `std::io::stdout().is_terminal()`
+    /// and `std::env::var_os("NO_COLOR")`.
+    pub fn detect(is_terminal: bool, no_color: Option<std::ffi::OsString>) -> Style {
+        Style {
+            colour: is_terminal && no_color.is_none_or(|v| v.is_empty()),
+        }
+    }
+
+    /// `text` (a state or status name, possibly padded) in the colour of
+    /// the state it names.
+    pub fn state(self, text: &str) -> String {
+        let code = match text.trim() {
+            "succeeded" => "32",
+            "failed" | "timed_out" => "31",
+            "running" | "backoff" => "34",
+            "queued" | "ready" => "33",
+            "cancelled" | "skipped" => "2",
+            _ => return text.to_string(),
+        };
+        if self.colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
     }
 }
 
@@ -61,48 +158,39 @@ pub fn progress_line(t: &TaskView) -> Option<String> {
     Some(line)
 }
 
-/// The summary of a run: its state and duration, each stage with its tasks
-/// (status, duration, attempts), then the logs (handles) of failed tasks.
-pub fn summary(run: &RunView) -> String {
-    let mut out = String::new();
-    let total = run
-        .finished_ms
-        .unwrap_or(run.updated_ms)
-        .saturating_sub(run.created_ms);
-    out.push_str(&format!(
-        "\nrun {} {} in {}\n",
-        run.id,
-        run.state.as_str(),
-        fmt_ms(total)
-    ));
-    // Stages in order, finally last.
-    let mut groups: BTreeMap<(bool, u32), Vec<&TaskView>> = BTreeMap::new();
-    for t in &run.tasks {
-        groups
-            .entry((t.stage.is_none(), t.stage.unwrap_or(0)))
-            .or_default()
-            .push(t);
+/// The headline of a run: `run ID succeeded in 12.3s`, `run ID running
+/// for 8.0s`, `run ID queued for 45s (no worker has started it)`; times
+/// measured to `now_ms` while it is not over.
+pub fn headline(run: &RunView, now_ms: u64, style: Style) -> String {
+    let state = style.state(run.state.as_str());
+    let took = fmt_ms(run.duration_ms(now_ms));
+    let rerun = match run.round() {
+        0 => String::new(),
+        n => format!(" (rerun {n})"),
+    };
+    if run.state.is_finished() {
+        return format!("run {} {state} in {took}{rerun}", run.id);
     }
+    match (run.started_ms(), run.queue_ms(now_ms)) {
+        (None, Some(q)) => format!(
+            "run {} {state} for {} (no worker has started it yet)",
+            run.id,
+            fmt_ms(q)
+        ),
+        _ => format!("run {} {state} for {took}{rerun}", run.id),
+    }
+}
+
+/// The summary of a run: its headline, each stage with its tasks (status,
+/// duration, attempts), then the logs (handles) of failed tasks. Times are
+/// measured to `now_ms` while the run is not over.
+pub fn summary(run: &RunView, now_ms: u64, style: Style) -> String {
+    let mut out = format!("\n{}\n", headline(run, now_ms, style));
     let mut failed_logs = Vec::new();
-    for ((is_finally, stage), members) in groups {
-        out.push_str(&if is_finally {
-            "finally\n".to_string()
-        } else {
-            format!("stage {stage}\n")
-        });
-        for t in members {
-            let duration = match (t.timing.first_launch_ms, t.timing.finished_ms) {
-                (Some(a), Some(b)) => fmt_ms(b.saturating_sub(a)),
-                _ => "-".into(),
-            };
-            let can_fail = if t.can_fail { " (can fail)" } else { "" };
-            out.push_str(&format!(
-                "  {:<24} {:<10} {:>8}  attempts {}{can_fail}\n",
-                t.name,
-                t.status.as_str(),
-                duration,
-                t.attempt
-            ));
+    for stage in &run.stages {
+        out.push_str(&format!("{}\n", stage.label()));
+        for t in run.tasks_of(stage) {
+            out.push_str(&task_line(t, now_ms, style));
             if matches!(t.status, TaskStatus::Failed | TaskStatus::TimedOut)
                 && let Some(log) = &t.timing.handle
             {
@@ -116,6 +204,156 @@ pub fn summary(run: &RunView) -> String {
             out.push_str(&l);
             out.push('\n');
         }
+    }
+    out
+}
+
+fn task_line(t: &TaskView, now_ms: u64, style: Style) -> String {
+    let duration = t
+        .duration_ms(now_ms)
+        .map_or_else(|| "-".to_string(), fmt_ms);
+    let can_fail = if t.can_fail { " (can fail)" } else { "" };
+    format!(
+        "  {:<24} {} {:>8}  attempts {}{can_fail}\n",
+        t.name,
+        style.state(&format!("{:<10}", t.status.as_str())),
+        duration,
+        t.attempt
+    )
+}
+
+/// Everything about a run (`stagetime status` / `describe`): repository,
+/// commit and branch; when it was submitted, started (and how long it was
+/// queued) and ended, and its duration; each stage with its tasks, and
+/// under each task every attempt: when, how long, how it ended and why, and
+/// its handle (PipelineRun name or log file). Times are measured to
+/// `now_ms` while the run is not over.
+pub fn describe(run: &RunView, now_ms: u64, style: Style) -> String {
+    let mut out = format!("{}\n", headline(run, now_ms, style));
+    let mut field = |name: &str, value: String| out.push_str(&format!("  {name:<11}{value}\n"));
+    field("repo", run.repo.clone());
+    field("commit", run.commit.clone());
+    if let Some(b) = &run.branch {
+        field("branch", b.clone());
+    }
+    if let Some(a) = &run.author {
+        field("author", a.clone());
+    }
+    if let Some(g) = &run.concurrency_group {
+        field("group", g.clone());
+    }
+    field(
+        "submitted",
+        format!(
+            "{} ({} ago)",
+            rfc3339(run.created_ms),
+            fmt_age(now_ms.saturating_sub(run.created_ms))
+        ),
+    );
+    match (run.started_ms(), run.queue_ms(now_ms)) {
+        (Some(start), Some(q)) => field(
+            "started",
+            format!("{} (queued {})", rfc3339(start), fmt_ms(q)),
+        ),
+        (Some(start), None) => field(
+            "started",
+            format!("{} (rerun {})", rfc3339(start), run.round()),
+        ),
+        (None, Some(q)) if !run.state.is_finished() => field(
+            "started",
+            format!("not yet: queued for {} (is a worker running?)", fmt_ms(q)),
+        ),
+        (None, _) => field("started", "never".into()),
+    }
+    if let Some(end) = run.finished_ms {
+        field("ended", rfc3339(end));
+    }
+    field("duration", fmt_ms(run.duration_ms(now_ms)));
+    for stage in &run.stages {
+        out.push_str(&format!(
+            "{}  {}\n",
+            stage.label(),
+            style.state(stage.phase.as_str())
+        ));
+        for t in run.tasks_of(stage) {
+            out.push_str(&task_line(t, now_ms, style));
+            if let Some(m) = &t.message
+                && t.status != TaskStatus::Succeeded
+            {
+                out.push_str(&format!("      reason: {m}\n"));
+            }
+            for a in &t.timing.attempts {
+                let how = a
+                    .status
+                    .map_or_else(|| "running".to_string(), |s| attempt_result(s).to_string());
+                let rerun = if a.round > 0 {
+                    format!(" (rerun {})", a.round)
+                } else {
+                    String::new()
+                };
+                out.push_str(&format!(
+                    "      attempt {}{rerun}: {} {} {}",
+                    a.number,
+                    rfc3339(a.launch_ms),
+                    fmt_ms(a.duration_ms(now_ms)),
+                    style.state(&how)
+                ));
+                if let Some(m) = &a.message {
+                    out.push_str(&format!(": {m}"));
+                }
+                if let Some(h) = &a.handle {
+                    out.push_str(&format!(" [{h}]"));
+                }
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// How an attempt ended, from the task's status right after it.
+fn attempt_result(status: TaskStatus) -> &'static str {
+    match status {
+        TaskStatus::Backoff => "failed",
+        other => other.as_str(),
+    }
+}
+
+/// What `watch` and `submit --wait` say when `run` is still queued — no
+/// worker has started any task of it — `after` or longer after it was
+/// submitted; `None` otherwise.
+pub fn queued_too_long(run: &RunView, now_ms: u64, after: std::time::Duration) -> Option<String> {
+    let queued = run.queue_ms(now_ms)?;
+    let started = run.started_ms().is_some();
+    if started || run.state.is_finished() || u128::from(queued) < after.as_millis() {
+        return None;
+    }
+    Some(format!(
+        "run {} has been queued for {} and no worker has started it: is a worker running on the server's Redis (same --redis-url and --redis-prefix)? A server started with --memory has no workers.",
+        run.id,
+        fmt_ms(queued)
+    ))
+}
+
+/// The run list of `stagetime list`: id, state, repository, commit, age
+/// (since submission) and duration (to the end, or to `now_ms` while not
+/// over), newest first as given.
+pub fn run_table(runs: &[RunSummary], now_ms: u64, style: Style) -> String {
+    let mut out = format!(
+        "{:<40} {:<10} {:<20} {:<12} {:>5} {:>8}\n",
+        "ID", "STATE", "REPO", "COMMIT", "AGE", "DURATION"
+    );
+    for r in runs {
+        let commit: String = r.commit.chars().take(12).collect();
+        let duration = r.finished_ms.unwrap_or(now_ms).saturating_sub(r.created_ms);
+        out.push_str(&format!(
+            "{:<40} {} {:<20} {commit:<12} {:>5} {:>8}\n",
+            r.id,
+            style.state(&format!("{:<10}", r.state.as_str())),
+            r.repo,
+            fmt_age(now_ms.saturating_sub(r.created_ms)),
+            fmt_ms(duration)
+        ));
     }
     out
 }
@@ -469,6 +707,7 @@ mod tests {
                     launch_ms: Some(1_000),
                     finished_ms: Some(2_250),
                     handle: Some(format!("/logs/{name}.log")),
+                    attempts: vec![],
                 },
             })
             .collect();
@@ -697,7 +936,7 @@ mod tests {
             ("lint", TaskStatus::Skipped),
             ("notify", TaskStatus::Succeeded),
         ]);
-        let text = summary(&run);
+        let text = summary(&run, 99_000, Style::PLAIN);
         assert!(text.contains("run r1 failed in 3.5s"), "{text}");
         let stage1 = text.find("stage 1").unwrap();
         let finally = text.find("finally").unwrap();
@@ -711,6 +950,180 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("/logs/build.log"), "{text}");
+    }
+
+    /// Issue 14: `status` said "running in 7ms" for a run several seconds
+    /// old: the time of its last change stood in for now.
+    #[test]
+    fn a_running_run_is_timed_to_now_not_to_its_last_change() {
+        let mut run = view(&[("build", TaskStatus::Running)]);
+        run.state = stagetime_core::RunState::Running;
+        run.created_ms = 1_000;
+        run.updated_ms = 1_007;
+        run.finished_ms = None;
+        run.tasks[0].timing.finished_ms = None;
+        run.tasks[0].timing.attempts = vec![stagetime_core::store::AttemptTiming {
+            number: 1,
+            launch_ms: 1_000,
+            ..Default::default()
+        }];
+        let text = summary(&run, 9_000, Style::PLAIN);
+        assert!(text.contains("run r1 running for 8.0s"), "{text}");
+        assert!(
+            text.contains("build                    running        8.0s"),
+            "{text}"
+        );
+        assert!(!text.contains("7ms"), "{text}");
+    }
+
+    fn attempts_view() -> RunView {
+        use stagetime_core::store::AttemptTiming;
+        let mut run = view(&[
+            ("build", TaskStatus::Succeeded),
+            ("unit-test", TaskStatus::Failed),
+        ]);
+        run.created_ms = 1_796_000_000_000;
+        run.finished_ms = Some(1_796_000_090_000);
+        let t = &mut run.tasks[1];
+        t.message = Some("exited with status 1".into());
+        t.timing.first_launch_ms = Some(1_796_000_002_000);
+        t.timing.finished_ms = Some(1_796_000_090_000);
+        t.attempt = 2;
+        t.timing.attempts = vec![
+            AttemptTiming {
+                number: 1,
+                round: 0,
+                launch_ms: 1_796_000_002_000,
+                finished_ms: Some(1_796_000_012_000),
+                status: Some(TaskStatus::Backoff),
+                message: Some("exited with status 2".into()),
+                handle: Some("r1-unit-test-1".into()),
+            },
+            AttemptTiming {
+                number: 2,
+                round: 0,
+                launch_ms: 1_796_000_080_000,
+                finished_ms: Some(1_796_000_090_000),
+                status: Some(TaskStatus::Failed),
+                message: Some("exited with status 1".into()),
+                handle: Some("r1-unit-test-2".into()),
+            },
+        ];
+        run.tasks[0].timing.attempts = vec![AttemptTiming {
+            number: 1,
+            launch_ms: 1_796_000_001_500,
+            finished_ms: Some(1_796_000_002_000),
+            status: Some(TaskStatus::Succeeded),
+            ..Default::default()
+        }];
+        run
+    }
+
+    #[test]
+    fn describe_shows_times_queue_and_every_attempt_with_its_reason_and_handle() {
+        let run = attempts_view();
+        let text = describe(&run, 1_796_000_300_000, Style::PLAIN);
+        for needle in [
+            "run r1 failed in 1m30s\n",
+            "  submitted  2026-11-30T00:53:20.000Z (5m ago)\n",
+            "  started    2026-11-30T00:53:21.500Z (queued 1.5s)\n",
+            "  ended      2026-11-30T00:54:50.000Z\n",
+            "  duration   1m30s\n",
+            "      reason: exited with status 1\n",
+            "      attempt 1: 2026-11-30T00:53:22.000Z 10.0s failed: exited with status 2 [r1-unit-test-1]\n",
+            "      attempt 2: 2026-11-30T00:54:40.000Z 10.0s failed: exited with status 1 [r1-unit-test-2]\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn json_times_get_rfc3339_twins_at_every_depth() {
+        let mut value = serde_json::to_value(attempts_view()).unwrap();
+        add_rfc3339(&mut value);
+        assert_eq!(value["created_ms"], 1_796_000_000_000u64);
+        assert_eq!(value["created"], "2026-11-30T00:53:20.000Z");
+        assert_eq!(value["finished"], "2026-11-30T00:54:50.000Z");
+        assert_eq!(
+            value["tasks"][1]["first_launch"],
+            "2026-11-30T00:53:22.000Z"
+        );
+        assert_eq!(
+            value["tasks"][1]["attempts"][1]["finished"],
+            "2026-11-30T00:54:50.000Z"
+        );
+        assert!(value.get("updated").is_some());
+    }
+
+    #[test]
+    fn the_run_table_has_age_and_duration_columns() {
+        let summary = |id: &str, state, created_ms, finished_ms| RunSummary {
+            id: stagetime_core::RunId::new(id).unwrap(),
+            repo: "demo".into(),
+            commit: "0123456789abcdef".into(),
+            state,
+            created_ms,
+            updated_ms: created_ms,
+            finished_ms,
+            concurrency_group: None,
+        };
+        use stagetime_core::RunState as S;
+        let runs = [
+            summary("new", S::Running, 3_590_000, None),
+            summary("old", S::Succeeded, 0, Some(95_000)),
+        ];
+        let table = run_table(&runs, 3_600_000, Style::PLAIN);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("COMMIT         AGE DURATION"), "{table}");
+        assert!(
+            lines[1].starts_with("new ") && lines[1].contains("running    demo"),
+            "{table}"
+        );
+        assert!(lines[1].contains("0123456789ab   10s    10.0s"), "{table}");
+        assert!(lines[2].contains("60m    1m35s"), "{table}");
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(Style::detect(true, None).colour);
+        assert!(
+            Style::detect(true, Some("".into())).colour,
+            "empty NO_COLOR counts as unset"
+        );
+        assert!(!Style::detect(true, Some("1".into())).colour);
+        assert!(!Style::detect(false, None).colour);
+        let colour = Style { colour: true };
+        assert_eq!(colour.state("failed "), "\x1b[31mfailed \x1b[0m");
+        assert_eq!(Style::PLAIN.state("failed"), "failed");
+    }
+
+    #[test]
+    fn a_run_nobody_started_is_called_out_after_the_threshold() {
+        let mut run = view(&[("build", TaskStatus::Waiting)]);
+        run.state = stagetime_core::RunState::Queued;
+        run.finished_ms = None;
+        run.tasks[0].timing = Default::default();
+        let after = std::time::Duration::from_secs(10);
+        assert_eq!(queued_too_long(&run, 10_999, after), None);
+        let note = queued_too_long(&run, 11_000, after).unwrap();
+        assert!(
+            note.contains("queued for 10.0s and no worker has started it"),
+            "{note}"
+        );
+        assert!(headline(&run, 11_000, Style::PLAIN).contains("queued for 10.0s (no worker"));
+    }
+
+    #[test]
+    fn durations_and_ages_read_well() {
+        assert_eq!(fmt_ms(850), "850ms");
+        assert_eq!(fmt_ms(12_345), "12.3s");
+        assert_eq!(fmt_ms(245_000), "4m05s");
+        assert_eq!(fmt_ms(7_380_000), "2h03m");
+        assert_eq!(fmt_ms(273_600_000), "3d04h");
+        assert_eq!(fmt_age(42_000), "42s");
+        assert_eq!(fmt_age(300_000), "5m");
+        assert_eq!(fmt_age(10_800_000), "3h");
+        assert_eq!(fmt_age(1_036_800_000), "12d");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! - [`Shutdown`] hands out any number of futures that resolve on
 //!   SIGTERM/SIGINT ([`shutdown_signal`]);
 //! - [`bind`] binds a listen address, failing with the exit status 3;
-//! - [`parse_duration`] is the `clap` value parser of durations (`30s`, `1h`).
+//! - [`parse_duration`] is the `clap` value parser of durations (`30s`, `1h`);
+//! - [`write_stdout`] prints as Unix tools do: a reader that went away
+//!   (`stagetime plan F --output json | head`) ends the process quietly.
 
 use std::fmt;
 use std::future::Future;
@@ -162,6 +164,25 @@ fn run_to_exit<T: ExitStatus>(body: impl Future<Output = Result<T, Failure>>) ->
 /// Why the text is not a duration.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// The exit status of a process whose stdout reader went away: what a shell
+/// reports for a tool killed by SIGPIPE (128 + 13).
+pub const EXIT_BROKEN_PIPE: u8 = 141;
+
+/// Writes `text` to stdout and flushes it. When the reader went away
+/// (EPIPE: `... | head` read enough), the process ends at once, quietly,
+/// with [`EXIT_BROKEN_PIPE`], as a Unix tool killed by SIGPIPE does —
+/// Rust ignores SIGPIPE, and `print!` would panic instead. Other write
+/// errors are ignored (there is nowhere left to report them).
+pub fn write_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(i32::from(EXIT_BROKEN_PIPE));
+    }
 }
 
 /// A cloneable handle on the process's shutdown: every [`Shutdown::wait`]

@@ -350,3 +350,170 @@ fn when_is_validated_and_ignored_outside_forge_events() {
         text(&out)
     );
 }
+
+/// Issue 14: `stagetime plan FILE --output json | head` panicked with
+/// "Broken pipe" (exit 101). The reader going away now ends the CLI quietly
+/// with 141, as a Unix tool killed by SIGPIPE. The plan is larger than a
+/// pipe's buffer, so the CLI is still writing when `head` has gone.
+#[test]
+fn a_closed_stdout_pipe_ends_the_cli_quietly_with_141() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = String::from("repo: r\ncommit: abc\ntasks:\n");
+    for i in 0..400 {
+        doc.push_str(&format!(
+            "  - {{name: task-{i}, pipeline: {{ref: build}}}}\n"
+        ));
+    }
+    let file = write(dir.path(), "big.yaml", &doc);
+    let script = format!(
+        "'{}' plan {file} --output json 2>err | head -c 100 >/dev/null; echo \"${{PIPESTATUS[0]}}\"",
+        cli().display()
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = std::fs::read_to_string(dir.path().join("err")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "141", "{err}");
+    assert!(err.is_empty(), "quiet, no panic: {err}");
+    // The whole plan, read to the end, is larger than a pipe's buffer.
+    let full = run_cli(dir.path(), &["plan", &file, "-o", "json"]);
+    assert!(full.stdout.len() > 128 * 1024, "{}", full.stdout.len());
+}
+
+/// Issue 14: `stagetime run` of a file with an explicit `id:` reported the
+/// outcomes of an earlier run of that id (a fixed task still failed). Each
+/// invocation is now a fresh run: the fixed task runs again and succeeds,
+/// and a task that always runs ran twice.
+#[test]
+fn an_explicit_id_runs_afresh_each_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let file = write(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "id: fixed-id\nrepo: r\ncommit: abc\ntasks:\n  - {{name: count, command: 'echo x >> {d}/count'}}\n  - {{name: flaky, command: 'test -f {d}/fixed'}}\n"
+        ),
+    );
+    let first = run_cli(dir.path(), &["run", &file]);
+    assert_eq!(first.status.code(), Some(1), "{}", text(&first));
+    std::fs::write(dir.path().join("fixed"), "").unwrap();
+    let second = run_cli(dir.path(), &["run", &file]);
+    let t = text(&second);
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "the fixed task succeeds: {t}"
+    );
+    assert!(
+        t.contains("run fixed-id-"),
+        "the id is the file's, suffixed: {t}"
+    );
+    let count = std::fs::read_to_string(dir.path().join("count")).unwrap();
+    assert_eq!(count.lines().count(), 2, "ran once per invocation: {count}");
+    // An id that leaves no room for the suffix is refused, naming it.
+    let long = write(
+        dir.path(),
+        "long.yaml",
+        &format!(
+            "id: {}\nrepo: r\ncommit: abc\ntasks:\n  - {{name: a, command: 'true'}}\n",
+            "a".repeat(60)
+        ),
+    );
+    let out = run_cli(dir.path(), &["run", &long]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("at most 56 characters"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Issue 14: a second Ctrl-C during the finally tasks left them running as
+/// orphans. It now kills their process groups before the CLI exits.
+#[test]
+fn a_second_ctrl_c_kills_the_running_finally_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("fin.pid");
+    let spec = format!(
+        "repo: r\ncommit: abc\ntasks:\n  - {{name: long, command: 'sleep 300'}}\nfinally:\n  - {{name: fin, command: 'sleep 300 & echo $! > {}; wait'}}\n",
+        pidfile.display(),
+    );
+    let file = write(dir.path(), "p.yaml", &spec);
+    let mut child = Command::new(cli())
+        .args(["run", &file])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let interrupt = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    // The main task runs once its working directory exists.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let runs = dir.path().join(".stagetime/runs");
+    while !std::fs::read_dir(&runs)
+        .is_ok_and(|mut d| d.any(|r| r.is_ok_and(|r| r.path().join("long/1").exists())))
+    {
+        assert!(Instant::now() < deadline, "the main task never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    interrupt();
+    while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the CLI exited ({status}) before the finally task started");
+        }
+        assert!(Instant::now() < deadline, "the finally task never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sleeper: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    interrupt();
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("interrupted twice"), "{t}");
+    // Killed (an orphan would sleep for 300 s; a killed one is gone as soon
+    // as init has reaped it).
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(sleeper), None).is_err()
+    });
+    assert!(
+        gone,
+        "the finally task's process group outlived the CLI: {t}"
+    );
+}
+
+/// Issue 14: `housekeeping` says which backend it works on, and without a
+/// cluster that the default (tekton) one needs.
+#[test]
+fn housekeeping_says_which_backend_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(cli())
+        .args(["housekeeping"])
+        .current_dir(dir.path())
+        .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(t.contains("namespace default (tekton backend)"), "{t}");
+    assert!(
+        t.contains("needs a Kubernetes cluster") && t.contains("--backend local"),
+        "{t}"
+    );
+    let out = run_cli(dir.path(), &["housekeeping", "--backend", "local"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("(local backend)") && t.contains("0 deleted"),
+        "{t}"
+    );
+}

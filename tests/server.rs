@@ -1226,3 +1226,180 @@ fn a_blank_auth_token_refuses_to_start() {
     assert!(text.contains("blank"), "{text}");
     assert!(!text.contains("grpc listening"), "{text}");
 }
+
+/// Issue 14, times and views through the server: `status`/`describe` with
+/// the times, the queue and every attempt with its reason; `list` with AGE
+/// and DURATION; RFC 3339 beside the milliseconds in JSON and YAML;
+/// `--last` instead of a copied id; `cancel` of a finished run refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_list_and_last_show_times_attempts_and_reasons() {
+    let Some(dep) = deployment("times") else {
+        return;
+    };
+    let d = dep.dir.path();
+    let api = &dep.api;
+    let marker = d.join("marker");
+    std::fs::write(
+        d.join("flaky.yaml"),
+        format!(
+            "repo: times\ncommit: t1\ntasks:\n  - {{name: flaky, retries: 1, retry_delay: 1s, command: \"test -f {m} || {{ touch {m}; exit 1; }}\"}}\n  - {{name: after, stage: 1, command: \"true\"}}\n",
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    let out = cli(d, api, &["submit", "flaky.yaml", "-w"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let submitted = text(&out);
+    let id = submitted
+        .lines()
+        .find_map(|l| l.strip_prefix("run ")?.split_whitespace().next())
+        .unwrap()
+        .to_string();
+
+    let out = cli(d, api, &["status", "--last"], None);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    for needle in [
+        format!("run {id} succeeded in "),
+        "  submitted  20".into(),
+        "  started    20".into(),
+        "(queued ".into(),
+        "  ended      20".into(),
+        "  duration   ".into(),
+        "      attempt 1: 20".into(),
+        " failed: exited with status 1; log: ".into(),
+        "      attempt 2: 20".into(),
+        ".log]".into(),
+    ] {
+        assert!(t.contains(&needle), "missing {needle:?} in\n{t}");
+    }
+    assert!(!t.contains('\x1b'), "no colours off a terminal: {t}");
+
+    let out = cli(d, api, &["describe", "-l", "-o", "json"], None);
+    let v = json(&out);
+    assert_eq!(v["id"], id.as_str());
+    let created_ms = v["created_ms"].as_u64().unwrap();
+    assert_eq!(v["created"], stagetime::report::rfc3339(created_ms), "{v}");
+    let flaky = &v["tasks"][0];
+    assert_eq!(flaky["attempts"][0]["status"], "backoff", "{v}");
+    assert_eq!(flaky["attempts"][1]["status"], "succeeded", "{v}");
+    assert!(flaky["attempts"][1]["finished"].is_string(), "{v}");
+
+    let out = cli(d, api, &["list"], None);
+    let t = text(&out);
+    let header = t.lines().next().unwrap();
+    assert!(
+        header.contains(" AGE ") && header.ends_with("DURATION"),
+        "{t}"
+    );
+    assert!(t.lines().any(|l| l.starts_with(&id)), "{t}");
+    let out = cli(d, api, &["list", "-o", "yaml"], None);
+    assert!(text(&out).contains("  created: 20"), "{}", text(&out));
+
+    let out = cli(d, api, &["cancel", "--last"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "run {id} already finished (succeeded): nothing to cancel"
+        )),
+        "{}",
+        text(&out)
+    );
+    let out = cli(d, api, &["watch", "--last"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // A rerun of the newest run: nothing failed, so it succeeds again.
+    let out = cli(d, api, &["rerun", "--last", "-w"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("rerun of run {id} requested")),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Issue 14: `submit --wait` waited forever at 0/6 with no hint that no
+/// worker was alive, and Ctrl-C detached silently. A server with `--memory`
+/// (no workers can see its runs) says so at start; `watch` says when the
+/// run stays queued, and Ctrl-C says it only detached and exits 130.
+#[test]
+fn watch_says_no_worker_started_the_run_and_ctrl_c_only_detaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (server, api) = server(d, &["--memory"], &[]);
+    assert!(
+        server.log().contains("NO WORKER CAN SEE THEM"),
+        "{}",
+        server.log()
+    );
+    std::fs::write(
+        d.join("r.yaml"),
+        "repo: lonely\ncommit: c1\ntasks:\n  - {name: a, command: \"true\"}\n",
+    )
+    .unwrap();
+    let out = cli(d, &api, &["submit", "r.yaml", "-o", "json"], None);
+    let id = json(&out)["id"].as_str().unwrap().to_string();
+
+    let stderr = d.join("watch.stderr");
+    let child = Command::new(exe("stagetime"))
+        .args(["watch", &id, "--warn-queued-after", "1s"])
+        .env("STAGETIME_SERVER", &api)
+        .env_remove("STAGETIME_AUTH_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&stderr)
+        .unwrap()
+        .contains("no worker has started it")
+    {
+        assert!(Instant::now() < deadline, "no queue hint");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains(&format!("detached from run {id}: it goes on")),
+        "{err}"
+    );
+    let out = cli(d, &api, &["status", &id], None);
+    assert!(
+        text(&out).contains("not yet: queued for"),
+        "the run is still queued: {}",
+        text(&out)
+    );
+}
+
+/// Issue 14: the worker's repository → namespace mapping is read strictly:
+/// a bad entry stops it before it connects anywhere, naming the entry.
+#[test]
+fn a_bad_repo_namespace_mapping_stops_the_worker_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(exe("worker"))
+        .args([
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--backend",
+            "tekton",
+            "--repo-namespaces",
+            "web=team-web,api=Team_API",
+        ])
+        .current_dir(dir.path())
+        .env_remove("STAGETIME_REPO_NAMESPACES")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("--repo-namespaces")
+            && t.contains("repo_namespaces[1]")
+            && t.contains("\"Team_API\" is not a namespace name"),
+        "{t}"
+    );
+}

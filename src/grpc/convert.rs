@@ -2,7 +2,7 @@
 
 use stagetime_core::error::cut;
 use stagetime_core::scheduler::TaskStatus;
-use stagetime_core::store::{RunId, RunState, RunSummary, TaskTiming};
+use stagetime_core::store::{AttemptTiming, RunId, RunState, RunSummary, TaskTiming};
 use stagetime_core::view::{RunView, TaskView};
 use stagetime_core::{Error, ErrorKind};
 use tonic::{Code, Status};
@@ -86,6 +86,23 @@ pub fn run_to_proto(run: &RunView) -> v1::Run {
             needs: t.needs.clone(),
             lost: t.lost,
             lost_reason: t.lost_reason.clone().unwrap_or_default(),
+            attempts: t
+                .timing
+                .attempts
+                .iter()
+                .map(|a| v1::Attempt {
+                    number: a.number,
+                    round: a.round,
+                    launch_ms: a.launch_ms,
+                    finished_ms: a.finished_ms.unwrap_or(0),
+                    status: a
+                        .status
+                        .map_or(v1::TaskStatus::Unspecified, task_status_to_proto)
+                        as i32,
+                    message: a.message.clone().unwrap_or_default(),
+                    handle: a.handle.clone().unwrap_or_default(),
+                })
+                .collect(),
         })
         .collect();
     let stages = run
@@ -152,6 +169,19 @@ pub fn run_from_proto(run: &v1::Run) -> Result<RunView, Error> {
                 launch_ms: nonzero(t.launch_ms),
                 finished_ms: nonzero(t.finished_ms),
                 handle: text(&t.handle),
+                attempts: t
+                    .attempts
+                    .iter()
+                    .map(|a| AttemptTiming {
+                        number: a.number,
+                        round: a.round,
+                        launch_ms: a.launch_ms,
+                        finished_ms: nonzero(a.finished_ms),
+                        status: task_status_from_proto(a.status()),
+                        message: text(&a.message),
+                        handle: text(&a.handle),
+                    })
+                    .collect(),
             },
         })
         .collect();

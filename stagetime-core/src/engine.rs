@@ -27,8 +27,8 @@ use crate::scheduler::{
 };
 use crate::spec::RevisionRunSpec;
 use crate::store::{
-    ClaimToken, Claimed, Commit, RunFilter, RunId, RunRecord, RunState, Store, TaskTiming, Work,
-    WorkItem,
+    AttemptTiming, ClaimToken, Claimed, Commit, RunFilter, RunId, RunRecord, RunState, Store,
+    TaskTiming, Work, WorkItem,
 };
 use crate::view::PlanCache;
 
@@ -753,9 +753,19 @@ impl Engine {
                 }),
                 Command::Launch { task, attempt } => {
                     let t = &mut next.timings[task as usize];
+                    let round = scheduler.state().epoch();
+                    // The first launch of a rerun starts the task's clock again.
+                    if t.attempts.last().is_some_and(|a| a.round != round) {
+                        t.first_launch_ms = None;
+                    }
                     t.launch_ms = Some(now);
                     t.first_launch_ms.get_or_insert(now);
-                    let _ = attempt;
+                    t.attempts.push(AttemptTiming {
+                        number: attempt,
+                        round,
+                        launch_ms: now,
+                        ..AttemptTiming::default()
+                    });
                     next.outbox.push(c);
                 }
                 Command::Cancel { .. } => next.outbox.push(c),
@@ -763,8 +773,17 @@ impl Engine {
             }
         }
         for ((task, attempt), handle) in launched {
+            let timing = &mut next.timings[*task as usize];
             if scheduler.state().tasks()[*task as usize].attempt == *attempt {
-                next.timings[*task as usize].handle = Some(handle.clone());
+                timing.handle = Some(handle.clone());
+            }
+            if let Some(a) = timing
+                .attempts
+                .iter_mut()
+                .rev()
+                .find(|a| a.number == *attempt)
+            {
+                a.handle = Some(handle.clone());
             }
         }
         refresh_timings(&mut next.timings, scheduler.state(), now);
@@ -1004,6 +1023,10 @@ struct Executed {
     handle: Option<String>,
 }
 
+/// Brings each task's times in line with its new state: the end of the
+/// task and of each attempt that is over, with its status and reason. A task
+/// waiting again (a rerun) forgets its launch times, so that its duration is
+/// that of the new round (its earlier attempts stay in `attempts`).
 fn refresh_timings(timings: &mut [TaskTiming], state: &SchedulerState, now: u64) {
     for (t, s) in timings.iter_mut().zip(state.tasks()) {
         let terminal = s.status.is_terminal();
@@ -1012,8 +1035,27 @@ fn refresh_timings(timings: &mut [TaskTiming], state: &SchedulerState, now: u64)
         } else if !terminal && t.finished_ms.is_some() {
             t.finished_ms = None;
         }
-        if s.status == TaskStatus::Waiting && s.attempt == 0 {
+        if s.status == TaskStatus::Waiting {
             t.launch_ms = None;
+            t.first_launch_ms = None;
+        }
+        for a in t.attempts.iter_mut().filter(|a| a.finished_ms.is_none()) {
+            let current = a.number == s.attempt;
+            if current && s.status == TaskStatus::Running {
+                continue;
+            }
+            a.finished_ms = Some(now);
+            // An attempt followed by a newer one failed (it was retried).
+            a.status = Some(if current {
+                s.status
+            } else {
+                TaskStatus::Failed
+            });
+            a.message = if current || s.status == TaskStatus::Backoff {
+                s.message.clone()
+            } else {
+                None
+            };
         }
     }
 }

@@ -364,6 +364,11 @@ pub struct SchedulerState {
 }
 
 impl SchedulerState {
+    /// The run's round: 0, then one more per rerun.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
     /// The run's phase.
     pub fn phase(&self) -> RunPhase {
         self.phase

@@ -180,6 +180,48 @@ pub struct TaskTiming {
     /// The backend's handle of the last attempt (PipelineRun name, log path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handle: Option<String>,
+    /// Every attempt launched, oldest first, across reruns: when it ran, how
+    /// it ended and why, and its handle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptTiming>,
+}
+
+/// One attempt of a task, as the engine recorded it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptTiming {
+    /// The attempt's number (1 for the first).
+    pub number: u32,
+    /// The run's round it belongs to: 0, then one more per rerun.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
+    /// When it was launched (ms since the epoch).
+    pub launch_ms: u64,
+    /// When it ended; `None` while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// The task's status right after the attempt ended: `backoff` means it
+    /// failed and another attempt follows; `None` while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::scheduler::TaskStatus>,
+    /// Why it ended so (failure, timeout or cancel reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The backend's handle (PipelineRun name, log path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+}
+
+impl AttemptTiming {
+    /// From launch to end, or to `now_ms` while it runs.
+    pub fn duration_ms(&self, now_ms: u64) -> u64 {
+        self.finished_ms
+            .unwrap_or(now_ms)
+            .saturating_sub(self.launch_ms)
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One run as stored.

@@ -207,8 +207,9 @@ impl TaskView {
         self.stage.is_none()
     }
 
-    /// From the first launch to the end, or to `now_ms` while it runs;
-    /// `None` before the first launch.
+    /// From the first launch (of the current round: a rerun starts the
+    /// clock again) to the end, or to `now_ms` while it runs; `None` before
+    /// the first launch.
     pub fn duration_ms(&self, now_ms: u64) -> Option<u64> {
         let start = self.timing.first_launch_ms?;
         Some(
@@ -354,11 +355,53 @@ impl RunView {
         self.tasks.iter().map(|t| t.attempt.saturating_sub(1)).sum()
     }
 
-    /// From submission to the end, or to `now_ms` while it runs.
+    /// The run's round: 0, then one more per rerun (the newest round any
+    /// attempt was launched in).
+    pub fn round(&self) -> u32 {
+        self.tasks
+            .iter()
+            .flat_map(|t| &t.timing.attempts)
+            .map(|a| a.round)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// When the current round's first attempt was launched: for the first
+    /// round, when a worker first picked the run up; `None` before that.
+    pub fn started_ms(&self) -> Option<u64> {
+        let round = self.round();
+        self.tasks
+            .iter()
+            .flat_map(|t| &t.timing.attempts)
+            .filter(|a| a.round == round)
+            .map(|a| a.launch_ms)
+            .min()
+    }
+
+    /// How long the run waited for a worker: from submission to its first
+    /// launch, or to `now_ms` while no task has started. `None` for a rerun
+    /// (its wait is not recorded) and for a run that ended without any
+    /// launch (cancelled while queued: see [`RunView::duration_ms`]).
+    pub fn queue_ms(&self, now_ms: u64) -> Option<u64> {
+        if self.round() > 0 {
+            return None;
+        }
+        match self.started_ms() {
+            Some(start) => Some(start.saturating_sub(self.created_ms)),
+            None if self.finished_ms.is_none() => Some(now_ms.saturating_sub(self.created_ms)),
+            None => None,
+        }
+    }
+
+    /// How long the run takes: from submission (for a rerun: from the
+    /// rerun's first launch) to the end, or to `now_ms` while it runs — a
+    /// rerun is not charged the time between the rounds.
     pub fn duration_ms(&self, now_ms: u64) -> u64 {
-        self.finished_ms
-            .unwrap_or(now_ms)
-            .saturating_sub(self.created_ms)
+        let start = match self.round() {
+            0 => self.created_ms,
+            _ => self.started_ms().unwrap_or(self.created_ms),
+        };
+        self.finished_ms.unwrap_or(now_ms).saturating_sub(start)
     }
 }
 
@@ -502,6 +545,7 @@ mod tests {
             launch_ms: Some(1_000),
             finished_ms: Some(3_500),
             handle: Some("build-1".into()),
+            attempts: vec![],
         };
         RunRecord {
             format: RECORD_FORMAT,

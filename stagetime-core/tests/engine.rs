@@ -308,6 +308,91 @@ async fn rerun_through_the_engine_keeps_succeeded_tasks() {
     running.shutdown().await;
 }
 
+/// Issue 14: every attempt is recorded with its times, how it ended and why;
+/// after a rerun the run's and the rerun task's durations are those of the
+/// new round, not stretched over the hour between the rounds.
+#[tokio::test(start_paused = true)]
+async fn attempts_are_recorded_with_reasons_and_a_rerun_restarts_the_clocks() {
+    let backend = InstantBackend::with(|r| {
+        Some(match (r.key.task.as_str(), r.key.attempt) {
+            ("a", 1) => AttemptOutcome::Failed {
+                message: "flaky".into(),
+            },
+            ("b", 1) => AttemptOutcome::Failed {
+                message: "broken".into(),
+            },
+            _ => AttemptOutcome::Succeeded,
+        })
+    });
+    let running = start(Arc::new(MemoryStore::new()), Arc::new(backend));
+    let id = running
+        .submit(
+            "{repo: r, commit: c, tasks: [{name: a, command: x, retries: 1, retry_delay: 2s},
+              {name: b, stage: 1, command: x}]}",
+        )
+        .await;
+    let first = running.engine.wait_finished(&id).await.unwrap();
+    assert_eq!(first.state, RunState::Failed);
+    let view = running.engine.plans().view(&first).unwrap();
+    let a = view.task("a").unwrap();
+    let how: Vec<_> = a
+        .timing
+        .attempts
+        .iter()
+        .map(|x| (x.number, x.status, x.message.as_deref()))
+        .collect();
+    assert_eq!(
+        how,
+        [
+            (1, Some(TaskStatus::Backoff), Some("flaky")),
+            (2, Some(TaskStatus::Succeeded), None),
+        ]
+    );
+    assert!(a.timing.attempts.iter().all(|x| x.finished_ms.is_some()));
+    assert!(
+        a.timing.attempts[1].launch_ms > a.timing.attempts[0].finished_ms.unwrap() + 1_000,
+        "the second attempt waited out the (jittered) retry delay: {:?}",
+        a.timing.attempts
+    );
+    assert_eq!(
+        view.queue_ms(u64::MAX),
+        Some(view.started_ms().unwrap() - view.created_ms)
+    );
+
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    running.engine.rerun(&id).await.unwrap();
+    let second = running.wait_state(&id, RunState::Succeeded).await;
+    let view = running.engine.plans().view(&second).unwrap();
+    assert_eq!(view.round(), 1);
+    let b = view.task("b").unwrap();
+    let rounds: Vec<_> = b
+        .timing
+        .attempts
+        .iter()
+        .map(|x| (x.number, x.round, x.status))
+        .collect();
+    assert_eq!(
+        rounds,
+        [
+            (1, 0, Some(TaskStatus::Failed)),
+            (2, 1, Some(TaskStatus::Succeeded))
+        ]
+    );
+    let now = second.finished_ms.unwrap();
+    assert!(
+        b.duration_ms(now).unwrap() < 3_600_000,
+        "b's duration is that of its rerun: {:?}",
+        b.timing
+    );
+    assert!(
+        view.duration_ms(now) < 3_600_000,
+        "the run is not charged the hour between the rounds: {}",
+        view.duration_ms(now)
+    );
+    assert_eq!(view.queue_ms(now), None, "a rerun's wait is not recorded");
+    running.shutdown().await;
+}
+
 // ---------------------------------------------------------------- mocks
 
 mock! {

@@ -33,7 +33,8 @@ use crate::types::PipelineRun;
 /// The observers of every `observe` stream, shared with the watch task.
 type Subscribers = Arc<Mutex<Observers>>;
 
-/// Runs task attempts as `tekton.dev/v1` PipelineRuns in one namespace.
+/// Runs task attempts as `tekton.dev/v1` PipelineRuns: a run's in the
+/// namespace of its repository ([`TektonConfig::namespace_for`]).
 ///
 /// * **launch** creates the PipelineRun rendered by
 ///   [`render_pipelinerun`] under its
@@ -50,6 +51,10 @@ type Subscribers = Arc<Mutex<Observers>>;
 /// * **housekeeping** deletes finished PipelineRuns older than the TTL, keeping
 ///   the newest `keep_last` per repository label, with background propagation.
 ///
+/// Observe, reconcile, cancel and housekeeping cover every namespace of
+/// [`TektonConfig::namespaces`] (a launch key has no repository: cancel
+/// looks for the attempt's PipelineRun in each).
+///
 /// Every API call goes through a client-side token bucket
 /// ([`crate::config::RateLimit`]) and is retried on 429, 5xx and connection
 /// errors ([`crate::config::RetryPolicy`]) before [`Error::Unavailable`] is
@@ -60,20 +65,23 @@ pub struct TektonBackend {
 }
 
 struct Inner {
-    api: Api<PipelineRun>,
+    /// The PipelineRun API of each namespace of `cfg.namespaces()`, the
+    /// default namespace's first.
+    apis: Vec<(String, Api<PipelineRun>)>,
     cfg: TektonConfig,
     limiter: Option<RateLimiter>,
     subscribers: Subscribers,
-    watcher: Mutex<Option<JoinHandle<()>>>,
+    /// One watch per namespace.
+    watchers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(h) = self
-            .watcher
+        for h in self
+            .watchers
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
+            .drain(..)
         {
             h.abort();
         }
@@ -96,16 +104,20 @@ impl TektonBackend {
         custom: false,
     };
 
-    /// A backend using `client` for the namespace and settings of `cfg`.
+    /// A backend using `client` for the namespaces and settings of `cfg`.
     pub fn new(client: Client, cfg: TektonConfig) -> Self {
-        let api = Api::namespaced(client, &cfg.namespace);
+        let apis = cfg
+            .namespaces()
+            .into_iter()
+            .map(|ns| (ns.to_string(), Api::namespaced(client.clone(), ns)))
+            .collect();
         TektonBackend {
             inner: Arc::new(Inner {
-                api,
+                apis,
                 limiter: cfg.rate_limit.map(RateLimiter::new),
                 cfg,
                 subscribers: Arc::default(),
-                watcher: Mutex::new(None),
+                watchers: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -129,9 +141,19 @@ impl TektonBackend {
         &self.inner.cfg
     }
 
-    /// The PipelineRun API of the configured namespace.
+    /// The PipelineRun API of the default namespace.
     pub fn api(&self) -> &Api<PipelineRun> {
-        &self.inner.api
+        &self.inner.apis[0].1
+    }
+
+    /// The namespace and PipelineRun API of the runs of repository `repo`.
+    fn api_for(&self, repo: &str) -> (&str, &Api<PipelineRun>) {
+        let ns = self.inner.cfg.namespace_for(repo);
+        self.inner
+            .apis
+            .iter()
+            .find(|(n, _)| n == ns)
+            .map_or((ns, self.api()), |(n, api)| (n.as_str(), api))
     }
 
     /// The name of the PipelineRun of `key`.
@@ -139,10 +161,10 @@ impl TektonBackend {
         pipelinerun_name(key.run.as_str(), &key.task, key.attempt)
     }
 
-    fn call_info<'a>(&'a self, verb: &'a str, name: Option<&'a str>) -> Call<'a> {
+    fn call_in<'a>(&'a self, namespace: &'a str, verb: &'a str, name: Option<&'a str>) -> Call<'a> {
         Call {
             verb,
-            namespace: &self.inner.cfg.namespace,
+            namespace,
             name,
         }
     }
@@ -172,9 +194,16 @@ impl TektonBackend {
     }
 
     fn start_watcher(&self) {
-        let mut guard = self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().is_some_and(|h| !h.is_finished()) {
+        let mut guard = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !guard.is_empty() && guard.iter().all(|h| !h.is_finished()) {
             return;
+        }
+        for h in guard.drain(..) {
+            h.abort();
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::error!(
@@ -182,11 +211,12 @@ impl TektonBackend {
             );
             return;
         };
-        let api = self.inner.api.clone();
-        let selector = self.inner.cfg.managed_selector();
-        let prefix = self.inner.cfg.label_prefix.clone();
-        let subs = self.inner.subscribers.clone();
-        *guard = Some(rt.spawn(watch_loop(api, selector, prefix, subs)));
+        for (_, api) in &self.inner.apis {
+            let selector = self.inner.cfg.managed_selector();
+            let prefix = self.inner.cfg.label_prefix.clone();
+            let subs = self.inner.subscribers.clone();
+            guard.push(rt.spawn(watch_loop(api.clone(), selector, prefix, subs)));
+        }
     }
 }
 
@@ -401,12 +431,12 @@ impl Backend for TektonBackend {
     async fn launch(&self, request: LaunchRequest) -> Result<Launched> {
         let pr = render_pipelinerun(&request, &self.inner.cfg)?;
         let name = pr.name_any();
-        let api = &self.inner.api;
+        let (ns, api) = self.api_for(&request.run.repo);
         let prefix = &self.inner.cfg.label_prefix;
         let pp = PostParams::default();
         for _ in 0..3 {
             let created = self
-                .call(self.call_info("create", Some(&name)), || {
+                .call(self.call_in(ns, "create", Some(&name)), || {
                     api.create(&pp, &pr)
                 })
                 .await;
@@ -420,9 +450,9 @@ impl Backend for TektonBackend {
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     let existing = self
-                        .call(self.call_info("get", Some(&name)), || api.get_opt(&name))
+                        .call(self.call_in(ns, "get", Some(&name)), || api.get_opt(&name))
                         .await
-                        .map_err(|e| classify(e, self.call_info("get", Some(&name))))?;
+                        .map_err(|e| classify(e, self.call_in(ns, "get", Some(&name))))?;
                     match existing {
                         Some(existing) if same_attempt(&existing, &pr, prefix) => {
                             tracing::info!(pipelinerun = %name, key = %request.key, "adopted existing PipelineRun");
@@ -437,10 +467,7 @@ impl Backend for TektonBackend {
                                 |k| format!("attempt {k}"),
                             );
                             return Err(Error::AlreadyExists {
-                                what: format!(
-                                    "{RESOURCE} {name:?} in namespace {:?}",
-                                    self.inner.cfg.namespace
-                                ),
+                                what: format!("{RESOURCE} {name:?} in namespace {ns:?}"),
                                 message: format!(
                                     "it is not the PipelineRun of attempt {} (its labels say: {theirs}); delete or rename it",
                                     request.key
@@ -451,7 +478,7 @@ impl Backend for TektonBackend {
                         None => continue,
                     }
                 }
-                Err(e) => return Err(classify(e, self.call_info("create", Some(&name)))),
+                Err(e) => return Err(classify(e, self.call_in(ns, "create", Some(&name)))),
             }
         }
         Err(Error::unavailable(
@@ -462,13 +489,21 @@ impl Backend for TektonBackend {
 
     async fn cancel(&self, key: &LaunchKey) -> Result<()> {
         let name = Self::name_of(key);
-        let api = &self.inner.api;
         let prefix = &self.inner.cfg.label_prefix;
-        let existing = self
-            .call(self.call_info("get", Some(&name)), || api.get_opt(&name))
-            .await
-            .map_err(|e| classify(e, self.call_info("get", Some(&name))))?;
-        let Some(existing) = existing else {
+        // The attempt's PipelineRun is in its repository's namespace, which
+        // the key does not name: look in each.
+        let mut found = None;
+        for (ns, api) in &self.inner.apis {
+            let existing = self
+                .call(self.call_in(ns, "get", Some(&name)), || api.get_opt(&name))
+                .await
+                .map_err(|e| classify(e, self.call_in(ns, "get", Some(&name))))?;
+            if let Some(existing) = existing {
+                found = Some((ns.as_str(), api, existing));
+                break;
+            }
+        }
+        let Some((ns, api, existing)) = found else {
             return Ok(());
         };
         if key_of(&existing, prefix).as_ref() != Some(key) {
@@ -482,7 +517,7 @@ impl Backend for TektonBackend {
         let patch = Patch::Merge(serde_json::json!({ "spec": { "status": wanted } }));
         let pp = PatchParams::default();
         let patched = self
-            .call(self.call_info("patch", Some(&name)), || {
+            .call(self.call_in(ns, "patch", Some(&name)), || {
                 api.patch(&name, &pp, &patch)
             })
             .await;
@@ -492,7 +527,7 @@ impl Backend for TektonBackend {
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(classify(e, self.call_info("patch", Some(&name)))),
+            Err(e) => Err(classify(e, self.call_in(ns, "patch", Some(&name)))),
         }
     }
 
@@ -508,44 +543,44 @@ impl Backend for TektonBackend {
     }
 
     async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>> {
-        let api = &self.inner.api;
         let lp = ListParams::default().labels(&self.inner.cfg.run_selector(run.as_str()));
-        let list = self
-            .call(self.call_info("list", None), || api.list(&lp))
-            .await
-            .map_err(|e| classify(e, self.call_info("list", None)))?;
         let prefix = &self.inner.cfg.label_prefix;
-        Ok(list
-            .items
-            .iter()
-            .filter_map(|pr| {
+        let mut found = Vec::new();
+        for (ns, api) in &self.inner.apis {
+            let list = self
+                .call(self.call_in(ns, "list", None), || api.list(&lp))
+                .await
+                .map_err(|e| classify(e, self.call_in(ns, "list", None)))?;
+            found.extend(list.items.iter().filter_map(|pr| {
                 let key = key_of(pr, prefix)?;
                 let outcome = status::outcome(pr)?;
                 (key.run == *run).then_some(Observation { key, outcome })
-            })
-            .collect())
+            }));
+        }
+        Ok(found)
     }
 
     async fn housekeeping(&self, policy: &Housekeeping) -> Result<HousekeepingReport> {
-        let api = &self.inner.api;
         let lp = ListParams::default().labels(&self.inner.cfg.managed_selector());
-        let list = self
-            .call(self.call_info("list", None), || api.list(&lp))
-            .await
-            .map_err(|e| classify(e, self.call_info("list", None)))?;
-        let plan = housekeeping_plan(&list.items, policy, &self.inner.cfg.key(LABEL_REPO));
         let mut report = HousekeepingReport::default();
         let dp = DeleteParams::background();
-        for name in plan {
-            let deleted = self
-                .call(self.call_info("delete", Some(&name)), || {
-                    api.delete(&name, &dp)
-                })
-                .await;
-            match deleted {
-                Ok(_) => report.deleted.push(name),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(classify(e, self.call_info("delete", Some(&name)))),
+        for (ns, api) in &self.inner.apis {
+            let list = self
+                .call(self.call_in(ns, "list", None), || api.list(&lp))
+                .await
+                .map_err(|e| classify(e, self.call_in(ns, "list", None)))?;
+            let plan = housekeeping_plan(&list.items, policy, &self.inner.cfg.key(LABEL_REPO));
+            for name in plan {
+                let deleted = self
+                    .call(self.call_in(ns, "delete", Some(&name)), || {
+                        api.delete(&name, &dp)
+                    })
+                    .await;
+                match deleted {
+                    Ok(_) => report.deleted.push(name),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(classify(e, self.call_in(ns, "delete", Some(&name)))),
+                }
             }
         }
         if !report.deleted.is_empty() {

@@ -1,5 +1,6 @@
 //! [`TektonConfig`]: where and how PipelineRuns are created.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use stagetime_core::FieldErrors;
@@ -61,6 +62,43 @@ impl std::str::FromStr for CancelMode {
                 "cancel mode {s:?} is not one of Cancelled, CancelledRunFinally, StoppedRunFinally"
             )),
         }
+    }
+}
+
+/// Reads the repository → namespace mapping of
+/// [`TektonConfig::repo_namespaces`]: `repo=namespace` entries separated by
+/// commas, spaces or new lines (`web=team-web,api=team-api`).
+///
+/// # Errors
+/// Every bad entry, by position: no `=`, an empty repository, a namespace
+/// that is not a DNS-1123 label, a repository given twice.
+pub fn parse_repo_namespaces(text: &str) -> Result<BTreeMap<String, String>, FieldErrors> {
+    let mut map = BTreeMap::new();
+    let mut errors = FieldErrors::default();
+    let entries = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|e| !e.is_empty());
+    for (i, entry) in entries.enumerate() {
+        let field = format!("repo_namespaces[{i}]");
+        let Some((repo, ns)) = entry.split_once('=') else {
+            errors.push(field, format!("{entry:?} is not `repo=namespace`"));
+            continue;
+        };
+        if repo.is_empty() {
+            errors.push(field, format!("{entry:?} names no repository"));
+        } else if !stagetime_core::plan::is_dns1123_label(ns) {
+            errors.push(
+                field,
+                format!("{ns:?} is not a namespace name (a DNS-1123 label: lowercase letters, digits and '-', at most 63)"),
+            );
+        } else if map.insert(repo.to_string(), ns.to_string()).is_some() {
+            errors.push(field, format!("repository {repo:?} is mapped twice"));
+        }
+    }
+    if errors.is_empty() {
+        Ok(map)
+    } else {
+        Err(errors)
     }
 }
 
@@ -217,8 +255,12 @@ impl RetryPolicy {
 /// Where and how [`crate::TektonBackend`] creates PipelineRuns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TektonConfig {
-    /// Namespace of the PipelineRuns.
+    /// Namespace of the PipelineRuns (of repositories not in
+    /// [`TektonConfig::repo_namespaces`]).
     pub namespace: String,
+    /// The namespace of the PipelineRuns of each listed repository (by the
+    /// run's `repo`); the other repositories' go to `namespace`.
+    pub repo_namespaces: BTreeMap<String, String>,
     /// `spec.taskRunTemplate.podTemplate.securityContext.fsGroup` (`None`: not
     /// set) when [`TektonConfig::pod_template`] has no `securityContext`.
     pub fs_group: Option<i64>,
@@ -243,6 +285,7 @@ impl Default for TektonConfig {
     fn default() -> Self {
         TektonConfig {
             namespace: "default".to_string(),
+            repo_namespaces: BTreeMap::new(),
             fs_group: Some(DEFAULT_FS_GROUP),
             pod_template: None,
             default_timeout: Some(DEFAULT_PIPELINE_TIMEOUT),
@@ -262,6 +305,25 @@ impl TektonConfig {
             namespace: namespace.into(),
             ..TektonConfig::default()
         }
+    }
+
+    /// The namespace of the PipelineRuns of runs of repository `repo`.
+    pub fn namespace_for(&self, repo: &str) -> &str {
+        self.repo_namespaces
+            .get(repo)
+            .map_or(self.namespace.as_str(), String::as_str)
+    }
+
+    /// Every namespace PipelineRuns may be in: `namespace` first, then the
+    /// other namespaces of `repo_namespaces`, each once.
+    pub fn namespaces(&self) -> Vec<&str> {
+        let mut all = vec![self.namespace.as_str()];
+        for ns in self.repo_namespaces.values() {
+            if !all.contains(&ns.as_str()) {
+                all.push(ns);
+            }
+        }
+        all
     }
 
     /// The label (or annotation) key `<prefix>/<name>`.
@@ -292,6 +354,30 @@ impl TektonConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repositories_map_to_namespaces_and_bad_entries_are_named() {
+        let mut c = TektonConfig::new("ci");
+        c.repo_namespaces = parse_repo_namespaces("web=team-web, api=team-api\nold=ci").unwrap();
+        assert_eq!(c.namespace_for("web"), "team-web");
+        assert_eq!(c.namespace_for("unmapped"), "ci");
+        assert_eq!(c.namespaces(), ["ci", "team-api", "team-web"]);
+        assert!(parse_repo_namespaces("").unwrap().is_empty());
+        let e = parse_repo_namespaces("web,=ns,api=Team_API,web=a,web=b")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "repo_namespaces[0]",
+            "\"web\" is not `repo=namespace`",
+            "repo_namespaces[1]",
+            "names no repository",
+            "\"Team_API\" is not a namespace name",
+            "repo_namespaces[4]",
+            "repository \"web\" is mapped twice",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in {e}");
+        }
+    }
 
     #[test]
     fn defaults_follow_the_earlier_system() {

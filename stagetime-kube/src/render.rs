@@ -267,7 +267,7 @@ pub fn render_pipelinerun(req: &LaunchRequest, cfg: &TektonConfig) -> Result<Pip
             e.push(format!("annotations.{owner_key:?}"), message);
             Error::Invalid(e)
         })?;
-        if owner.namespace == cfg.namespace {
+        if owner.namespace == cfg.namespace_for(&req.run.repo) {
             owner_references.push(owner.owner_reference());
         }
     }
@@ -309,7 +309,7 @@ pub fn render_pipelinerun(req: &LaunchRequest, cfg: &TektonConfig) -> Result<Pip
     Ok(PipelineRun {
         metadata: ObjectMeta {
             name: Some(name),
-            namespace: Some(cfg.namespace.clone()),
+            namespace: Some(cfg.namespace_for(&req.run.repo).to_string()),
             labels: Some(labels(req, cfg)),
             annotations: Some(annotations),
             owner_references: (!owner_references.is_empty()).then_some(owner_references),

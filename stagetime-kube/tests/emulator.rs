@@ -431,3 +431,95 @@ async fn concurrent_launches_of_one_attempt_create_one_pipelinerun() {
         1
     );
 }
+
+/// Issue 14: every PipelineRun landed in one namespace. A run's repository
+/// now picks its namespace (`repo_namespaces`, the rest in the default one);
+/// observe, cancel, reconcile (from a restarted backend) and housekeeping
+/// find each PipelineRun where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_repository_runs_in_its_namespace() {
+    let Some(emu) = shared_emulator().await else {
+        return;
+    };
+    let (default_ns, team_ns) = (namespace(), namespace());
+    let _controllers = [
+        Controller::start(emu.client(&default_ns), &default_ns),
+        Controller::start(emu.client(&team_ns), &team_ns),
+    ];
+    let mut cfg = config(&default_ns);
+    cfg.repo_namespaces = [("team-repo".to_string(), team_ns.clone())].into();
+    let backend = TektonBackend::new(emu.client(&default_ns), cfg.clone());
+    let mut obs = Obs::new(backend.observe());
+    let run = RunId::new(unique("ns")).unwrap();
+    let mut team = request(&run, "team", "succeed", 1);
+    team.run.repo = "team-repo".into();
+    let mut hanging = request(&run, "hanging", "hang", 1);
+    hanging.run.repo = "team-repo".into();
+    let other = request(&run, "other", "succeed", 1);
+    for r in [&team, &hanging, &other] {
+        assert!(backend.launch(r.clone()).await.unwrap().created);
+    }
+    let names = |ns: &str| {
+        let api: Api<PipelineRun> = Api::namespaced(emu.client(ns), ns);
+        async move {
+            let mut names: Vec<String> = api
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    let mut in_team = vec![
+        TektonBackend::name_of(&hanging.key),
+        TektonBackend::name_of(&team.key),
+    ];
+    in_team.sort();
+    assert_eq!(names(&team_ns).await, in_team);
+    assert_eq!(
+        names(&default_ns).await,
+        [TektonBackend::name_of(&other.key)]
+    );
+    assert_eq!(
+        next_for(&mut obs, &team.key).await,
+        AttemptOutcome::Succeeded
+    );
+    assert_eq!(
+        next_for(&mut obs, &other.key).await,
+        AttemptOutcome::Succeeded
+    );
+
+    // Cancel finds the attempt in its repository's namespace.
+    backend.cancel(&hanging.key).await.unwrap();
+    assert!(matches!(
+        next_for(&mut obs, &hanging.key).await,
+        AttemptOutcome::Cancelled { .. }
+    ));
+
+    // A restarted backend reconciles the run across both namespaces.
+    let restarted = TektonBackend::new(emu.client(&default_ns), cfg);
+    let mut found: Vec<String> = restarted
+        .reconcile(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key.task)
+        .collect();
+    found.sort();
+    assert_eq!(found, ["hanging", "other", "team"]);
+
+    // Housekeeping covers both namespaces.
+    let policy = Housekeeping {
+        ttl: Duration::from_secs(60),
+        keep_last: 0,
+        now_ms: u64::MAX / 2,
+    };
+    let report = restarted.housekeeping(&policy).await.unwrap();
+    assert_eq!(report.deleted.len(), 3, "{report:?}");
+    assert!(names(&team_ns).await.is_empty());
+    assert!(names(&default_ns).await.is_empty());
+}

@@ -27,7 +27,11 @@ RELEASE, NAMESPACE = "stagetime", "stagetime"
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
 KUBE_VERSIONS = ["1.27.0", kubernetes_validate.utils.latest_version()]
 # Committed renderings: the files the Rust RBAC test reads.
-RENDERED = {"default.yaml": None, "cluster-wide.yaml": "cluster-wide.yaml"}
+RENDERED = {
+    "default.yaml": None,
+    "cluster-wide.yaml": "cluster-wide.yaml",
+    "repo-namespaces.yaml": "repo-namespaces.yaml",
+}
 # What each bad values file's refusal must name.
 BAD = {
     "typo.yaml": "replica",
@@ -36,6 +40,7 @@ BAD = {
     "pod-template-typo.yaml": "nodeSelecter",
     "redis-url.yaml": "/redis/external/url",
     "http-without-repos.yaml": "repositories.config",
+    "repo-namespace-name.yaml": "/tekton/repoNamespaces/web",
 }
 # No Kubernetes schema for prometheus-operator's CRD: the fields the chart writes.
 SERVICE_MONITOR = {

@@ -37,9 +37,14 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- end -}}
 
 {{/* The namespaces of the PipelineRuns (default: the release's). */}}
+{{/* Every namespace of PipelineRuns: the default one first, then the rest
+of rbac.pipelineRunNamespaces and the namespaces of tekton.repoNamespaces. */}}
 {{- define "stagetime.pipelineRunNamespaces" -}}
 {{- $list := .Values.rbac.pipelineRunNamespaces | default (list .Release.Namespace) -}}
-{{- toJson $list -}}
+{{- range $repo, $ns := .Values.tekton.repoNamespaces -}}
+{{- $list = append $list $ns -}}
+{{- end -}}
+{{- toJson (uniq $list) -}}
 {{- end -}}
 
 {{- define "stagetime.authSecret" -}}
