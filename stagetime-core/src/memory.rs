@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use crate::backend::LaunchKey;
 use crate::error::{Error, Result};
 use crate::store::{
     ClaimToken, Claimed, Commit, Created, DEFAULT_RECLAIM_AFTER, DEFAULT_RETENTION, Delivery,
     DeliveryState, QueueStats, RUN_STATES, RunFilter, RunId, RunPage, RunRecord, Store, StoreStats,
     StoredLog, WorkItem,
 };
-use crate::backend::LaunchKey;
 
 /// Default page size of [`Store::list_runs`].
 const DEFAULT_PAGE: usize = 100;

@@ -10,11 +10,11 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
 use serde::Deserialize;
+use stagetime_core::backend::LaunchKey;
 use stagetime_core::store::{
     ClaimToken, Claimed, Commit, Created, Delivery, QueueStats, RECORD_FORMAT, RunFilter, RunId,
     RunPage, RunRecord, RunSummary, Store, StoreStats, StoredLog, WorkItem,
 };
-use stagetime_core::backend::LaunchKey;
 use stagetime_core::{Error, FieldErrors, Result};
 use tracing::{debug, warn};
 

@@ -717,10 +717,7 @@ pub async fn logs_keep_a_bounded_tail(t: StoreUnderTest) {
         "attempts are kept apart"
     );
     let unknown = log_key(&RunId::new(super::unique("logs-unknown")).unwrap(), 1);
-    let err = s
-        .append_log(&unknown, 0, b"x", true, 16)
-        .await
-        .unwrap_err();
+    let err = s.append_log(&unknown, 0, b"x", true, 16).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert_eq!(s.read_log(&unknown, 0).await.unwrap(), None);
 }
