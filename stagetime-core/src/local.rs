@@ -456,10 +456,11 @@ pub struct LocalLogSource {
 }
 
 impl LocalLogSource {
-    /// Reads the attempts of `backend` (its files; no process state).
-    pub fn new(backend: &LocalBackend) -> Self {
+    /// Reads the attempts of a [`LocalBackend`] keeping its files under
+    /// `root` (its files only; no process state).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalLogSource {
-            backend: LocalBackend::new(backend.root()),
+            backend: LocalBackend::new(root),
         }
     }
 

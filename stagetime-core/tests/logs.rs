@@ -52,7 +52,7 @@ fn local(keep: usize) -> Local {
     let capture = LogCapture::new(
         Arc::new(backend.clone()),
         Arc::clone(&store),
-        Arc::new(LocalLogSource::new(&backend)),
+        Arc::new(LocalLogSource::new(backend.root())),
         CaptureMode::Live,
         keep,
     );
@@ -112,7 +112,7 @@ async fn a_followed_run_streams_every_task_to_its_end_and_the_logs_outlive_house
         .await
         .unwrap();
     assert_eq!(report.deleted.len(), 1, "{report:?}");
-    let files = LocalLogSource::new(&l.backend);
+    let files = LocalLogSource::new(l.backend.root());
     let gone = files
         .open(LogQuery::task(run.id.clone(), "test"))
         .await
