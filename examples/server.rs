@@ -21,7 +21,7 @@ use stagetime::forge::Repositories;
 use stagetime::forge::client::{ClientConfig, ForgeClient};
 use stagetime::forge::intake::{ForgeMetrics, IntakeLoop};
 use stagetime::grpc::metrics::Metrics;
-use stagetime::grpc::{Limits, ServerConfig, TlsFiles, load_token};
+use stagetime::grpc::{Limits, ServerConfig, SharedLogSource, TlsFiles, load_token};
 use stagetime::http::{HttpState, router, watch_repos};
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
@@ -64,6 +64,10 @@ struct Args {
     /// Absent: anything is accepted.
     #[arg(long, env = "STAGETIME_BACKEND")]
     backend: Option<BackendKind>,
+    /// Namespace of the PipelineRuns whose pods `logs` reads while they
+    /// exist (with --backend tekton; afterwards the store's archive).
+    #[arg(long, env = "STAGETIME_NAMESPACE", default_value = "default")]
+    namespace: String,
     /// Address of the HTTP surface (forge webhooks at /hooks/{github,gitlab,gitea});
     /// off when not given. See docs/git.md.
     #[arg(long, env = "STAGETIME_HTTP_LISTEN", requires = "repos")]
@@ -132,7 +136,14 @@ async fn run(args: Args) -> Result<(), Failure> {
         let (caps, name) = b.capabilities();
         (caps, name.to_string())
     });
+    let logs = match args.backend {
+        Some(kind) => Some(SharedLogSource(
+            kind.log_reader(Arc::clone(&store), &args.namespace).await?,
+        )),
+        None => None,
+    };
     let config = ServerConfig {
+        logs,
         limits: Limits {
             runnable_by,
             ..Limits::default()
