@@ -473,6 +473,19 @@ impl LogSource for LiveFirstLogSource {
     }
 }
 
+/// A chunk's text as the store keeps it: the archive has no steps, so
+/// each line of a step's chunk is prefixed `[step] ` (as `tkn` shows them).
+fn archived_text(chunk: LogChunk) -> String {
+    match chunk.step {
+        None => chunk.text,
+        Some(step) => chunk
+            .text
+            .split_inclusive('\n')
+            .map(|line| format!("[{step}] {line}"))
+            .collect(),
+    }
+}
+
 /// When [`LogCapture`] copies an attempt's output into the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaptureMode {
@@ -489,6 +502,7 @@ pub enum CaptureMode {
 /// run: it copies what `source` reads for an attempt into
 /// [`Store::append_log`] (live or at the end, per [`CaptureMode`]) and
 /// passes an attempt's end on to observers only once its log is stored —
+/// lines of a step (Tekton) kept prefixed `[step] ` —
 /// so a reader that sees the attempt over finds its whole tail. Everything
 /// else is `inner`'s. A log that cannot be stored is warned about; the
 /// attempt's outcome is never held back for long (at most 30 s).
@@ -556,7 +570,7 @@ impl CaptureShared {
             };
             let done = match next {
                 Some(Some(Ok(c))) => {
-                    batch.extend_from_slice(c.text.as_bytes());
+                    batch.extend_from_slice(archived_text(c).as_bytes());
                     if batch.len() < CAPTURE_BATCH {
                         continue;
                     }
@@ -602,8 +616,9 @@ impl CaptureShared {
         while let Some(item) = stream.next().await {
             match item {
                 Ok(c) => {
-                    total += c.text.len() as u64;
-                    tail.extend(c.text.as_bytes());
+                    let text = archived_text(c);
+                    total += text.len() as u64;
+                    tail.extend(text.as_bytes());
                     if tail.len() > self.keep {
                         let excess = tail.len() - self.keep;
                         tail.drain(..excess);
