@@ -184,3 +184,60 @@ async fn local_logs_are_followed_through_the_server_and_outlive_housekeeping() {
     assert_eq!(worker.terminate(), Some(0), "{}", worker.log());
     let _ = server.terminate();
 }
+
+/// `stagetime run FILE` (embedded, local backend) with `args`, in `dir`.
+fn run_embedded(dir: &Path, file: &str, args: &[&str]) -> Output {
+    let mut all = vec!["run", file];
+    all.extend_from_slice(args);
+    Command::new(exe("stagetime"))
+        .args(&all)
+        .current_dir(dir)
+        .output()
+        .expect("run the CLI")
+}
+
+const TWO_TASKS: &str = "repo: demo\ncommit: abc\ntasks:\n  - name: build\n    command: \"echo compiling; echo 'built ok'\"\n  - name: test\n    stage: 1\n    command: \"for i in $(seq 1 30); do echo case $i; done; echo 'assertion failed' >&2; exit 4\"\n";
+
+#[test]
+fn run_with_logs_streams_every_task_prefixed_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), TWO_TASKS).unwrap();
+    let out = run_embedded(dir.path(), "p.yaml", &["--logs"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let printed = stdout(&out);
+    let task_lines: Vec<&str> = printed.lines().filter(|l| l.starts_with('[')).collect();
+    let mut expected = vec![
+        "[build] compiling".to_string(),
+        "[build] built ok".to_string(),
+    ];
+    expected.extend((1..=30).map(|i| format!("[test] case {i}")));
+    expected.push("[test] assertion failed".to_string());
+    assert_eq!(task_lines, expected, "{printed}");
+    assert!(
+        !printed.contains("last 20 of"),
+        "with --logs the output was shown already: {printed}"
+    );
+}
+
+#[test]
+fn run_prints_the_tail_of_each_failed_tasks_log_with_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), TWO_TASKS).unwrap();
+    let out = run_embedded(dir.path(), "p.yaml", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let printed = stdout(&out);
+    assert!(
+        !printed.contains("compiling"),
+        "task output is hidden: {printed}"
+    );
+    let (_, tail) = printed
+        .split_once("--- test (attempt 1): last 20 of 31 log lines ---\n")
+        .unwrap_or_else(|| panic!("no tail of the failed task: {printed}"));
+    let mut expected: String = (12..=30).map(|i| format!("  case {i}\n")).collect();
+    expected.push_str("  assertion failed\n");
+    assert_eq!(tail, expected);
+    assert!(
+        !printed.contains("--- build"),
+        "only failed tasks: {printed}"
+    );
+}
