@@ -200,7 +200,6 @@ fn store_attempt(store: Arc<dyn Store>, key: LaunchKey, follow: bool) -> LogStre
     channel_stream(move |tx| async move {
         let mut offset = 0u64;
         let mut decoder = LineDecoder::default();
-        let mut first = true;
         loop {
             // The record first: an attempt over before the read has
             // written all it will by the time of the read.
@@ -226,21 +225,21 @@ fn store_attempt(store: Arc<dyn Store>, key: LaunchKey, follow: bool) -> LogStre
             let ended = log.as_ref().is_some_and(|l| l.ended);
             if let Some(mut log) = log {
                 let mut text = String::new();
-                if first && log.start > 0 {
-                    // The head was not kept: say so, and start at a whole line.
+                if log.start > offset {
+                    // Bytes this reader had not read are no longer kept (the
+                    // head of a long log, or a follower left behind): say
+                    // so, and go on at a whole line.
                     let skip = log
                         .bytes
                         .iter()
                         .position(|b| *b == b'\n')
                         .map_or(log.bytes.len(), |i| i + 1);
                     log.bytes.drain(..skip);
+                    decoder = LineDecoder::default();
                     text.push_str(&format!(
-                        "[stagetime: the first {} bytes of this log were not kept]\n",
-                        log.start + skip as u64
+                        "[stagetime: {} bytes of this log were not kept]\n",
+                        log.start + skip as u64 - offset
                     ));
-                }
-                if !log.bytes.is_empty() || log.start > offset {
-                    first = false;
                 }
                 offset = log.end;
                 text.push_str(&decoder.push(&log.bytes));
@@ -455,7 +454,8 @@ impl LogSource for LiveFirstLogSource {
             Box::pin(async move {
                 // The archive first when it is complete: the attempt is
                 // over and the live objects may go at any moment.
-                if let Ok(Some(log)) = store.read_log(&key, 0).await
+                // (Read from the end: only the flag crosses the network.)
+                if let Ok(Some(log)) = store.read_log(&key, u64::MAX).await
                     && log.ended
                 {
                     return Ok(store_attempt(store, key, follow));
@@ -707,11 +707,47 @@ impl Backend for LogCapture {
             .boxed()
     }
 
+    /// The inner backend's, with the logs of attempts that ended while no
+    /// process watched them stored first (those not stored already).
     async fn reconcile(&self, run: &RunId) -> Result<Vec<Observation>> {
-        self.inner.reconcile(run).await
+        let found = self.inner.reconcile(run).await?;
+        let shared = &self.shared;
+        futures::stream::iter(&found)
+            .for_each_concurrent(8, |o| async move {
+                let stored = shared.store.read_log(&o.key, u64::MAX).await;
+                if !matches!(stored, Ok(Some(ref log)) if log.ended) {
+                    Arc::clone(shared).settle(o.key.clone()).await;
+                }
+            })
+            .await;
+        Ok(found)
     }
 
     async fn housekeeping(&self, policy: &Housekeeping) -> Result<HousekeepingReport> {
         self.inner.housekeeping(policy).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LineDecoder;
+
+    #[test]
+    fn the_decoder_yields_whole_lines_and_never_splits_a_character() {
+        let mut d = LineDecoder::default();
+        assert_eq!(d.push(b"ab"), "");
+        assert_eq!(d.push(b"c\nde"), "abc\n");
+        // "é" is two bytes; arriving apart, it is decoded whole.
+        assert_eq!(d.push(&[b'f', 0xC3]), "");
+        assert_eq!(d.push(&[0xA9, b'\n']), "def\u{e9}\n");
+        assert_eq!(d.push(b"tail"), "");
+        assert_eq!(d.finish(), "tail");
+        // A line longer than 64 KiB is cut before an unfinished character.
+        let mut long = vec![b'x'; 64 * 1024];
+        long.push(0xC3);
+        let out = d.push(&long);
+        assert_eq!(out.len(), 64 * 1024, "cut before the lone lead byte");
+        assert_eq!(d.push(&[0xA9]), "");
+        assert_eq!(d.finish(), "\u{e9}");
     }
 }
