@@ -523,10 +523,6 @@ struct CaptureShared {
 /// How long an observation waits for its attempt's log to be stored.
 const ARCHIVE_PATIENCE: Duration = Duration::from_secs(30);
 
-/// How much a live capture gathers before writing (it also writes every
-/// [`FOLLOW_POLL`]).
-const CAPTURE_BATCH: usize = 64 * 1024;
-
 impl LogCapture {
     /// Wraps `inner`: `source` reads its attempts (one attempt per query),
     /// the store keeps their last `keep` bytes.
@@ -551,7 +547,9 @@ impl LogCapture {
 }
 
 impl CaptureShared {
-    /// Follows the attempt's output into the store until it ends.
+    /// Follows the attempt's output into the store until it ends, writing
+    /// what came every [`FOLLOW_POLL`] (a chatty attempt costs the store
+    /// at most four writes of `keep` bytes a second).
     async fn capture_live(self: Arc<Self>, key: LaunchKey) {
         let mut stream = match self.source.open(LogQuery::attempt(&key, true)).await {
             Ok(s) => s,
@@ -560,8 +558,10 @@ impl CaptureShared {
                 return;
             }
         };
-        let mut written = 0u64;
-        let mut batch = Vec::new();
+        // Bytes read in all; the batch holds the last of them not yet
+        // stored — at most `keep`, since the store keeps no more.
+        let mut total = 0u64;
+        let mut batch: VecDeque<u8> = VecDeque::new();
         let mut tick = tokio::time::interval(FOLLOW_POLL);
         loop {
             let next = tokio::select! {
@@ -570,11 +570,14 @@ impl CaptureShared {
             };
             let done = match next {
                 Some(Some(Ok(c))) => {
-                    batch.extend_from_slice(archived_text(c).as_bytes());
-                    if batch.len() < CAPTURE_BATCH {
-                        continue;
+                    let text = archived_text(c);
+                    total += text.len() as u64;
+                    batch.extend(text.as_bytes());
+                    if batch.len() > self.keep {
+                        let excess = batch.len() - self.keep;
+                        batch.drain(..excess);
                     }
-                    false
+                    continue;
                 }
                 Some(Some(Err(e))) => {
                     warn!(%key, error = %e, "reading the attempt's output failed; keeping what was read");
@@ -584,15 +587,14 @@ impl CaptureShared {
                 None => false,
             };
             if !batch.is_empty() || done {
+                let at = total - batch.len() as u64;
+                let bytes = batch.make_contiguous();
                 match self
                     .store
-                    .append_log(&key, written, &batch, done, self.keep)
+                    .append_log(&key, at, bytes, done, self.keep)
                     .await
                 {
-                    Ok(()) => {
-                        written += batch.len() as u64;
-                        batch.clear();
-                    }
+                    Ok(()) => batch.clear(),
                     Err(e) => warn!(%key, error = %e, "cannot store the attempt's output"),
                 }
             }
