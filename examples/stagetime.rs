@@ -808,23 +808,36 @@ async fn print_logs(
     Ok(())
 }
 
-/// `run --logs`: every task's output as it is written, tasks side by side
-/// (each followed from its first attempt to its last), prefixed.
+/// `run --logs`: every task's output as it is written, prefixed: the tasks
+/// of a stage side by side (each followed from its first attempt to its
+/// last), stage after stage, then the finally tasks — so a later stage's
+/// output never comes before an earlier one's end.
 async fn print_live(reader: Arc<dyn LogSource>, record: stagetime::RunRecord) {
-    let mut streams = Vec::new();
+    let mut groups: Vec<((bool, f64), Vec<String>)> = Vec::new();
     for task in record.tasks() {
-        let query = LogQuery {
-            follow: true,
-            ..LogQuery::task(record.id.clone(), task.name())
-        };
-        match reader.open(query).await {
-            Ok(s) => streams.push(s),
-            Err(e) => eprintln!("cannot follow the output of {}: {e}", task.name()),
+        let at = (task.is_finally, task.spec.stage.map_or(0.0, |s| s.as_f64()));
+        match groups.iter_mut().find(|(g, _)| *g == at) {
+            Some((_, names)) => names.push(task.name().to_string()),
+            None => groups.push((at, vec![task.name().to_string()])),
         }
     }
-    let merged = futures::stream::select_all(streams).map_err(Failure::from);
-    if let Err(e) = print_logs(merged, true).await {
-        eprintln!("reading task output failed: {e}");
+    groups.sort_by(|(a, _), (b, _)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    for (_, names) in groups {
+        let mut streams = Vec::new();
+        for name in names {
+            let query = LogQuery {
+                follow: true,
+                ..LogQuery::task(record.id.clone(), name.clone())
+            };
+            match reader.open(query).await {
+                Ok(s) => streams.push(s),
+                Err(e) => eprintln!("cannot follow the output of {name}: {e}"),
+            }
+        }
+        let merged = futures::stream::select_all(streams).map_err(Failure::from);
+        if let Err(e) = print_logs(merged, true).await {
+            eprintln!("reading task output failed: {e}");
+        }
     }
 }
 
