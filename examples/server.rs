@@ -21,7 +21,7 @@ use stagetime::forge::Repositories;
 use stagetime::forge::client::{ClientConfig, ForgeClient};
 use stagetime::forge::intake::{ForgeMetrics, IntakeLoop};
 use stagetime::grpc::metrics::Metrics;
-use stagetime::grpc::{Limits, ServerConfig, TlsFiles, load_token};
+use stagetime::grpc::{Limits, ServerConfig, SharedLogSource, TlsFiles, load_token};
 use stagetime::http::{HttpState, router, watch_repos};
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
@@ -65,6 +65,10 @@ struct Args {
     /// Absent: anything is accepted.
     #[arg(long, env = "STAGETIME_BACKEND")]
     backend: Option<BackendKind>,
+    /// Namespace of the PipelineRuns whose pods `logs` reads while they
+    /// exist (with --backend tekton; afterwards the store's archive).
+    #[arg(long, env = "STAGETIME_NAMESPACE", default_value = "default")]
+    namespace: String,
     /// Address of the HTTP surface (forge webhooks at /hooks/{github,gitlab,gitea});
     /// off when not given. See docs/git.md.
     #[arg(long, env = "STAGETIME_HTTP_LISTEN", requires = "repos")]
@@ -136,7 +140,22 @@ async fn run(args: Args) -> Result<(), Failure> {
         let (caps, name) = b.capabilities();
         (caps, name.to_string())
     });
+    // Without Kubernetes access (no kubeconfig, no service account token)
+    // `logs` still answers from the store's archive.
+    let logs = match args.backend {
+        Some(kind) => match kind.log_reader(Arc::clone(&store), &args.namespace).await {
+            Ok(reader) => Some(SharedLogSource(reader)),
+            Err(e) => {
+                tracing::warn!(
+                    "task logs: {e}; `logs` reads only the tails kept in the store (no live Tekton output)"
+                );
+                None
+            }
+        },
+        None => None,
+    };
     let config = ServerConfig {
+        logs,
         limits: Limits {
             runnable_by,
             ..Limits::default()

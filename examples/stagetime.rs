@@ -21,6 +21,7 @@ use stagetime::backends::BackendKind;
 use stagetime::engine::{Clock, Engine, EngineConfig, SystemClock};
 use stagetime::grpc::client::{Client, ClientConfig, RunQuery, WatchEvent};
 use stagetime::kube::TektonConfig;
+use stagetime::logs::{LogChunk, LogQuery, LogSource};
 use stagetime::memory::MemoryStore;
 use stagetime::plan::Plan;
 use stagetime::report::{
@@ -30,7 +31,7 @@ use stagetime::report::{
 use stagetime::runtime::{Failure, parse_duration, run_cli};
 use stagetime::scheduler::TaskStatus;
 use stagetime::spec::{DocumentFormat, parse_document};
-use stagetime::store::{RunId, RunState};
+use stagetime::store::{RunId, RunState, Store};
 use stagetime::telemetry::LogFormat;
 
 // `print!`/`println!` in this file write through `write_stdout`: when the
@@ -129,6 +130,15 @@ enum Cmd {
         /// Working directories and logs of the local backend.
         #[arg(long, default_value = ".stagetime")]
         workdir: PathBuf,
+        /// Stream every task's output live, each line prefixed with its
+        /// task (without it, the tail of each failed task's log is printed
+        /// with the summary).
+        #[arg(long)]
+        logs: bool,
+        /// How much of each attempt's log is kept for the summary and
+        /// `--logs` (bytes; the last part is kept).
+        #[arg(long, default_value_t = stagetime::store::DEFAULT_LOG_TAIL_BYTES)]
+        log_tail_bytes: usize,
     },
     /// Check a file and report every problem.
     Validate { file: PathBuf },
@@ -207,6 +217,23 @@ enum Cmd {
         limit: usize,
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
+    },
+    /// Print a run's task logs: every task's latest attempt in stage order,
+    /// or one task's; -f follows them until they end. Works after
+    /// housekeeping (from the tail the store keeps with the run).
+    Logs {
+        id: String,
+        /// Only this task.
+        task: Option<String>,
+        /// Only this attempt of the task (1-based; default: the latest, and
+        /// with -f the retries after it).
+        #[arg(long, requires = "task")]
+        attempt: Option<u32>,
+        /// Follow: keep printing while the tasks run, until they end.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Ask the server to cancel a run (a finished one: exit 2).
     Cancel {
@@ -334,6 +361,8 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             namespace,
             dry_run,
             workdir,
+            logs,
+            log_tail_bytes,
         } => {
             let (mut spec, _) = read(&file)?;
             if dry_run {
@@ -351,11 +380,26 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 }
                 return Ok(0);
             }
-            let backend = backend
-                .open(workdir.join("runs"), TektonConfig::new(namespace))
+            let kind = backend;
+            let backend = kind
+                .open(workdir.join("runs"), TektonConfig::new(namespace.clone()))
                 .await?;
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let backend = kind
+                .capture_logs(
+                    backend,
+                    workdir.join("runs"),
+                    &namespace,
+                    Arc::clone(&store),
+                    log_tail_bytes,
+                )
+                .await?;
+            let embedded = EmbeddedLogs {
+                reader: kind.log_reader(Arc::clone(&store), &namespace).await?,
+                live: logs,
+            };
             spec.id = Some(embedded_run_id(&spec)?.to_string());
-            return run(spec, backend).await;
+            return run(spec, backend, store, embedded).await;
         }
         Cmd::Submit {
             file,
@@ -402,6 +446,25 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             let client = connect(&server).await?;
             let id = resolve(&client, &run).await?;
             return watch(&client, &id, 0, queue_hint).await;
+        }
+        Cmd::Logs {
+            id,
+            task,
+            attempt,
+            follow,
+            server,
+        } => {
+            let run = RunId::new(id.clone())
+                .map_err(|_| Failure::invalid(format!("{id:?} is not a run id")))?;
+            let whole_run = task.is_none();
+            let query = LogQuery {
+                run,
+                task,
+                attempt,
+                follow,
+            };
+            let chunks = connect(&server).await?.logs(query);
+            print_logs(chunks.map_err(Failure::from), whole_run).await?;
         }
         Cmd::List {
             server,
@@ -658,19 +721,27 @@ fn run_id(spec: &RevisionRunSpec) -> Result<RunId, Failure> {
 }
 
 /// Runs one revision run embedded and prints progress and a summary.
-async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Failure> {
-    let store = Arc::new(MemoryStore::new());
-    let engine = Arc::new(
-        Engine::new(store, Arc::clone(&backend)).with_config(EngineConfig {
-            consumer: "cli".into(),
-            claim_wait: Duration::from_millis(500),
-            purge_every: None,
-            reconcile_on_start: false,
-            ..EngineConfig::default()
-        }),
-    );
+async fn run(
+    spec: RevisionRunSpec,
+    backend: Arc<dyn Backend>,
+    store: Arc<dyn Store>,
+    logs: EmbeddedLogs,
+) -> Result<u8, Failure> {
+    let engine = Arc::new(Engine::new(store, Arc::clone(&backend)).with_config(EngineConfig {
+        consumer: "cli".into(),
+        claim_wait: Duration::from_millis(500),
+        purge_every: None,
+        reconcile_on_start: false,
+        ..EngineConfig::default()
+    }));
     let mut updates = engine.subscribe();
     let id = engine.submit(spec).await?.id;
+    let printer = if logs.live {
+        let record = engine.store().load_run(&id).await?;
+        Some(tokio::spawn(print_live(Arc::clone(&logs.reader), record)))
+    } else {
+        None
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(Arc::clone(&engine).run(async {
         let _ = stop_rx.await;
@@ -712,9 +783,17 @@ async fn run(spec: RevisionRunSpec, backend: Arc<dyn Backend>) -> Result<u8, Fai
             }
         }
     };
+    if let Some(printer) = printer {
+        // Every followed log ends once its attempt has (the run is over).
+        let _ = printer.await;
+    }
     let _ = stop_tx.send(());
     let _ = worker.await;
-    Ok(finish(Some(&progress), &view))
+    let status = finish(Some(&progress), &view);
+    if !logs.live {
+        print_failed_tails(&*logs.reader, &view).await;
+    }
+    Ok(status)
 }
 /// Cancels every running attempt of `run` through the backend (for the
 /// local backend: kills its process group) and waits until the backend has
@@ -887,4 +966,112 @@ async fn intake(
         _ => emit(output, &list)?,
     }
     Ok(())
+}
+
+/// Where the embedded `run` reads task logs, and whether it streams them.
+struct EmbeddedLogs {
+    reader: Arc<dyn LogSource>,
+    live: bool,
+}
+
+/// Prints log chunks as they come: a single task's output as it is; with
+/// `prefix_tasks` (several tasks) or steps, each line prefixed
+/// `[task] ` / `[task/step] ` like `tkn pr logs`.
+async fn print_logs(
+    mut chunks: impl futures::Stream<Item = Result<LogChunk, Failure>> + Unpin,
+    prefix_tasks: bool,
+) -> Result<(), Failure> {
+    use std::io::Write;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        let prefix = match (&chunk.step, prefix_tasks) {
+            (Some(step), true) => format!("[{}/{}] ", chunk.task, step),
+            (Some(step), false) => format!("[{step}] "),
+            (None, true) => format!("[{}] ", chunk.task),
+            (None, false) => String::new(),
+        };
+        let mut out = std::io::stdout().lock();
+        for line in chunk.text.split_inclusive('\n') {
+            let _ = write!(out, "{prefix}{line}");
+        }
+        let _ = out.flush();
+    }
+    Ok(())
+}
+
+/// `run --logs`: every task's output as it is written, prefixed: the tasks
+/// of a stage side by side (each followed from its first attempt to its
+/// last), stage after stage, then the finally tasks — so a later stage's
+/// output never comes before an earlier one's end.
+async fn print_live(reader: Arc<dyn LogSource>, record: stagetime::RunRecord) {
+    let mut groups: Vec<((bool, f64), Vec<String>)> = Vec::new();
+    for task in record.tasks() {
+        let at = (task.is_finally, task.spec.stage.map_or(0.0, |s| s.as_f64()));
+        match groups.iter_mut().find(|(g, _)| *g == at) {
+            Some((_, names)) => names.push(task.name().to_string()),
+            None => groups.push((at, vec![task.name().to_string()])),
+        }
+    }
+    groups.sort_by(|(a, _), (b, _)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    for (_, names) in groups {
+        let mut streams = Vec::new();
+        for name in names {
+            let query = LogQuery {
+                follow: true,
+                ..LogQuery::task(record.id.clone(), name.clone())
+            };
+            match reader.open(query).await {
+                Ok(s) => streams.push(s),
+                Err(e) => eprintln!("cannot follow the output of {name}: {e}"),
+            }
+        }
+        let merged = futures::stream::select_all(streams).map_err(Failure::from);
+        if let Err(e) = print_logs(merged, true).await {
+            eprintln!("reading task output failed: {e}");
+        }
+    }
+}
+
+/// Lines of a failed task's log printed with the summary.
+const FAILED_TAIL_LINES: usize = 20;
+
+/// The last lines of each failed task's log, after the summary.
+async fn print_failed_tails(reader: &dyn LogSource, view: &RunView) {
+    for task in view
+        .tasks
+        .iter()
+        .filter(|t| matches!(t.status, TaskStatus::Failed | TaskStatus::TimedOut) && t.attempt > 0)
+    {
+        let query = LogQuery::task(view.id.clone(), task.name.clone());
+        let Ok(chunks) = reader.open(query).await else {
+            continue;
+        };
+        let text: String = chunks
+            .filter_map(|c| std::future::ready(c.ok()))
+            .map(|c| match c.step {
+                Some(step) => c
+                    .text
+                    .split_inclusive('\n')
+                    .map(|l| format!("[{step}] {l}"))
+                    .collect(),
+                None => c.text,
+            })
+            .collect()
+            .await;
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let shown = &lines[lines.len().saturating_sub(FAILED_TAIL_LINES)..];
+        println!(
+            "--- {} (attempt {}): last {} of {} log lines ---",
+            task.name,
+            task.attempt,
+            shown.len(),
+            lines.len()
+        );
+        for line in shown {
+            println!("  {line}");
+        }
+    }
 }

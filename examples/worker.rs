@@ -73,6 +73,13 @@ struct Args {
     /// backend): Cancelled, CancelledRunFinally or StoppedRunFinally.
     #[arg(long, env = "STAGETIME_CANCEL_MODE", default_value = "Cancelled")]
     cancel_mode: CancelMode,
+    /// How much of each attempt's log is kept in the store with its run
+    /// (bytes; the last part is kept), for `stagetime logs` after
+    /// housekeeping — and, for the local backend, the live feed readers
+    /// follow.
+    #[arg(long, env = "STAGETIME_LOG_TAIL_BYTES", default_value_t = stagetime::store::DEFAULT_LOG_TAIL_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64 * 1024 * 1024))]
+    log_tail_bytes: usize,
     /// Working directories and logs of the local backend.
     #[arg(long, env = "STAGETIME_WORKDIR", default_value = ".stagetime")]
     workdir: PathBuf,
@@ -161,6 +168,16 @@ async fn run(args: Args) -> Result<(), Failure> {
     let backend = args
         .backend
         .open(args.workdir.join("runs"), tekton.unwrap_or_default())
+        .await?;
+    let backend = args
+        .backend
+        .capture_logs(
+            backend,
+            args.workdir.join("runs"),
+            &args.namespace,
+            Arc::clone(&store),
+            args.log_tail_bytes,
+        )
         .await?;
 
     let mut registry = Registry::default();

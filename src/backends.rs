@@ -9,8 +9,12 @@ use std::sync::Arc;
 
 use stagetime_core::Result;
 use stagetime_core::backend::{Backend, Capabilities};
-use stagetime_core::local::LocalBackend;
-use stagetime_kube::{TektonBackend, TektonConfig};
+use stagetime_core::local::{LocalBackend, LocalLogSource};
+use stagetime_core::logs::{
+    CaptureMode, LiveFirstLogSource, LogCapture, LogSource, StoreLogSource,
+};
+use stagetime_core::store::Store;
+use stagetime_kube::{TektonBackend, TektonConfig, TektonLogSource};
 
 /// A backend by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,6 +55,59 @@ impl BackendKind {
         Ok(match self {
             BackendKind::Local => Arc::new(LocalBackend::new(local_dir)),
             BackendKind::Tekton => Arc::new(TektonBackend::try_default(tekton).await?),
+        })
+    }
+}
+
+impl BackendKind {
+    /// Wraps `backend` (opened by [`BackendKind::open`] for this kind) so
+    /// that each attempt's log tail, its last `keep` bytes, is kept in
+    /// `store` with its run ([`LogCapture`]): the local backend's output
+    /// while it runs (only this machine can read its files, so the store is
+    /// also the live feed), a Tekton attempt's pod logs once it has ended
+    /// (readers follow running ones through the Kubernetes API).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`](stagetime_core::Error::Unavailable) when no
+    /// Kubernetes configuration is usable (Tekton).
+    pub async fn capture_logs(
+        self,
+        backend: Arc<dyn Backend>,
+        local_dir: PathBuf,
+        namespace: &str,
+        store: Arc<dyn Store>,
+        keep: usize,
+    ) -> Result<Arc<dyn Backend>> {
+        let (source, mode): (Arc<dyn LogSource>, CaptureMode) = match self {
+            BackendKind::Local => (Arc::new(LocalLogSource::new(local_dir)), CaptureMode::Live),
+            BackendKind::Tekton => (
+                Arc::new(TektonLogSource::try_default(Some(namespace.to_string())).await?),
+                CaptureMode::AtEnd,
+            ),
+        };
+        Ok(Arc::new(LogCapture::new(
+            backend, store, source, mode, keep,
+        )))
+    }
+
+    /// Where a reader (the server, the embedded CLI) reads the logs of this
+    /// backend's attempts: the store for the local backend; for Tekton the
+    /// pods of `namespace` while they exist, then the store's archive.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`](stagetime_core::Error::Unavailable) when no
+    /// Kubernetes configuration is usable (Tekton).
+    pub async fn log_reader(
+        self,
+        store: Arc<dyn Store>,
+        namespace: &str,
+    ) -> Result<Arc<dyn LogSource>> {
+        Ok(match self {
+            BackendKind::Local => Arc::new(StoreLogSource::new(store)),
+            BackendKind::Tekton => Arc::new(LiveFirstLogSource::new(
+                store,
+                Arc::new(TektonLogSource::try_default(Some(namespace.to_string())).await?),
+            )),
         })
     }
 }

@@ -30,6 +30,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use stagetime_core::control::Submitted;
+use stagetime_core::logs::{LogChunk, LogQuery};
 use stagetime_core::store::{RunId, RunState, RunSummary};
 use stagetime_core::view::RunView;
 use stagetime_core::{Error, ErrorKind, FieldError};
@@ -609,6 +610,42 @@ impl Client {
             .await?
             .into_inner();
         Ok(r.version)
+    }
+}
+
+impl Client {
+    /// A run's task logs as [`LogQuery`] selects them (through the
+    /// server's `Logs`): with `follow`, the stream ends when the selected
+    /// attempts have; without, with what exists now.
+    ///
+    /// # Errors
+    /// In the stream: `NotFound` for an unknown run, task or attempt;
+    /// `Unavailable` when the server stops or cannot be reached.
+    pub fn logs(&self, query: LogQuery) -> BoxStream<'static, Result<LogChunk, ClientError>> {
+        let mut runs = self.runs.clone();
+        let request = v1::LogsRequest {
+            id: query.run.to_string(),
+            task: query.task.unwrap_or_default(),
+            attempt: query.attempt.unwrap_or(0),
+            follow: query.follow,
+        };
+        futures::stream::once(async move { runs.logs(request).await })
+            .flat_map(|answer| match answer {
+                Ok(chunks) => chunks
+                    .into_inner()
+                    .map(|c| {
+                        c.map(|c| LogChunk {
+                            task: c.task,
+                            attempt: c.attempt,
+                            step: (!c.step.is_empty()).then_some(c.step),
+                            text: c.text,
+                        })
+                        .map_err(ClientError::from)
+                    })
+                    .boxed(),
+                Err(status) => futures::stream::iter([Err(ClientError::from(status))]).boxed(),
+            })
+            .boxed()
     }
 }
 

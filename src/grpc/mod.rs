@@ -26,7 +26,7 @@ pub use convert::{
     run_state_from_proto, run_state_to_proto, run_to_proto, task_status_from_proto,
     task_status_to_proto,
 };
-pub use server::{Limits, ServerConfig, TlsFiles, serve};
+pub use server::{Limits, ServerConfig, SharedLogSource, TlsFiles, serve};
 pub use service::{LegacyService, RunsService, StatusService};
 
 pub use generated::{legacy, v1};

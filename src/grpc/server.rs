@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 
 use stagetime_core::Error;
 use stagetime_core::backend::Capabilities;
+use stagetime_core::logs::LogSource;
 use stagetime_core::store::Store;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -89,9 +90,23 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Where the `Logs` rpc reads task logs ([`ServerConfig::logs`]).
+#[derive(Clone)]
+pub struct SharedLogSource(pub Arc<dyn LogSource>);
+
+impl std::fmt::Debug for SharedLogSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedLogSource(..)")
+    }
+}
+
 /// Server settings.
 #[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
+    /// Where `Logs` reads task logs; absent: the store's
+    /// ([`stagetime_core::logs::StoreLogSource`]: the archived tails and the
+    /// local backend's live feed).
+    pub logs: Option<SharedLogSource>,
     /// Input bounds.
     pub limits: Limits,
     /// When set, every API call needs `authorization: Bearer <token>`;
@@ -121,14 +136,18 @@ pub async fn serve(
     let limits = config.limits.clone();
     let max = limits.max_message_bytes;
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let runs = v1::runs_server::RunsServer::new(RunsService::new(
+    let mut runs_service = RunsService::new(
         Arc::clone(&store),
         limits.clone(),
         metrics.clone(),
         stopping,
-    ))
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    );
+    if let Some(logs) = &config.logs {
+        runs_service = runs_service.with_logs(Arc::clone(&logs.0));
+    }
+    let runs = v1::runs_server::RunsServer::new(runs_service)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let create =
         legacy::stage_time_application_service_server::StageTimeApplicationServiceServer::new(
             LegacyService::new(Arc::clone(&store), limits.clone(), metrics.clone()),

@@ -5,9 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use stagetime_core::control::RunControl;
 use stagetime_core::legacy::{LegacyPipelinerun, LegacyRevisionRun};
+use stagetime_core::logs::{LogQuery, LogSource};
 use stagetime_core::spec::{RevisionRunSpec, parse_document};
 use stagetime_core::store::{RunFilter, RunId, RunRecord, Store};
 use stagetime_core::{Error, ErrorKind, FieldErrors};
@@ -125,6 +126,7 @@ impl Api {
 #[derive(Clone, Debug)]
 pub struct RunsService {
     api: Api,
+    logs: super::server::SharedLogSource,
     watch_poll: Duration,
     watches: Arc<Semaphore>,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -141,11 +143,79 @@ impl RunsService {
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         RunsService {
+            logs: super::server::SharedLogSource(Arc::new(
+                stagetime_core::logs::StoreLogSource::new(Arc::clone(&store)),
+            )),
             stopping,
             watches: Arc::new(Semaphore::new(limits.max_watches)),
             watch_poll: limits.watch_poll,
             api: Api::new(store, limits, metrics),
         }
+    }
+
+    /// Reads `Logs` from `logs` instead of the store's archive.
+    pub fn with_logs(mut self, logs: Arc<dyn LogSource>) -> Self {
+        self.logs = super::server::SharedLogSource(logs);
+        self
+    }
+
+    async fn do_logs(&self, req: v1::LogsRequest) -> Result<LogsStream, Status> {
+        const MAX_TASK: usize = 256;
+        let id = self.api.run_id("id", &req.id)?;
+        if req.task.len() > MAX_TASK {
+            return Err(invalid("task", format!("longer than {MAX_TASK} bytes")));
+        }
+        if req.attempt != 0 && req.task.is_empty() {
+            return Err(invalid(
+                "attempt",
+                "needs a task: attempts are numbered per task",
+            ));
+        }
+        // A followed log is held open like a watch, and counts as one.
+        let permit = if req.follow {
+            Some(Arc::clone(&self.watches).try_acquire_owned().map_err(|_| {
+                Status::resource_exhausted("too many watches open on this server; retry later")
+            })?)
+        } else {
+            None
+        };
+        let query = LogQuery {
+            run: id,
+            task: (!req.task.is_empty()).then_some(req.task),
+            attempt: (req.attempt != 0).then_some(req.attempt),
+            follow: req.follow,
+        };
+        let chunks = self
+            .logs
+            .0
+            .open(query)
+            .await
+            .map_err(|e| self.api.lookup_status(&e))?;
+        let state = LogsState {
+            chunks,
+            stopping: self.stopping.clone(),
+            done: false,
+            _permit: permit,
+        };
+        let stream = futures::stream::unfold(state, |mut s| async move {
+            if s.done {
+                return None;
+            }
+            let item = tokio::select! {
+                item = s.chunks.next() => item?.map(|c| v1::LogChunk {
+                    task: c.task,
+                    attempt: c.attempt,
+                    step: c.step.unwrap_or_default(),
+                    text: c.text,
+                }).map_err(|e| status_of(&e)),
+                _ = s.stopping.wait_for(|stop| *stop) => Err(Status::unavailable(
+                    "the server is shutting down; follow again",
+                )),
+            };
+            s.done = item.is_err();
+            Some((item, s))
+        });
+        Ok(Box::pin(stream))
     }
 
     async fn do_submit(&self, req: v1::SubmitRequest) -> Result<v1::SubmitResponse, Status> {
@@ -305,6 +375,17 @@ impl RunsService {
     }
 }
 
+/// An open `Logs` stream: it ends after its first error or at shutdown.
+struct LogsState {
+    chunks: stagetime_core::logs::LogStream,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    done: bool,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The stream of [`RunsService`]'s `Logs`.
+pub type LogsStream = Pin<Box<dyn Stream<Item = Result<v1::LogChunk, Status>> + Send + 'static>>;
+
 /// The stream of [`RunsService`]'s `Watch`.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::Run, Status>> + Send + 'static>>;
 
@@ -422,6 +503,16 @@ impl v1::runs_server::Runs for RunsService {
     }
 
     type WatchStream = WatchStream;
+
+    type LogsStream = LogsStream;
+
+    async fn logs(
+        &self,
+        request: Request<v1::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        self.api
+            .answer("Logs", self.do_logs(request.into_inner()).await)
+    }
 
     async fn watch(
         &self,

@@ -768,3 +768,120 @@ impl Backend for LocalBackend {
         Ok(report)
     }
 }
+
+/// The logs of [`LocalBackend`] attempts, read from its log files (on the
+/// machine that ran them). Answers queries for one task (the latest
+/// attempt when none is named); following reads on until the attempt's
+/// outcome is recorded. [`crate::logs::LogCapture`] uses it to keep the
+/// output in the store, where every other reader finds it.
+#[derive(Debug, Clone)]
+pub struct LocalLogSource {
+    backend: LocalBackend,
+}
+
+impl LocalLogSource {
+    /// Reads the attempts of a [`LocalBackend`] keeping its files under
+    /// `root` (its files only; no process state).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalLogSource {
+            backend: LocalBackend::new(root),
+        }
+    }
+
+    /// The newest attempt of `task` with a log file.
+    fn latest(&self, run: &RunId, task: &str) -> Option<u32> {
+        let dir = self.backend.root.join(run.as_str()).join(task);
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".log")?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .max()
+    }
+}
+
+#[async_trait]
+impl crate::logs::LogSource for LocalLogSource {
+    async fn open(&self, query: crate::logs::LogQuery) -> Result<crate::logs::LogStream> {
+        use tokio::io::AsyncReadExt;
+        let Some(task) = query.task.clone() else {
+            return Err(Error::Unsupported {
+                message: "the local backend's log files are read one task at a time".into(),
+            });
+        };
+        let attempt = match query.attempt {
+            Some(a) => a,
+            None => self.latest(&query.run, &task).ok_or_else(|| {
+                Error::not_found(format!("logs of task {task:?} of run {}", query.run))
+            })?,
+        };
+        let key = LaunchKey {
+            run: query.run.clone(),
+            task,
+            attempt,
+        };
+        let path = self.backend.log_path(&key);
+        let outcome = self.backend.outcome_path(&key);
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::not_found(format!("log of {key} ({})", path.display()))
+            } else {
+                Error::io(format!("opening {}", path.display()), e)
+            }
+        })?;
+        let follow = query.follow;
+        Ok(crate::logs::spawn_log_stream(move |tx| async move {
+            let mut decoder = crate::logs::LineDecoder::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                // Whether the attempt had ended before this read: then the
+                // read reaches the end of everything it wrote.
+                let ended = !follow || outcome.exists() || !path.exists();
+                let mut text = String::new();
+                loop {
+                    match file.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => text.push_str(&decoder.push(&buf[..n])),
+                        Err(e) => {
+                            let _ = tx
+                                .send(Err(Error::io(format!("reading {}", path.display()), e)))
+                                .await;
+                            return;
+                        }
+                    }
+                    if text.len() >= 64 * 1024 {
+                        break;
+                    }
+                }
+                let more = text.len() >= 64 * 1024;
+                if ended && !more {
+                    text.push_str(&decoder.finish());
+                }
+                if !text.is_empty()
+                    && tx
+                        .send(Ok(crate::logs::LogChunk {
+                            task: key.task.clone(),
+                            attempt: key.attempt,
+                            step: None,
+                            text,
+                        }))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                if ended && !more {
+                    return;
+                }
+                if !more {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }))
+    }
+}

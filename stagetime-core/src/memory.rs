@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use crate::backend::LaunchKey;
 use crate::error::{Error, Result};
 use crate::store::{
     ClaimToken, Claimed, Commit, Created, DEFAULT_RECLAIM_AFTER, DEFAULT_RETENTION, Delivery,
     DeliveryState, QueueStats, RUN_STATES, RunFilter, RunId, RunPage, RunRecord, Store, StoreStats,
-    WorkItem,
+    StoredLog, WorkItem,
 };
 
 /// Default page size of [`Store::list_runs`].
@@ -41,6 +42,17 @@ struct Inner {
     deliveries: HashMap<String, (Delivery, Instant)>,
     /// (received ms, id) of the deliveries, for listing.
     deliveries_by_time: BTreeSet<(u64, String)>,
+    /// Each run's attempt logs, by (task, attempt): deleted with the run.
+    logs: HashMap<RunId, HashMap<(String, u32), KeptLog>>,
+}
+
+/// The kept tail of one attempt's log.
+#[derive(Debug, Default)]
+struct KeptLog {
+    tail: VecDeque<u8>,
+    /// Bytes written in all; the tail is the last `tail.len()` of them.
+    end: u64,
+    ended: bool,
 }
 
 impl Inner {
@@ -343,6 +355,7 @@ impl Store for MemoryStore {
         for key in &expired {
             inner.runs.remove(&key.1);
             inner.by_created.remove(key);
+            inner.logs.remove(&key.1);
         }
         let gone: BTreeSet<&RunId> = expired.iter().map(|k| &k.1).collect();
         let inner = &mut *inner;
@@ -410,6 +423,67 @@ impl Store for MemoryStore {
             .take(max)
             .map(|(d, _)| d.clone())
             .collect())
+    }
+
+    async fn append_log(
+        &self,
+        key: &LaunchKey,
+        at: u64,
+        text: &[u8],
+        end: bool,
+        keep: usize,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        if !inner.runs.contains_key(&key.run) {
+            return Err(Error::not_found(format!("run {}", key.run)));
+        }
+        let log = inner
+            .logs
+            .entry(key.run.clone())
+            .or_default()
+            .entry((key.task.clone(), key.attempt))
+            .or_default();
+        let new_end = at.saturating_add(text.len() as u64);
+        if at > log.end {
+            // A gap: what is kept must be contiguous.
+            log.tail.clear();
+            log.tail.extend(text);
+            log.end = new_end;
+        } else if new_end > log.end {
+            let skip = (log.end - at) as usize;
+            log.tail.extend(&text[skip..]);
+            log.end = new_end;
+        }
+        if log.tail.len() > keep {
+            let excess = log.tail.len() - keep;
+            log.tail.drain(..excess);
+        }
+        log.ended |= end;
+        Ok(())
+    }
+
+    async fn read_log(&self, key: &LaunchKey, from: u64) -> Result<Option<StoredLog>> {
+        let inner = self.lock();
+        let Some(log) = inner
+            .logs
+            .get(&key.run)
+            .and_then(|logs| logs.get(&(key.task.clone(), key.attempt)))
+        else {
+            return Ok(None);
+        };
+        let kept_start = log.end - log.tail.len() as u64;
+        let start = from.clamp(kept_start, log.end);
+        Ok(Some(StoredLog {
+            bytes: log
+                .tail
+                .iter()
+                .skip((start - kept_start) as usize)
+                .copied()
+                .collect(),
+            start,
+            end: log.end,
+            ended: log.ended,
+        }))
     }
 
     async fn stats(&self, now_ms: u64) -> Result<Option<StoreStats>> {

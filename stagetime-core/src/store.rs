@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::LaunchKey;
 use crate::error::{Error, Result};
 use crate::scheduler::{AttemptOutcome, Command, Event, RunOutcome, RunPhase, SchedulerState};
 use crate::spec::RevisionRunSpec;
@@ -719,6 +720,73 @@ pub trait Store: Send + Sync + 'static {
         let _ = now_ms;
         Ok(None)
     }
+
+    // ---- Task logs: the archive of each attempt's log tail (and, for
+    // backends whose output only the worker can read, the live feed). ----
+
+    /// Appends `text` — the bytes at offset `at` of attempt `key`'s whole
+    /// log — to the log kept with the run, keeping only its last `keep`
+    /// bytes, and marks the log complete when `end` is true.
+    ///
+    /// Idempotent: bytes before the stored end are not written again, so a
+    /// retried append (or a writer starting over at 0) changes nothing; the
+    /// writer passes its own count of bytes written as `at`. A gap (`at`
+    /// beyond the stored end) drops what was kept, so the kept tail is
+    /// always contiguous. The log lives and expires with its run: it is
+    /// deleted when the run is purged (and, in stores with key expiry,
+    /// expires with the run's record).
+    ///
+    /// The default refuses: a store that keeps no logs.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the run does not exist (a log is never kept
+    /// without its run); [`Error::Unsupported`] from a store that keeps no
+    /// logs; [`Error::Unavailable`].
+    async fn append_log(
+        &self,
+        key: &LaunchKey,
+        at: u64,
+        text: &[u8],
+        end: bool,
+        keep: usize,
+    ) -> Result<()> {
+        let _ = (at, text, end, keep);
+        Err(Error::Unsupported {
+            message: format!("this store keeps no task logs (attempt {key})"),
+        })
+    }
+
+    /// The kept log of attempt `key` from byte offset `from` (from the
+    /// start of the kept tail when `from` is before it): `None` when nothing
+    /// was written for that attempt, or its run is gone. Read-only.
+    ///
+    /// The default answers `None`: a store that keeps no logs.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`].
+    async fn read_log(&self, key: &LaunchKey, from: u64) -> Result<Option<StoredLog>> {
+        let _ = (key, from);
+        Ok(None)
+    }
+}
+
+/// How much of an attempt's log a store keeps by default: the last 1 MiB.
+pub const DEFAULT_LOG_TAIL_BYTES: usize = 1 << 20;
+
+/// One attempt's log as a store keeps it ([`Store::read_log`]): the tail of
+/// what was written, placed by byte offsets in the whole log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredLog {
+    /// The kept bytes from the offset asked for (or from `start`, when that
+    /// offset is no longer kept) to `end`. Raw bytes: a read may start or end
+    /// inside a UTF-8 character.
+    pub bytes: Vec<u8>,
+    /// Offset of the first byte of `bytes` in the whole log.
+    pub start: u64,
+    /// How many bytes were written in all (the offset just past `bytes`).
+    pub end: u64,
+    /// True once the writer marked the log complete (the attempt ended).
+    pub ended: bool,
 }
 
 /// Figures about the work queue, for metrics and operators.

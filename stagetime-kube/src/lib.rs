@@ -8,6 +8,7 @@
 //! * [`render`]: a launch request (or a whole plan) as PipelineRun objects — pure;
 //! * [`status`]: the `Succeeded` condition as an attempt outcome — pure;
 //! * [`error`]: kube errors classified as [`stagetime_core::Error`];
+//! * [`logs`]: [`TektonLogSource`], task logs from the pods' step containers;
 //! * [`backend`]: [`TektonBackend`], the [`stagetime_core::Backend`] itself;
 //! * [`config`]: [`TektonConfig`] (namespace, fsGroup, pod template, default timeout,
 //!   service account, label prefix, cancel mode, rate limit, retries);
@@ -37,6 +38,7 @@ pub mod backend;
 pub mod config;
 pub mod crd;
 pub mod error;
+pub mod logs;
 pub mod naming;
 pub mod operator;
 pub mod ratelimit;
@@ -46,5 +48,6 @@ pub mod types;
 
 pub use backend::TektonBackend;
 pub use config::{CancelMode, RateLimit, RetryPolicy, TektonConfig};
+pub use logs::TektonLogSource;
 pub use render::{render_pipelinerun, render_plan, render_plan_yaml};
 pub use types::{PipelineRun, PipelineRunSpec, PipelineRunStatus};

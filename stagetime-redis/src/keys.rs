@@ -52,6 +52,13 @@ impl Keys {
         format!("{}run:{{{}}}:delayed", self.prefix, id)
     }
 
+    /// Hash of one run's attempt logs (`t:<attempt>:<task>` the kept tail,
+    /// `n:<attempt>:<task>` bytes written in all, `e:<attempt>:<task>` set
+    /// once the log is complete); expires and is purged with the run.
+    pub fn run_logs(&self, id: &RunId) -> String {
+        format!("{}run:{{{}}}:logs", self.prefix, id)
+    }
+
     /// The data set's epoch (see `Store::epoch`): set once, never expires.
     pub fn epoch(&self) -> String {
         format!("{}epoch", self.prefix)

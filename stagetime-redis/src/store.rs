@@ -11,9 +11,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client, Value};
 use serde::Deserialize;
 use stagetime_core::limits::millis;
+use stagetime_core::backend::LaunchKey;
 use stagetime_core::store::{
     ClaimToken, Claimed, Commit, Created, Delivery, QueueStats, RECORD_FORMAT, RunFilter, RunId,
-    RunPage, RunRecord, RunSummary, Store, StoreStats, WorkItem,
+    RunPage, RunRecord, RunSummary, Store, StoreStats, StoredLog, WorkItem,
 };
 use stagetime_core::{Error, FieldErrors, Result};
 use tracing::{debug, warn};
@@ -616,6 +617,11 @@ fn cursor_member(cursor: &str) -> Result<String> {
     Ok(Keys::index_member(ms, &id))
 }
 
+/// The field suffix of one attempt in its run's logs hash.
+fn log_field(key: &LaunchKey) -> String {
+    format!("{}:{}", key.attempt, key.task)
+}
+
 fn chunks<T>(v: &[T]) -> std::slice::Chunks<'_, T> {
     v.chunks(MAX_CHUNK)
 }
@@ -740,6 +746,7 @@ impl Store for RedisStore {
         for s in STATES {
             inv.key(self.keys.idx_state(s));
         }
+        inv.key(self.keys.run_logs(&id));
         inv.arg(expected_version)
             .arg(record.version)
             .arg(&rec_json)
@@ -1120,6 +1127,67 @@ impl Store for RedisStore {
             .zip(values)
             .filter_map(|(id, v)| v.map(|json| decode_delivery(id, json.as_bytes())))
             .collect()
+    }
+
+    async fn append_log(
+        &self,
+        key: &LaunchKey,
+        at: u64,
+        text: &[u8],
+        end: bool,
+        keep: usize,
+    ) -> Result<()> {
+        let what = format!("log of {key}");
+        let mut con = self.con.clone();
+        let reply: String = self
+            .scripts
+            .append_log
+            .key(self.keys.run(&key.run))
+            .key(self.keys.run_logs(&key.run))
+            .arg(log_field(key))
+            .arg(at)
+            .arg(text)
+            .arg(if end { "1" } else { "0" })
+            .arg(keep)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| classify(e, &what))?;
+        match reply.as_str() {
+            "ok" => Ok(()),
+            "notfound" => Err(Error::not_found(format!("run {}", key.run))),
+            other => Err(unavailable_reply(&what, format!("{other:?}"))),
+        }
+    }
+
+    async fn read_log(&self, key: &LaunchKey, from: u64) -> Result<Option<StoredLog>> {
+        let what = format!("log of {key}");
+        let mut con = self.con.clone();
+        let reply: Value = self
+            .scripts
+            .read_log
+            .key(self.keys.run_logs(&key.run))
+            .arg(log_field(key))
+            .arg(from)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| classify(e, &what))?;
+        let items = match reply {
+            Value::Nil => return Ok(None),
+            Value::Array(items) if items.len() == 4 => items,
+            other => return Err(unavailable_reply(&what, format!("{other:?}"))),
+        };
+        let number = |v: &Value| {
+            as_u64(v).ok_or_else(|| Error::corrupt(what.clone(), format!("offset {v:?}")))
+        };
+        Ok(Some(StoredLog {
+            start: number(&items[0])?,
+            end: number(&items[1])?,
+            ended: as_string(&items[2]).as_deref() == Some("1"),
+            bytes: match &items[3] {
+                Value::BulkString(b) => b.clone(),
+                _ => Vec::new(),
+            },
+        }))
     }
 
     async fn purge_expired(&self, now_ms: u64) -> Result<u64> {

@@ -1026,3 +1026,87 @@ async fn multi_state_listing_merges_state_indexes_across_chunks() {
         "newest first, (created, id) order, each once"
     );
 }
+
+#[tokio::test]
+async fn attempt_logs_expire_with_their_run_and_stay_while_it_runs_again() {
+    let Some(server) = support::shared() else {
+        return;
+    };
+    let store = RedisStore::connect(
+        server
+            .config("logttl")
+            .with_retention(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    store
+        .create_run(record("l1", "demo", "c1", 1_000), vec![])
+        .await
+        .unwrap();
+    let key = stagetime_core::backend::LaunchKey {
+        run: id("l1"),
+        task: "a".into(),
+        attempt: 1,
+    };
+    store
+        .append_log(&key, 0, b"one\n", false, 1024)
+        .await
+        .unwrap();
+    let con = server.raw().await;
+    let logs = store.keys().run_logs(&id("l1"));
+    let pttl = |mut con: redis::aio::MultiplexedConnection, key: String| async move {
+        redis::cmd("PTTL")
+            .arg(key)
+            .query_async::<i64>(&mut con)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        pttl(con.clone(), logs.clone()).await,
+        -1,
+        "a running run's logs stay"
+    );
+    let mut r = next(store.load_run(&id("l1")).await.unwrap());
+    r.state = RunState::Failed;
+    r.finished_ms = Some(100_000);
+    store
+        .commit(Commit {
+            record: r,
+            expected_version: 0,
+            enqueue: vec![],
+            ack: vec![],
+        })
+        .await
+        .unwrap();
+    let ttl = pttl(con.clone(), logs.clone()).await;
+    assert!(
+        ttl > 9_000 && ttl <= 10_000,
+        "the logs expire with the run: {ttl}"
+    );
+    // Written after the run finished: the log still takes the run's expiry.
+    store
+        .append_log(&key, 4, b"two\n", true, 1024)
+        .await
+        .unwrap();
+    let ttl = pttl(con.clone(), logs.clone()).await;
+    assert!(ttl > 9_000 && ttl <= 10_000, "{ttl}");
+    // Run again (a rerun): nothing expires while it runs.
+    let mut r = next(store.load_run(&id("l1")).await.unwrap());
+    r.state = RunState::Running;
+    r.finished_ms = None;
+    store
+        .commit(Commit {
+            record: r,
+            expected_version: 1,
+            enqueue: vec![],
+            ack: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(pttl(con.clone(), logs.clone()).await, -1);
+    let kept = store.read_log(&key, 0).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.bytes.as_slice(), kept.ended),
+        (&b"one\ntwo\n"[..], true)
+    );
+}

@@ -103,6 +103,23 @@ impl<G: ClaimGate, S: Store + ?Sized> Store for GatedStore<G, S> {
     async fn purge_expired(&self, now_ms: u64) -> Result<u64> {
         self.inner.purge_expired(now_ms).await
     }
+    async fn append_log(
+        &self,
+        key: &crate::backend::LaunchKey,
+        at: u64,
+        text: &[u8],
+        end: bool,
+        keep: usize,
+    ) -> Result<()> {
+        self.inner.append_log(key, at, text, end, keep).await
+    }
+    async fn read_log(
+        &self,
+        key: &crate::backend::LaunchKey,
+        from: u64,
+    ) -> Result<Option<crate::store::StoredLog>> {
+        self.inner.read_log(key, from).await
+    }
     async fn run_version(&self, id: &RunId) -> Result<u64> {
         self.inner.run_version(id).await
     }

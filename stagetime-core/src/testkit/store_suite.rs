@@ -660,6 +660,91 @@ pub async fn delivery_ids_expire(t: StoreUnderTest) {
     );
 }
 
+fn log_key(run: &RunId, attempt: u32) -> crate::backend::LaunchKey {
+    crate::backend::LaunchKey {
+        run: run.clone(),
+        task: "a".into(),
+        attempt,
+    }
+}
+
+/// An attempt's log keeps its last `keep` bytes, placed by offsets; a
+/// repeated append changes nothing; a gap drops what was kept; reads start
+/// where asked (or where the kept tail starts); attempts are kept apart;
+/// no log is kept for a run that does not exist.
+pub async fn logs_keep_a_bounded_tail(t: StoreUnderTest) {
+    let s = &*t.store;
+    let rec = new_record("logs-tail", "repo", "c", now());
+    s.create_run(rec.clone(), vec![]).await.unwrap();
+    let key = log_key(&rec.id, 1);
+    assert_eq!(s.read_log(&key, 0).await.unwrap(), None, "nothing written");
+    s.append_log(&key, 0, b"hello\n", false, 16).await.unwrap();
+    s.append_log(&key, 0, b"hello\n", false, 16).await.unwrap();
+    let log = s.read_log(&key, 0).await.unwrap().expect("written");
+    assert_eq!(
+        (log.bytes.as_slice(), log.start, log.end, log.ended),
+        (&b"hello\n"[..], 0, 6, false),
+        "a repeated append is written once"
+    );
+    // Overlapping: only the new part is added; then the tail is cut to 16.
+    s.append_log(&key, 3, b"lo\n0123456789abcdefXYZ", false, 16)
+        .await
+        .unwrap();
+    let log = s.read_log(&key, 0).await.unwrap().expect("written");
+    assert_eq!(
+        (log.bytes.as_slice(), log.start, log.end),
+        (&b"3456789abcdefXYZ"[..], 9, 25),
+        "only the last 16 bytes are kept"
+    );
+    let from = s.read_log(&key, 20).await.unwrap().expect("written");
+    assert_eq!((from.bytes.as_slice(), from.start), (&b"efXYZ"[..], 20));
+    let past = s.read_log(&key, 25).await.unwrap().expect("written");
+    assert!(past.bytes.is_empty() && past.start == 25 && !past.ended);
+    s.append_log(&key, 25, b"", true, 16).await.unwrap();
+    assert!(s.read_log(&key, 25).await.unwrap().expect("written").ended);
+    // A gap: the kept tail starts over at the new offset.
+    let other = log_key(&rec.id, 2);
+    s.append_log(&other, 0, b"one\n", false, 16).await.unwrap();
+    s.append_log(&other, 100, b"two\n", true, 16).await.unwrap();
+    let gap = s.read_log(&other, 0).await.unwrap().expect("written");
+    assert_eq!(
+        (gap.bytes.as_slice(), gap.start, gap.end, gap.ended),
+        (&b"two\n"[..], 100, 104, true)
+    );
+    assert_eq!(
+        s.read_log(&key, 0).await.unwrap().expect("kept").end,
+        25,
+        "attempts are kept apart"
+    );
+    let unknown = log_key(&RunId::new(super::unique("logs-unknown")).unwrap(), 1);
+    let err = s.append_log(&unknown, 0, b"x", true, 16).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(s.read_log(&unknown, 0).await.unwrap(), None);
+}
+
+/// Logs go with their run: purged with it.
+pub async fn logs_expire_with_their_run(t: StoreUnderTest) {
+    let s = &*t.store;
+    let at = now();
+    let rec = new_record("logs-purge", "repo", "c", at);
+    s.create_run(rec.clone(), vec![]).await.unwrap();
+    let key = log_key(&rec.id, 1);
+    s.append_log(&key, 0, b"bye\n", true, 1024).await.unwrap();
+    commit_state(s, &rec, RunState::Failed, Some(at)).await;
+    assert!(
+        s.read_log(&key, 0).await.unwrap().is_some(),
+        "a finished run keeps its logs until it expires"
+    );
+    s.purge_expired(at + 10 * 365 * 24 * 3600 * 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.read_log(&key, 0).await.unwrap(),
+        None,
+        "the log went with its run"
+    );
+}
+
 /// Expands to one `#[tokio::test]` per store conformance case. The argument
 /// is an expression (usually an `async` block) yielding
 /// `Option<StoreUnderTest>`; `None` skips.
@@ -673,7 +758,8 @@ macro_rules! store_conformance_tests {
             delayed_work_waits_until_due, waiting_claim_wakes_on_enqueue, list_filters_and_pages,
             list_follows_state_changes, purge_removes_only_expired_finished_runs,
             stats_count_work_and_states, run_version_follows_commits,
-            deliveries_are_recorded_once, settled_deliveries_leave_pending, delivery_ids_expire);
+            deliveries_are_recorded_once, settled_deliveries_leave_pending, delivery_ids_expire,
+            logs_keep_a_bounded_tail, logs_expire_with_their_run);
     };
     (@cases $make:expr; $($case:ident),*) => {
         mod store_conformance {

@@ -31,7 +31,17 @@ Test controls under ``/_emulator/`` (not part of the Kubernetes API):
 content type, the ``X-Stagetime-Actor`` header tests use to tell clients
 apart, body), ``POST /_emulator/expire`` (forget the watch history and
 close every open watch: clients resuming from an old resourceVersion get 410),
-``POST /_emulator/close-watches`` (end every open watch normally).
+``POST /_emulator/close-watches`` (end every open watch normally),
+``POST /_emulator/pod-log?namespace=NS&pod=POD&container=C`` (append the
+body to that container's log).
+
+Pod logs (kmock has none): ``GET /api/v1/namespaces/NS/pods/POD/log`` with
+``container`` (required when the pod has several) and ``follow`` serves
+what tests appended, as an API server does: 400 for a container still
+waiting to start (no running/terminated state in ``status.containerStatuses``
+and the pod not Succeeded/Failed); with ``follow`` the body stays open and
+streams what is appended until the container is terminated or the pod is
+deleted.
 
 Run: ``python kube_emulator.py [--host 127.0.0.1] [--port 0]``. It prints
 ``LISTENING http://HOST:PORT`` once it serves, and runs until SIGTERM/SIGINT;
@@ -202,6 +212,7 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
     _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _watch_generation: int = attrs.field(default=0, init=False)
     _log: list[dict[str, Any]] = attrs.field(factory=list, init=False)
+    _pod_logs: dict[tuple[str, str, str], bytearray] = attrs.field(factory=dict, init=False)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -221,6 +232,9 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
                 'actor': next((v for k, v in request.headers.items() if k.lower() == 'x-stagetime-actor'), ''),
                 'body': request.text,
             })
+        if (request.resource is not None and request.resource.plural == 'pods'
+                and request.subresource == 'log' and request.method.value == 'GET'):
+            return await self._serve_pod_log(request)
         if request.resource is not None and request.method.value == 'PUT' and request.name:
             return await rendering.Response(payload=await self._serve_replace(request))(request)
         # Skip KubernetesEmulator._handle (kmock's store); dispatch reactions and fallbacks.
@@ -238,10 +252,71 @@ class StagetimeEmulator(kmock.KubernetesEmulator):
             self._history.clear()
             self._close_watches()
             return aiohttp.web.json_response({'oldest': self._oldest_rv})
+        if path == '/_emulator/pod-log':
+            key = (request.params.get('namespace', ''), request.params.get('pod', ''),
+                   request.params.get('container', ''))
+            self._pod_logs.setdefault(key, bytearray()).extend(request.body)
+            self._notify()
+            return aiohttp.web.json_response({'bytes': len(self._pod_logs[key])})
         if path == '/_emulator/close-watches':
             self._close_watches()
             return aiohttp.web.json_response({})
         return aiohttp.web.json_response({'error': 'unknown control'}, status=404)
+
+    @staticmethod
+    def _container_state(pod: dict[str, Any], container: str) -> str:
+        """'waiting', 'running' or 'terminated', from the pod's status."""
+        status = pod.get('status') or {}
+        if status.get('phase') in ('Succeeded', 'Failed'):
+            return 'terminated'
+        for c in status.get('containerStatuses') or []:
+            if c.get('name') == container:
+                state = c.get('state') or {}
+                if 'terminated' in state:
+                    return 'terminated'
+                if 'running' in state:
+                    return 'running'
+        return 'waiting'
+
+    async def _serve_pod_log(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        key = (request.resource, request.namespace, request.name)
+        pod = self._store.get(key)
+        if pod is None:
+            raise self._not_found(request)
+        containers = [c.get('name') for c in (pod.get('spec') or {}).get('containers') or []]
+        container = request.params.get('container')
+        if not container:
+            if len(containers) != 1:
+                raise _status(400, 'BadRequest',
+                              f'a container name must be specified for pod {request.name}, '
+                              f'choose one of: [{" ".join(containers)}]')
+            container = containers[0]
+        if container not in containers:
+            raise _status(400, 'BadRequest', f'container {container} is not valid for pod {request.name}')
+        if self._container_state(pod, container) == 'waiting':
+            raise _status(400, 'BadRequest',
+                          f'container "{container}" in pod "{request.name}" is waiting to start: PodInitializing')
+        follow = request.params.get('follow') in ('true', '1')
+        log_key = (request.namespace, request.name, container)
+        response = aiohttp.web.StreamResponse(status=200, headers={'Content-Type': 'text/plain'})
+        await response.prepare(request._raw_request)
+        sent = 0
+        while True:
+            changed = self._changed
+            pod = self._store.get(key)
+            over = not follow or pod is None or self._container_state(pod, container) == 'terminated'
+            text = self._pod_logs.get(log_key, bytearray())
+            if len(text) > sent:
+                await response.write(bytes(text[sent:]))
+                sent = len(text)
+            if over:
+                break
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=30)
+            except asyncio.TimeoutError:
+                pass
+        await response.write_eof()
+        return response
 
     def _close_watches(self) -> None:
         self._watch_generation += 1
@@ -544,6 +619,10 @@ async def serve(host: str, port: int, exit_on_stdin_eof: bool) -> None:
         kind='PipelineRunTemplate', singular='pipelineruntemplate', namespaced=True,
         verbs={'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'},
         shortnames={'prt'}, categories={'stagetime'})
+    emulator.resources['v1/pods'] = kmock.ResourceInfo(
+        kind='Pod', singular='pod', namespaced=True,
+        verbs={'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'},
+        shortnames={'po'}, subresources={'status', 'log'})
     emulator.resources['v1/configmaps'] = kmock.ResourceInfo(
         kind='ConfigMap', singular='configmap', namespaced=True,
         verbs={'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'})

@@ -180,6 +180,20 @@ impl Emulator {
             .collect()
     }
 
+    /// Appends `text` to the log of `container` of pod `pod` in `ns` (served
+    /// by `GET .../pods/POD/log`).
+    pub async fn append_pod_log(&self, ns: &str, pod: &str, container: &str, text: &str) {
+        let client = self.client("default");
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "/_emulator/pod-log?namespace={ns}&pod={pod}&container={container}"
+            ))
+            .body(text.as_bytes().to_vec())
+            .expect("request");
+        let _: serde_json::Value = client.request(req).await.expect("emulator control call");
+    }
+
     /// Forgets the watch history and closes every watch: resuming watches get 410 and re-list.
     pub async fn expire(&self) {
         let _: serde_json::Value = self.control("POST", "expire").await;

@@ -5,7 +5,7 @@
 --
 -- KEYS: 1 run hash, 2 run's delayed-member set, 3 queue stream, 4 timers zset,
 --       5 finished zset, 6 gc hash, 7..11 state indexes (queued, running,
---       succeeded, failed, cancelled)
+--       succeeded, failed, cancelled), 12 run's logs hash
 -- ARGV: 1 expected version, 2 new version, 3 record json, 4 summary json,
 --       5 new state, 6 index member, 7 run id, 8 finished score ('' while not
 --       finished), 9 retention ms, 10 gc json, 11 consumer group,
@@ -92,11 +92,13 @@ local finished = ARGV[8] ~= ''
 if finished and not was_finished then
   redis.call('PEXPIRE', KEYS[1], ARGV[9])
   redis.call('PEXPIRE', KEYS[2], ARGV[9])
+  redis.call('PEXPIRE', KEYS[12], ARGV[9])
   redis.call('ZADD', KEYS[5], ARGV[8], ARGV[7])
   redis.call('HSET', KEYS[6], ARGV[7], ARGV[10])
 elseif was_finished and not finished then
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
+  redis.call('PERSIST', KEYS[12])
   redis.call('ZREM', KEYS[5], ARGV[7])
   redis.call('HDEL', KEYS[6], ARGV[7])
 elseif finished and cur[3] ~= ARGV[8] then

@@ -1,5 +1,6 @@
 -- purge.lua: delete finished runs whose retention ended at or before `now`,
--- with their listing-index entries and their pending delayed work.
+-- with their listing-index entries, their pending delayed work and their
+-- attempt logs.
 --
 -- KEYS: 1 finished zset, 2 gc hash, 3 timers zset
 -- ARGV: 1 now ms, 2 at most this many runs, 3 key prefix of run hashes
@@ -36,7 +37,7 @@ for _, id in ipairs(ids) do
   if #members > 0 then
     chunked('ZREM', KEYS[3], nil, members)
   end
-  redis.call('DEL', run, delayed)
+  redis.call('DEL', run, delayed, run .. ':logs')
   redis.call('HDEL', KEYS[2], id)
   redis.call('ZREM', KEYS[1], id)
 end
