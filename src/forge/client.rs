@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use reqwest::{RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use tracing::debug;
 
@@ -99,8 +99,17 @@ impl ForgeClient {
         Ok(ForgeClient { http, config })
     }
 
-    fn get(&self, repo: &RepoConfig, url: &str) -> RequestBuilder {
-        let mut req = self.http.get(url);
+    fn request(
+        &self,
+        repo: &RepoConfig,
+        method: &Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> RequestBuilder {
+        let mut req = self.http.request(method.clone(), url);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
         if let Some(token) = &repo.token {
             let token = String::from_utf8_lossy(token.expose()).into_owned();
             req = match repo.provider {
@@ -117,10 +126,43 @@ impl ForgeClient {
 
     /// GET with retries; answers the successful response.
     async fn send(&self, repo: &RepoConfig, url: &str) -> Result<Response, ClientError> {
+        self.send_with(repo, &Method::GET, url, None).await
+    }
+
+    /// POSTs `body` as JSON to `{api_url}{path}` with the repository's
+    /// token, retrying on 5xx/429 as every call does; answers the response
+    /// body as JSON (`null` when it is not JSON).
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`], [`ClientError::Refused`] (4xx: a token
+    /// without the permission, a body the forge does not take) or
+    /// [`ClientError::Unavailable`].
+    pub async fn post_json(
+        &self,
+        repo: &RepoConfig,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}{path}", repo.api_url);
+        let resp = self
+            .send_with(repo, &Method::POST, &url, Some(body))
+            .await?;
+        let bytes = read_bounded(resp, MAX_API_RESPONSE_BYTES).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// A request with retries; answers the successful response.
+    async fn send_with(
+        &self,
+        repo: &RepoConfig,
+        method: &Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response, ClientError> {
         let mut backoff = self.config.backoff;
         let mut last = String::new();
         for attempt in 1..=self.config.attempts.max(1) {
-            let wait = match self.get(repo, url).send().await {
+            let wait = match self.request(repo, method, url, body).send().await {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {
@@ -128,7 +170,7 @@ impl ForgeClient {
                     }
                     let limited = status == StatusCode::TOO_MANY_REQUESTS
                         || (status == StatusCode::FORBIDDEN && rate_limited(&resp));
-                    last = format!("GET {} answered {status}", strip_query(url));
+                    last = format!("{method} {} answered {status}", strip_query(url));
                     if status == StatusCode::NOT_FOUND {
                         return Err(ClientError::NotFound(last));
                     }
@@ -138,7 +180,7 @@ impl ForgeClient {
                     retry_after(&resp).unwrap_or(backoff)
                 }
                 Err(e) => {
-                    last = format!("GET {}: {e}", strip_query(url));
+                    last = format!("{method} {}: {e}", strip_query(url));
                     backoff
                 }
             };

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use super::client::{ClientError, ForgeClient};
 use super::config::Repositories;
 use super::event::ForgeEvent;
+use super::reporter;
 use super::trigger::{build_spec, paths_filter, paths_match};
 
 type Labels = Vec<(&'static str, String)>;
@@ -118,6 +119,8 @@ pub struct IntakeLoop {
     /// How often pending deliveries are looked at without a wake-up (and
     /// how long a delivery whose forge was unavailable waits; default 5 s).
     pub poll: Duration,
+    /// Woken after a run's report was tracked (the reporter waits on it).
+    pub report_wake: Option<Arc<Notify>>,
 }
 
 impl std::fmt::Debug for IntakeLoop {
@@ -166,6 +169,13 @@ impl IntakeLoop {
         let id = delivery.id.clone();
         match self.turn_into_run(delivery).await {
             Outcome::Settle(d) => {
+                // Reporting is tracked before the delivery is settled: a
+                // server that stops in between processes it again.
+                if let Err(e) = self.track_reports(&d).await {
+                    self.metrics.intake("retry");
+                    warn!(delivery = %id, error = %e, "cannot track the delivery's forge report; trying again later");
+                    return false;
+                }
                 if d.state == DeliveryState::Failed {
                     warn!(delivery = %id, repo = %d.repo, reason = d.message.as_deref().unwrap_or(""), "webhook delivery could not become a run");
                 } else {
@@ -183,6 +193,29 @@ impl IntakeLoop {
                 self.metrics.intake("retry");
                 warn!(delivery = %id, reason = %why, "delivery stays pending; trying again later");
                 false
+            }
+        }
+    }
+
+    /// Tracks the report of what the delivery became: its runs, or its
+    /// failure (a failure the forge should hear of: not one of the store).
+    async fn track_reports(&self, d: &Delivery) -> Result<(), Error> {
+        let Ok(event) = serde_json::from_str::<ForgeEvent>(&d.event) else {
+            return Ok(());
+        };
+        match d.state {
+            DeliveryState::Failed => {
+                let reason = d.message.as_deref().unwrap_or("the run could not be made");
+                reporter::track_failure(&*self.store, &d.repo, &event, &d.id, reason).await
+            }
+            _ => {
+                for run in &d.runs {
+                    reporter::track_run(&*self.store, &d.repo, &event, run).await?;
+                }
+                if let Some(wake) = &self.report_wake {
+                    wake.notify_one();
+                }
+                Ok(())
             }
         }
     }

@@ -11,6 +11,8 @@ pub(crate) struct Scripts {
     pub purge: Script,
     pub record_delivery: Script,
     pub settle_delivery: Script,
+    pub track_report: Script,
+    pub save_report: Script,
 }
 
 impl Scripts {
@@ -22,10 +24,12 @@ impl Scripts {
             purge: Script::new(include_str!("lua/purge.lua")),
             record_delivery: Script::new(include_str!("lua/record_delivery.lua")),
             settle_delivery: Script::new(include_str!("lua/settle_delivery.lua")),
+            track_report: Script::new(include_str!("lua/track_report.lua")),
+            save_report: Script::new(include_str!("lua/save_report.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 6] {
+    pub fn all(&self) -> [&Script; 8] {
         [
             &self.create,
             &self.commit,
@@ -33,6 +37,8 @@ impl Scripts {
             &self.purge,
             &self.record_delivery,
             &self.settle_delivery,
+            &self.track_report,
+            &self.save_report,
         ]
     }
 }
