@@ -39,7 +39,7 @@ struct Deployment {
     server: Proc,
     redis_url: String,
     prefix: String,
-    _worker: Proc,
+    worker: Proc,
     hooks: String,
     /// The gRPC URL.
     api: String,
@@ -67,13 +67,31 @@ async fn deployment(name: &str, repos: impl Fn(&Emulator, &Path) -> String) -> O
     let prefix = config.prefix.clone();
     let url = redis.url();
     let (server, hooks, api) = start_server(d, &url, &prefix);
+    let worker = start_worker(d, &url, &prefix);
+    let store = RedisStore::connect(config).await.expect("connect to redis");
+    Some(Deployment {
+        dir,
+        server,
+        redis_url: url,
+        prefix,
+        worker,
+        hooks,
+        api,
+        store: Arc::new(store),
+        emulator,
+        http: reqwest::Client::new(),
+    })
+}
+
+/// A local worker.
+fn start_worker(d: &Path, url: &str, prefix: &str) -> Proc {
     let mut worker = Proc::start(
         &exe("worker"),
         &[
             "--redis-url",
-            &url,
+            url,
             "--redis-prefix",
-            &prefix,
+            prefix,
             "--backend",
             "local",
             "--workdir",
@@ -85,20 +103,11 @@ async fn deployment(name: &str, repos: impl Fn(&Emulator, &Path) -> String) -> O
         d,
     );
     worker.wait_line("metrics listening on ");
-    let store = RedisStore::connect(config).await.expect("connect to redis");
-    Some(Deployment {
-        dir,
-        server,
-        redis_url: url,
-        prefix,
-        _worker: worker,
-        hooks,
-        api,
-        store: Arc::new(store),
-        emulator,
-        http: reqwest::Client::new(),
-    })
+    worker
 }
+
+/// The base URL statuses link runs to.
+const RUNS_URL: &str = "https://ci.example.com";
 
 /// A server with webhooks on; it, its hooks URL and its gRPC URL.
 fn start_server(d: &Path, url: &str, prefix: &str) -> (Proc, String, String) {
@@ -118,7 +127,15 @@ fn start_server(d: &Path, url: &str, prefix: &str) -> (Proc, String, String) {
             "--redis-prefix",
             prefix,
         ],
-        &[("HOOK_SECRET", SECRET), ("FORGE_TOKEN", "forge-token")],
+        &[
+            ("HOOK_SECRET", SECRET),
+            ("FORGE_TOKEN", "forge-token"),
+            ("STAGETIME_REPORT_TARGET_URL", RUNS_URL),
+            ("STAGETIME_REPORT_POLL", "200ms"),
+            // No description-only updates within a test: the status
+            // sequences are exact.
+            ("STAGETIME_REPORT_COALESCE", "10min"),
+        ],
         d,
     );
     let hooks = format!("http://{}", server.wait_line("http listening on "));
@@ -134,6 +151,48 @@ impl Deployment {
         self.server = server;
         self.hooks = hooks;
         self.api = api;
+    }
+
+    /// kill -9 of the worker, and a new one on the same store.
+    fn restart_worker(&mut self) {
+        self.worker.kill9();
+        self.worker = start_worker(self.dir.path(), &self.redis_url, &self.prefix);
+    }
+
+    /// The states the emulator took for `commit` in `context` once the last
+    /// one is final (waits for the reporter).
+    async fn final_states(&self, commit: &str, context: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let states = self.emulator.states(commit, context);
+            if states
+                .last()
+                .is_some_and(|s| !["pending", "running"].contains(&s.as_str()))
+            {
+                // A moment more: anything sent after the final state would show.
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                return self.emulator.states(commit, context);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no final status for {commit} within 60 s: {:?}",
+                self.emulator.statuses(commit)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the emulator took `n` statuses for `commit`.
+    async fn statuses_taken(&self, commit: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.emulator.statuses(commit).len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} statuses for {commit} within 60 s: {:?}",
+                self.emulator.statuses(commit)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Runs the CLI; its exit code and stdout.
@@ -949,4 +1008,349 @@ async fn a_recorded_delivery_survives_a_forge_outage_a_rate_limit_and_a_server_k
         RunState::Succeeded
     );
     assert_eq!(d.runs_of("hello").await.len(), 1);
+}
+
+fn github_repo(emu: &Emulator, extra: &str) -> String {
+    format!(
+        r#"repositories:
+  - name: hello
+    provider: github
+    url: https://github.com/Codertocat/Hello-World
+    api_url: {api}
+    webhook_secret_env: HOOK_SECRET
+    token_env: FORGE_TOKEN
+{extra}"#,
+        api = emu.url
+    )
+}
+
+/// Pushes `commit` to main on GitHub (its pipeline file `file`, when
+/// given); the run id (None when the delivery failed).
+async fn push_github(
+    d: &Deployment,
+    delivery: &str,
+    commit: &str,
+    file: Option<&str>,
+) -> Option<String> {
+    if let Some(text) = file {
+        d.emulator.put_file(commit, ".stagetime.yaml", text);
+    }
+    let (status, body) = d
+        .github(
+            "push",
+            delivery,
+            &github_push("refs/heads/main", commit, &["x"]),
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    d.settled(&format!("github:{delivery}"))
+        .await
+        .runs
+        .first()
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_statuses_for_passing_failing_allowed_cancelled_and_missing_runs() {
+    let Some(d) = deployment("report-github", |emu, _| {
+        github_repo(emu, "    on: { push: { branches: [main] } }\n")
+    })
+    .await
+    else {
+        return;
+    };
+    let sha = |c: char| c.to_string().repeat(40);
+
+    // A passing run: pending when accepted, success at the end — exactly.
+    let c1 = sha('1');
+    let run = push_github(
+        &d,
+        "s-pass",
+        &c1,
+        Some("tasks:\n  - { name: build, stage: 0, command: 'true' }\n  - { name: test, stage: 1, command: 'true' }\n"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        d.final_states(&c1, "stagetime").await,
+        ["pending", "success"]
+    );
+    let calls = d.emulator.status_calls(&c1);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for c in &calls {
+        assert_eq!(
+            c.path,
+            format!("/repos/Codertocat/Hello-World/statuses/{c1}")
+        );
+        assert_eq!(c.auth.as_deref(), Some("Bearer forge-token"));
+        let body = c.body.as_ref().unwrap().as_object().unwrap();
+        let mut keys: Vec<&str> = body.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["context", "description", "state", "target_url"],
+            "GitHub's documented body"
+        );
+        assert_eq!(body["target_url"], format!("{RUNS_URL}/runs/{run}"));
+        assert!(body["description"].as_str().unwrap().chars().count() <= 140);
+    }
+    let (_, _, last) = d.emulator.statuses(&c1).pop().unwrap();
+    assert!(
+        last.starts_with("succeeded in ") && last.contains("2 tasks"),
+        "{last}"
+    );
+
+    // A failing run: failure, naming the task.
+    let c2 = sha('2');
+    push_github(
+        &d,
+        "s-fail",
+        &c2,
+        Some("tasks:\n  - { name: broken, command: 'exit 1' }\n"),
+    )
+    .await;
+    assert_eq!(
+        d.final_states(&c2, "stagetime").await,
+        ["pending", "failure"]
+    );
+    let (_, _, last) = d.emulator.statuses(&c2).pop().unwrap();
+    assert_eq!(last, "failed: broken (stage 1/1)");
+
+    // An allowed failure: the aggregate context succeeds.
+    let c3 = sha('3');
+    push_github(
+        &d,
+        "s-allowed",
+        &c3,
+        Some("tasks:\n  - { name: ok, command: 'true' }\n  - { name: flaky, command: 'exit 1', can_fail: true }\n"),
+    )
+    .await;
+    assert_eq!(
+        d.final_states(&c3, "stagetime").await,
+        ["pending", "success"]
+    );
+    let (_, _, last) = d.emulator.statuses(&c3).pop().unwrap();
+    assert!(last.contains("1 allowed failure"), "{last}");
+
+    // A cancelled run: GitHub's closest state, error.
+    let c4 = sha('4');
+    let run = push_github(
+        &d,
+        "s-cancel",
+        &c4,
+        Some("tasks:\n  - { name: long, command: 'sleep 60' }\n"),
+    )
+    .await
+    .unwrap();
+    d.run_in(&run, &[RunState::Running]).await;
+    d.statuses_taken(&c4, 1).await;
+    stagetime_core::control::RunControl::new(Arc::clone(&d.store))
+        .cancel(&RunId::new(run.as_str()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(d.final_states(&c4, "stagetime").await, ["pending", "error"]);
+    let (_, _, last) = d.emulator.statuses(&c4).pop().unwrap();
+    assert!(last.starts_with("cancelled at stage 1/1"), "{last}");
+
+    // A missing and an invalid pipeline file: error with the reason, no run.
+    let c5 = sha('5');
+    assert_eq!(push_github(&d, "s-missing", &c5, None).await, None);
+    assert_eq!(d.final_states(&c5, "stagetime").await, ["error"]);
+    let (_, _, why) = d.emulator.statuses(&c5).pop().unwrap();
+    assert_eq!(why, format!(".stagetime.yaml not found at commit {c5}"));
+    let c6 = sha('6');
+    push_github(
+        &d,
+        "s-invalid",
+        &c6,
+        Some("tasks:\n  - { name: a, command: 'true', can_fial: true }\n"),
+    )
+    .await;
+    assert_eq!(d.final_states(&c6, "stagetime").await, ["error"]);
+    let (_, _, why) = d.emulator.statuses(&c6).pop().unwrap();
+    assert!(why.contains("invalid") && why.contains("can_fial"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_and_gitea_statuses_and_per_stage_contexts() {
+    let Some(d) = deployment("report-lab-tea", |emu, _| {
+        format!(
+            r#"repositories:
+  - name: lab
+    provider: gitlab
+    url: http://example.com/mike/diaspora
+    api_url: {api}/api/v4
+    webhook_secret_env: HOOK_SECRET
+    token_env: FORGE_TOKEN
+  - name: tea
+    provider: gitea
+    url: http://localhost:3000/gitea/webhooks
+    api_url: {api}/api/v1
+    webhook_secret_env: HOOK_SECRET
+    token_env: FORGE_TOKEN
+    report: {{ context: ci/stagetime, per_stage: true }}
+"#,
+            api = emu.url
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    // GitLab: pending, running (held by a gate until the forge saw it), success.
+    let gate = d.path("gate");
+    let lab = fixture("gitlab-push.json");
+    let lab_sha = lab["checkout_sha"].as_str().unwrap().to_string();
+    d.emulator.put_file(
+        &lab_sha,
+        ".stagetime.yaml",
+        &format!(
+            "tasks:\n  - {{ name: wait, command: 'while [ ! -f {} ]; do sleep 0.1; done' }}\n",
+            gate.display()
+        ),
+    );
+    let (status, body) = d.gitlab("Push Hook", "lab-1", &lab).await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d
+        .emulator
+        .states(&lab_sha, "stagetime")
+        .contains(&"running".to_string())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            d.emulator.statuses(&lab_sha)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::write(&gate, "").unwrap();
+    assert_eq!(
+        d.final_states(&lab_sha, "stagetime").await,
+        ["pending", "running", "success"]
+    );
+    for c in d.emulator.status_calls(&lab_sha) {
+        assert_eq!(c.path, format!("/api/v4/projects/15/statuses/{lab_sha}"));
+        assert_eq!(c.auth.as_deref(), Some("forge-token"), "PRIVATE-TOKEN");
+        let body = c.body.unwrap();
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["description", "name", "state", "target_url"],
+            "GitLab's documented parameters"
+        );
+    }
+
+    // Gitea, with its own context and one per stage.
+    let tea = fixture("gitea-push.json");
+    let tea_sha = tea["after"].as_str().unwrap().to_string();
+    d.emulator.put_file(
+        &tea_sha,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: a, stage: 0, command: 'true' }\n  - { name: b, stage: 1, command: 'exit 1', can_fail: true }\n",
+    );
+    let (status, body) = d.gitea("push", "tea-1", &tea).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        d.final_states(&tea_sha, "ci/stagetime").await,
+        ["pending", "success"]
+    );
+    assert_eq!(
+        d.final_states(&tea_sha, "ci/stagetime/stage-0").await,
+        ["pending", "success"]
+    );
+    assert_eq!(
+        d.final_states(&tea_sha, "ci/stagetime/stage-1").await,
+        ["pending", "success"]
+    );
+    for c in d.emulator.status_calls(&tea_sha) {
+        assert_eq!(
+            c.path,
+            format!("/api/v1/repos/gitea/webhooks/statuses/{tea_sha}")
+        );
+        assert_eq!(c.auth.as_deref(), Some("token forge-token"));
+        let body = c.body.unwrap();
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["context", "description", "state", "target_url"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_survive_rate_limits_outages_and_kill_9_of_worker_and_server() {
+    let Some(mut d) = deployment("report-durable", |emu, _| github_repo(emu, "")).await else {
+        return;
+    };
+    let sha = |c: char| c.to_string().repeat(40);
+    let pass = "tasks:\n  - { name: a, command: 'true' }\n";
+
+    // 429 with Retry-After on the first two status calls: waited out.
+    let c1 = sha('a');
+    d.emulator.rate_limit_statuses(2);
+    push_github(&d, "k-429", &c1, Some(pass)).await;
+    assert_eq!(
+        d.final_states(&c1, "stagetime").await,
+        ["pending", "success"]
+    );
+    let answered: Vec<u16> = d
+        .emulator
+        .status_calls(&c1)
+        .iter()
+        .map(|c| c.answered)
+        .collect();
+    assert_eq!(answered, [429, 429, 201, 201]);
+
+    // The status API down while the run runs to its end, then back.
+    let c2 = sha('b');
+    d.emulator.set_statuses_down(true);
+    let run = push_github(&d, "k-down", &c2, Some(pass)).await.unwrap();
+    assert_eq!(d.run_in(&run, DONE).await.state, RunState::Succeeded);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.emulator.status_calls(&c2).len() < 2 {
+        assert!(Instant::now() < deadline, "the reporter never tried");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(d.emulator.statuses(&c2).is_empty());
+    d.emulator.set_statuses_down(false);
+    assert_eq!(
+        d.final_states(&c2, "stagetime").await,
+        ["pending", "success"]
+    );
+
+    // kill -9 of the worker mid-run, then of the server: the attempt the
+    // worker took along times out and is retried by a new worker; the
+    // final state is reported once, the pending one too.
+    let c3 = sha('c');
+    let marker = d.path("first-attempt");
+    let file = format!(
+        "tasks:\n  - name: slow\n    timeout: 5s\n    retries: 1\n    command: 'if [ -f {m} ]; then exit 0; fi; touch {m}; sleep 60'\n",
+        m = marker.display()
+    );
+    let run = push_github(&d, "k-kill", &c3, Some(&file)).await.unwrap();
+    d.statuses_taken(&c3, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the first attempt never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.restart_worker();
+    d.restart_server();
+    let record = d.run_in(&run, DONE).await;
+    assert_eq!(record.state, RunState::Succeeded);
+    assert_eq!(
+        d.final_states(&c3, "stagetime").await,
+        ["pending", "success"]
+    );
 }

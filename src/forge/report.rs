@@ -266,12 +266,13 @@ fn describe_stage(stage: &StageView) -> String {
     shorten(&s)
 }
 
-/// At most [`MAX_DESCRIPTION`] characters (on a character boundary), the
-/// first line only, with `…` when cut.
+/// At most [`MAX_DESCRIPTION`] characters (on a character boundary), on
+/// one line (a multi-line validation message is joined with spaces), with
+/// `…` when cut.
 pub fn shorten(text: &str) -> String {
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.chars().count() <= MAX_DESCRIPTION && line.len() == text.trim().len() {
-        return line.to_string();
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= MAX_DESCRIPTION {
+        return line;
     }
     let mut out: String = line.chars().take(MAX_DESCRIPTION - 1).collect();
     out.push('…');
@@ -571,7 +572,7 @@ mod tests {
         let s = shorten(&long);
         assert_eq!(s.chars().count(), MAX_DESCRIPTION);
         assert!(s.ends_with('…'));
-        assert_eq!(shorten("first line\nsecond"), "first line…");
+        assert_eq!(shorten("invalid:\n  - a: b\n"), "invalid: - a: b");
         let e = error_status(
             "tasks[0].can_fial: unknown field, expected one of name, command, ...",
             &ReportSettings::default(),
