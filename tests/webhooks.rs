@@ -1354,3 +1354,181 @@ async fn statuses_survive_rate_limits_outages_and_kill_9_of_worker_and_server() 
         ["pending", "success"]
     );
 }
+
+/// A GitHub comment on pull request 2 by `login`.
+fn github_comment(login: &str, body: &str, action: &str) -> Value {
+    let mut c = fixture("github-issue_comment.json");
+    c["action"] = json!(action);
+    c["comment"]["body"] = json!(body);
+    c["comment"]["user"]["login"] = json!(login);
+    c["sender"]["login"] = json!(login);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retest_from_a_comment_reruns_only_what_did_not_succeed_and_needs_write_access() {
+    let Some(d) = deployment("report-commands", |emu, _| github_repo(emu, "")).await else {
+        return;
+    };
+    let log = d.path("log");
+    let fixed = d.path("fixed");
+    let pr = fixture("github-pull_request.json");
+    let head = pr["pull_request"]["head"]["sha"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.emulator.put_file(
+        &head,
+        ".stagetime.yaml",
+        &format!(
+            "tasks:\n  - {{ name: ok, stage: 0, command: 'echo ok >> {l}' }}\n  - {{ name: flaky, stage: 0, command: 'echo flaky >> {l}; [ -f {f} ]' }}\n  - {{ name: after, stage: 1, command: 'echo after >> {l}' }}\n",
+            l = log.display(),
+            f = fixed.display()
+        ),
+    );
+    let (status, body) = d.github("pull_request", "pr-open", &pr, Some(SECRET)).await;
+    assert_eq!(status, 202, "{body}");
+    let run = d.settled("github:pr-open").await.runs[0].clone();
+    assert_eq!(d.run_in(&run, DONE).await.state, RunState::Failed);
+    assert_eq!(
+        d.final_states(&head, "stagetime").await,
+        ["pending", "failure"]
+    );
+    let version = d
+        .store
+        .load_run(&RunId::new(run.as_str()).unwrap())
+        .await
+        .unwrap()
+        .version;
+    // Housekeeping pruned what the backend kept of the attempts.
+    std::fs::remove_dir_all(d.path("work")).unwrap();
+
+    // A user without write access: a polite reply, nothing else.
+    d.emulator.set_permission("stranger", "read");
+    let (status, _) = d
+        .github(
+            "issue_comment",
+            "c-stranger",
+            &github_comment("stranger", "/retest", "created"),
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let settled = d.settled("github:c-stranger").await;
+    assert_eq!(
+        settled.message.as_deref(),
+        Some("stranger may not command runs")
+    );
+    let comments = d.emulator.comments();
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert_eq!(
+        comments[0].0,
+        "/repos/Codertocat/Hello-World/issues/2/comments"
+    );
+    assert!(
+        comments[0].1.starts_with("@stranger ") && comments[0].1.contains("write access"),
+        "{comments:?}"
+    );
+    let permission_asked = d
+        .emulator
+        .calls()
+        .iter()
+        .any(|c| c.path == "/repos/Codertocat/Hello-World/collaborators/stranger/permission");
+    assert!(permission_asked);
+    // An edited or deleted comment does nothing, whoever wrote it.
+    for action in ["edited", "deleted"] {
+        let (status, body) = d
+            .github(
+                "issue_comment",
+                &format!("c-{action}"),
+                &github_comment("Codertocat", "/retest", action),
+                Some(SECRET),
+            )
+            .await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("ignored")),
+            "{body}"
+        );
+    }
+    // `/retest ok`: it succeeded, so nothing to do but say so.
+    d.emulator.set_permission("Codertocat", "admin");
+    let (status, _) = d
+        .github(
+            "issue_comment",
+            "c-ok",
+            &github_comment("Codertocat", "/retest ok", "created"),
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(status, 202);
+    d.settled("github:c-ok").await;
+    assert!(
+        d.emulator.comments()[1].1.contains("`ok` succeeded"),
+        "{:?}",
+        d.emulator.comments()
+    );
+    let unchanged = d
+        .store
+        .load_run(&RunId::new(run.as_str()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (unchanged.version, unchanged.state),
+        (version, RunState::Failed),
+        "nothing happened"
+    );
+
+    // `/retest` by someone with write access: the failed task and what it
+    // held back run again, from stagetime's own record; `ok` does not.
+    std::fs::write(&fixed, "").unwrap();
+    let (status, _) = d
+        .github(
+            "issue_comment",
+            "c-retest",
+            &github_comment("Codertocat", "thanks!\n/retest", "created"),
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let settled = d.settled("github:c-retest").await;
+    assert_eq!(settled.runs, vec![run.clone()], "{settled:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = d
+            .store
+            .load_run(&RunId::new(run.as_str()).unwrap())
+            .await
+            .unwrap();
+        if r.version > version && r.state == RunState::Succeeded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rerun did not succeed: {:?}",
+            r.state
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["after", "flaky", "flaky", "ok"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.emulator.states(&head, "stagetime").len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            d.emulator.statuses(&head)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        d.emulator.states(&head, "stagetime"),
+        ["pending", "failure", "pending", "success"]
+    );
+}

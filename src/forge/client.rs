@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::Provider;
 use super::config::RepoConfig;
-use super::event::ForgeEvent;
+use super::event::{CommentCommand, ForgeEvent};
 
 /// Why the forge did not give what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -382,6 +382,99 @@ impl ForgeClient {
         files.sort();
         files.dedup();
         Ok(Some(files))
+    }
+}
+
+/// Who may command runs from comments: write access or more.
+impl ForgeClient {
+    /// Whether the commenter of `cmd` has write access to the repository:
+    /// GitHub and Gitea `GET /repos/{owner}/{repo}/collaborators/{user}/permission`
+    /// (`admin`, `maintain`, `write`, Gitea's `owner`); GitLab `GET
+    /// /projects/{id}/members/all/{user_id}` with `access_level` ≥ 30
+    /// (Developer). Not a collaborator or member (404): false.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] or [`ClientError::Unavailable`].
+    pub async fn may_command(
+        &self,
+        repo: &RepoConfig,
+        cmd: &CommentCommand,
+    ) -> Result<bool, ClientError> {
+        let api = &repo.api_url;
+        let result = match repo.provider {
+            Provider::Github | Provider::Gitea => {
+                #[derive(Deserialize)]
+                struct Permission {
+                    permission: String,
+                }
+                let url = format!(
+                    "{api}/repos/{}/collaborators/{}/permission",
+                    encode_path(&cmd.repository),
+                    encode_segment(&cmd.commenter)
+                );
+                match self.send(repo, &url).await {
+                    Ok(resp) => json::<Permission>(resp).await.map(|p| {
+                        matches!(
+                            p.permission.as_str(),
+                            "admin" | "maintain" | "write" | "owner"
+                        )
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            Provider::Gitlab => {
+                #[derive(Deserialize)]
+                struct Member {
+                    access_level: u32,
+                }
+                let Some(user) = cmd.commenter_id else {
+                    return Ok(false);
+                };
+                let url = format!(
+                    "{api}/projects/{}/members/all/{user}",
+                    cmd.project_id
+                        .map_or_else(|| encode_segment(&cmd.repository), |id| id.to_string())
+                );
+                match self.send(repo, &url).await {
+                    Ok(resp) => json::<Member>(resp).await.map(|m| m.access_level >= 30),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Err(ClientError::NotFound(_)) => Ok(false),
+            other => other,
+        }
+    }
+
+    /// Adds a comment to the pull request of `cmd`: GitHub and Gitea `POST
+    /// /repos/{owner}/{repo}/issues/{number}/comments`, GitLab `POST
+    /// /projects/{id}/merge_requests/{iid}/notes`, body `{"body": text}`.
+    ///
+    /// # Errors
+    /// As [`ForgeClient::post_json`].
+    pub async fn comment(
+        &self,
+        repo: &RepoConfig,
+        cmd: &CommentCommand,
+        text: &str,
+    ) -> Result<(), ClientError> {
+        let path = match repo.provider {
+            Provider::Github | Provider::Gitea => format!(
+                "/repos/{}/issues/{}/comments",
+                encode_path(&cmd.repository),
+                cmd.pr
+            ),
+            Provider::Gitlab => format!(
+                "/projects/{}/merge_requests/{}/notes",
+                cmd.project_id
+                    .map_or_else(|| encode_segment(&cmd.repository), |id| id.to_string()),
+                cmd.pr
+            ),
+        };
+        self.post_json(repo, &path, &serde_json::json!({ "body": text }))
+            .await
+            .map(|_| ())
     }
 }
 

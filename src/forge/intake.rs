@@ -20,13 +20,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use stagetime_core::Error;
 use stagetime_core::control::{RunControl, SubmitOptions};
-use stagetime_core::store::{Delivery, DeliveryState, Store};
+use stagetime_core::scheduler::TaskStatus;
+use stagetime_core::store::{Delivery, DeliveryState, RunFilter, Store};
 use tokio::sync::{Notify, RwLock};
 use tracing::{info, warn};
 
 use super::client::{ClientError, ForgeClient};
 use super::config::Repositories;
-use super::event::ForgeEvent;
+use super::event::{Command, CommentCommand, ForgeEvent};
 use super::reporter;
 use super::trigger::{build_spec, paths_filter, paths_match};
 
@@ -40,7 +41,7 @@ const CONCURRENCY: usize = 8;
 /// | family | labels |
 /// |---|---|
 /// | `stagetime_webhook_deliveries_total` | `provider`, `outcome` (`accepted`, `duplicate`, `ignored`, `unknown_repository`, `unauthorized`, `forbidden`, `bad_request`, `too_large`, `unavailable`) |
-/// | `stagetime_intake_total` | `outcome` (`run`, `existing_run`, `skipped`, `failed`, `retry`) |
+/// | `stagetime_intake_total` | `outcome` (`run`, `existing_run`, `skipped`, `failed`, `retry`, `command`, `command_refused`) |
 /// | `stagetime_intake_failures_total` | `reason` (`missing_file`, `invalid_file`, `forge_refused`) |
 #[derive(Clone, Default)]
 pub struct ForgeMetrics {
@@ -197,9 +198,164 @@ impl IntakeLoop {
         }
     }
 
+    /// Carries out a command from a pull request comment, when its author
+    /// may (write access on the forge, or `trusted` in the repositories
+    /// file); anyone else gets a polite reply and nothing happens.
+    async fn command(&self, delivery: &Delivery, cmd: CommentCommand) -> Outcome {
+        let done = |message: String, runs: Vec<String>| {
+            Outcome::Settle(Delivery {
+                state: DeliveryState::Done,
+                message: Some(message),
+                runs,
+                ..delivery.clone()
+            })
+        };
+        let repos = Arc::clone(&*self.repos.read().await);
+        let Some(repo) = repos.by_name(&delivery.repo) else {
+            return done(
+                format!("repository {} is no longer configured", delivery.repo),
+                vec![],
+            );
+        };
+        let trusted = repo
+            .trusted
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(&cmd.commenter));
+        let permitted = trusted
+            || match self.client.may_command(repo, &cmd).await {
+                Ok(p) => p,
+                Err(ClientError::Unavailable(e)) => return Outcome::Retry(e),
+                Err(e) => {
+                    warn!(delivery = %delivery.id, error = %e, "cannot ask the forge for a commenter's permission");
+                    false
+                }
+            };
+        let cmd = &cmd;
+        let reply = |text: String| async move {
+            if let Err(e) = self.client.comment(repo, cmd, &text).await {
+                warn!(delivery = %delivery.id, error = %e, "cannot reply to a comment");
+            }
+        };
+        if !permitted {
+            self.metrics.intake("command_refused");
+            reply(format!(
+                "@{} thanks — `{}` can only be used by people with write access to this repository, so nothing was done. A maintainer can run it for you.",
+                cmd.commenter,
+                cmd.command.text()
+            ))
+            .await;
+            return done(format!("{} may not command runs", cmd.commenter), vec![]);
+        }
+        let group = super::trigger::pr_group(&repo.name, cmd.pr);
+        let latest = match self
+            .store
+            .list_runs(&RunFilter {
+                concurrency_group: Some(group),
+                limit: 1,
+                ..RunFilter::default()
+            })
+            .await
+        {
+            Ok(page) => page.runs.into_iter().next(),
+            Err(e) if e.is_retryable() => return Outcome::Retry(e.to_string()),
+            Err(e) => return done(format!("cannot list the runs: {e}"), vec![]),
+        };
+        if cmd.command == Command::OkToTest {
+            reply(format!(
+                "@{} `/ok-to-test` is not supported yet: set `allow_forks: true` for this repository to run pull requests from forks.",
+                cmd.commenter
+            ))
+            .await;
+            return done("/ok-to-test is not supported".to_string(), vec![]);
+        }
+        let Some(latest) = latest else {
+            reply(format!(
+                "@{} there is no run for this pull request yet.",
+                cmd.commenter
+            ))
+            .await;
+            return done("no run for this pull request".to_string(), vec![]);
+        };
+        let id = latest.id.clone();
+        let control = RunControl::new(Arc::clone(&self.store));
+        self.metrics.intake("command");
+        match &cmd.command {
+            Command::Cancel => match control.cancel(&id).await {
+                Ok(()) => {
+                    info!(run = %id, by = %cmd.commenter, "run cancelled from a comment");
+                    done(format!("/cancel of {id}"), vec![id.to_string()])
+                }
+                Err(e) if e.is_retryable() => Outcome::Retry(e.to_string()),
+                Err(e) => done(format!("cannot cancel {id}: {e}"), vec![]),
+            },
+            Command::Retest { task } => {
+                let record = match self.store.load_run(&id).await {
+                    Ok(r) => r,
+                    Err(e) if e.is_retryable() => return Outcome::Retry(e.to_string()),
+                    Err(e) => return done(format!("cannot read {id}: {e}"), vec![]),
+                };
+                let view = match control.view_of(&record) {
+                    Ok(v) => v,
+                    Err(e) => return done(format!("cannot read {id}: {e}"), vec![]),
+                };
+                let refuse = |text: String| async move {
+                    reply(format!("@{} {text}", cmd.commenter)).await;
+                    done(text, vec![])
+                };
+                if !view.state.is_finished() {
+                    return refuse(format!(
+                        "run `{id}` is still {}; `/retest` waits until it ends.",
+                        view.state.as_str()
+                    ))
+                    .await;
+                }
+                if let Some(name) = task {
+                    match view.task(name) {
+                        None => return refuse(format!("run `{id}` has no task `{name}`.")).await,
+                        Some(t) if t.status == TaskStatus::Succeeded => {
+                            return refuse(format!(
+                                "`{name}` succeeded in run `{id}`; `/retest` re-runs only what did not succeed."
+                            ))
+                            .await;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if view.tasks.iter().all(|t| t.status == TaskStatus::Succeeded) {
+                    return refuse(format!(
+                        "every task of run `{id}` succeeded; there is nothing to re-run."
+                    ))
+                    .await;
+                }
+                match control.rerun(&id, Some(record.version)).await {
+                    Ok(version) => {
+                        if let Err(e) = reporter::reopen(&*self.store, id.as_str(), version).await {
+                            warn!(run = %id, error = %e, "cannot reopen the run's forge report");
+                        }
+                        if let Some(wake) = &self.report_wake {
+                            wake.notify_one();
+                        }
+                        info!(run = %id, by = %cmd.commenter, "run re-run from a comment");
+                        done(
+                            format!("{} of {id}", cmd.command.text()),
+                            vec![id.to_string()],
+                        )
+                    }
+                    Err(e) if e.is_retryable() => Outcome::Retry(e.to_string()),
+                    // Re-run already (a repeated delivery after a restart).
+                    Err(e) => done(format!("cannot re-run {id}: {e}"), vec![]),
+                }
+            }
+            Command::OkToTest => done("/ok-to-test is not supported".to_string(), vec![]),
+        }
+    }
+
     /// Tracks the report of what the delivery became: its runs, or its
     /// failure (a failure the forge should hear of: not one of the store).
     async fn track_reports(&self, d: &Delivery) -> Result<(), Error> {
+        if serde_json::from_str::<CommentCommand>(&d.event).is_ok() {
+            return Ok(());
+        }
         let Ok(event) = serde_json::from_str::<ForgeEvent>(&d.event) else {
             return Ok(());
         };
@@ -236,6 +392,9 @@ impl IntakeLoop {
                 ..d.clone()
             })
         };
+        if let Ok(cmd) = serde_json::from_str::<CommentCommand>(&delivery.event) {
+            return self.command(&delivery, cmd).await;
+        }
         let event: ForgeEvent = match serde_json::from_str(&delivery.event) {
             Ok(e) => e,
             Err(e) => {

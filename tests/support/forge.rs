@@ -45,6 +45,10 @@ struct State {
     statuses_down: bool,
     /// Answer the next commit status calls 429 with `Retry-After: 1`.
     statuses_rate_limited: u32,
+    /// GitHub/Gitea collaborator permission per login (absent: `read`).
+    permissions: HashMap<String, String>,
+    /// GitLab member access level per user id (absent: not a member).
+    access_levels: HashMap<u64, u32>,
 }
 
 /// The running emulator.
@@ -111,6 +115,38 @@ impl Emulator {
     /// Every call so far.
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
+    }
+
+    /// `login`'s permission on GitHub/Gitea repositories (`admin`, `write`,
+    /// `read`, ...).
+    pub fn set_permission(&self, login: &str, permission: &str) {
+        self.lock()
+            .permissions
+            .insert(login.to_string(), permission.to_string());
+    }
+
+    /// GitLab user `id`'s access level on projects.
+    pub fn set_access_level(&self, id: u64, level: u32) {
+        self.lock().access_levels.insert(id, level);
+    }
+
+    /// The comments posted (path and text), in order.
+    pub fn comments(&self) -> Vec<(String, String)> {
+        self.calls()
+            .into_iter()
+            .filter(|c| {
+                c.method == "POST" && (c.path.ends_with("/comments") || c.path.ends_with("/notes"))
+            })
+            .map(|c| {
+                let body = c
+                    .body
+                    .as_ref()
+                    .and_then(|b| b["body"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                (c.path, body)
+            })
+            .collect()
     }
 
     /// Commit status calls answer 503 (`true`) or are taken again.
@@ -314,6 +350,30 @@ fn answer(st: &mut State, method: &Method, path: &str, query: &str, body: &[u8])
             .into_response()
     };
     match seg.as_slice() {
+        ["repos", _, _, "collaborators", user, "permission"] => {
+            let permission = st
+                .permissions
+                .get(&decode(user))
+                .cloned()
+                .unwrap_or_else(|| "read".to_string());
+            json(serde_json::json!({"permission": permission, "user": {"login": decode(user)}}))
+        }
+        ["projects", _, "members", "all", uid] => {
+            match st.access_levels.get(&uid.parse().unwrap_or(0)) {
+                Some(level) => json(serde_json::json!({"id": uid.parse::<u64>().unwrap_or(0), "access_level": level})),
+                None => (StatusCode::NOT_FOUND, r#"{"message":"404 Not found"}"#).into_response(),
+            }
+        }
+        ["repos", _, _, "issues", _, "comments"] | ["projects", _, "merge_requests", _, "notes"]
+            if *method == Method::POST =>
+        {
+            (
+                StatusCode::CREATED,
+                [("content-type", "application/json")],
+                serde_json::json!({"id": 1, "body": serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|b| b["body"].as_str().map(String::from))}).to_string(),
+            )
+                .into_response()
+        }
         ["repos", _, _, "contents", file @ ..] => {
             let file = decode(&file.join("/"));
             let sha = query_param(&query, "ref").unwrap_or_default();
