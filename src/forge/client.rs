@@ -10,7 +10,10 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use tracing::debug;
 
+use std::sync::Arc;
+
 use super::Provider;
+use super::app::{GithubApp, Installation, InstallationToken, repository_of};
 use super::config::RepoConfig;
 use super::event::{CommentCommand, ForgeEvent};
 
@@ -61,6 +64,16 @@ impl Default for ClientConfig {
 pub struct ForgeClient {
     http: reqwest::Client,
     config: ClientConfig,
+    app: Option<Arc<GithubApp>>,
+}
+
+/// How a request authenticates.
+enum Auth {
+    None,
+    /// The repository's token, sent as each forge expects.
+    Token(String),
+    /// `Authorization: Bearer` (a GitHub App JWT or installation token).
+    Bearer(String),
 }
 
 /// Characters percent-encoded in a path segment (everything but unreserved).
@@ -96,12 +109,31 @@ impl ForgeClient {
             .user_agent(concat!("stagetime/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Unavailable(format!("cannot build the HTTP client: {e}")))?;
-        Ok(ForgeClient { http, config })
+        Ok(ForgeClient {
+            http,
+            config,
+            app: None,
+        })
+    }
+
+    /// Authenticates GitHub repositories without a token of their own as
+    /// the GitHub App `app` (installation access tokens).
+    pub fn with_app(mut self, app: Arc<GithubApp>) -> Self {
+        self.app = Some(app);
+        self
+    }
+
+    /// True when calls for `repo` go as the GitHub App (a GitHub
+    /// repository without a `token_*` of its own, and an App configured):
+    /// then runs are reported as check runs.
+    pub fn uses_app(&self, repo: &RepoConfig) -> bool {
+        self.app.is_some() && repo.provider == Provider::Github && repo.token.is_none()
     }
 
     fn request(
         &self,
-        repo: &RepoConfig,
+        provider: Provider,
+        auth: &Auth,
         method: &Method,
         url: &str,
         body: Option<&serde_json::Value>,
@@ -110,18 +142,73 @@ impl ForgeClient {
         if let Some(body) = body {
             req = req.json(body);
         }
-        if let Some(token) = &repo.token {
-            let token = String::from_utf8_lossy(token.expose()).into_owned();
-            req = match repo.provider {
-                Provider::Github => req
-                    .bearer_auth(token)
-                    .header("accept", "application/vnd.github+json")
-                    .header("x-github-api-version", "2022-11-28"),
+        if provider == Provider::Github {
+            req = req
+                .header("accept", "application/vnd.github+json")
+                .header("x-github-api-version", "2022-11-28");
+        }
+        match auth {
+            Auth::None => req,
+            Auth::Bearer(t) => req.bearer_auth(t),
+            Auth::Token(token) => match provider {
+                Provider::Github => req.bearer_auth(token),
                 Provider::Gitlab => req.header("private-token", token),
                 Provider::Gitea => req.header("authorization", format!("token {token}")),
-            };
+            },
         }
-        req
+    }
+
+    async fn auth(&self, repo: &RepoConfig) -> Result<Auth, ClientError> {
+        if let Some(token) = &repo.token {
+            return Ok(Auth::Token(
+                String::from_utf8_lossy(token.expose()).into_owned(),
+            ));
+        }
+        match &self.app {
+            Some(app) if repo.provider == Provider::Github => {
+                self.installation_token(app, repo).await.map(Auth::Bearer)
+            }
+            _ => Ok(Auth::None),
+        }
+    }
+
+    /// The installation access token of the App for `repo`: cached, else
+    /// `GET /repos/{owner}/{repo}/installation` and `POST
+    /// /app/installations/{id}/access_tokens`, both with the App JWT.
+    async fn installation_token(
+        &self,
+        app: &GithubApp,
+        repo: &RepoConfig,
+    ) -> Result<String, ClientError> {
+        let repository = repository_of(&repo.url).ok_or_else(|| {
+            ClientError::Refused(format!("{} names no owner/repository", repo.url))
+        })?;
+        if let Some(token) = app.cached(&repo.api_url, &repository).await {
+            return Ok(token);
+        }
+        let jwt = Auth::Bearer(app.jwt()?);
+        let url = format!(
+            "{}/repos/{}/installation",
+            repo.api_url,
+            encode_path(&repository)
+        );
+        let installation: Installation = json(
+            self.send_raw(Provider::Github, &jwt, &Method::GET, &url, None)
+                .await?,
+        )
+        .await?;
+        let url = format!(
+            "{}/app/installations/{}/access_tokens",
+            repo.api_url, installation.id
+        );
+        let token: InstallationToken = json(
+            self.send_raw(Provider::Github, &jwt, &Method::POST, &url, None)
+                .await?,
+        )
+        .await?;
+        app.keep(&repo.api_url, &repository, token.token.clone(), &token.expires_at)
+            .await;
+        Ok(token.token)
     }
 
     /// GET with retries; answers the successful response.
@@ -151,7 +238,26 @@ impl ForgeClient {
         Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
     }
 
-    /// A request with retries; answers the successful response.
+    /// PATCHes `body` as JSON to `{api_url}{path}`, as
+    /// [`ForgeClient::post_json`] POSTs.
+    ///
+    /// # Errors
+    /// As [`ForgeClient::post_json`].
+    pub async fn patch_json(
+        &self,
+        repo: &RepoConfig,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}{path}", repo.api_url);
+        let resp = self
+            .send_with(repo, &Method::PATCH, &url, Some(body))
+            .await?;
+        let bytes = read_bounded(resp, MAX_API_RESPONSE_BYTES).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// A request for `repo` with retries; answers the successful response.
     async fn send_with(
         &self,
         repo: &RepoConfig,
@@ -159,10 +265,24 @@ impl ForgeClient {
         url: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Response, ClientError> {
+        let auth = self.auth(repo).await?;
+        self.send_raw(repo.provider, &auth, method, url, body).await
+    }
+
+    /// A request with retries on 5xx/429 (waiting as `Retry-After` or the
+    /// rate limit reset says); answers the successful response.
+    async fn send_raw(
+        &self,
+        provider: Provider,
+        auth: &Auth,
+        method: &Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response, ClientError> {
         let mut backoff = self.config.backoff;
         let mut last = String::new();
         for attempt in 1..=self.config.attempts.max(1) {
-            let wait = match self.request(repo, method, url, body).send().await {
+            let wait = match self.request(provider, auth, method, url, body).send().await {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {

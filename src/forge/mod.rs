@@ -16,6 +16,7 @@
 //! statuses sent as runs move, surviving restarts). The HTTP routes are in
 //! [`crate::http`]. See docs/git.md.
 
+pub mod app;
 pub mod client;
 pub mod config;
 pub mod event;
