@@ -18,6 +18,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use stagetime::backends::BackendKind;
 use stagetime::forge::Repositories;
+use stagetime::forge::app::GithubApp;
 use stagetime::forge::client::{ClientConfig, ForgeClient};
 use stagetime::forge::intake::{ForgeMetrics, IntakeLoop};
 use stagetime::forge::report::ReportSettings;
@@ -89,6 +90,22 @@ struct Args {
     /// How often the reporter looks at the runs it reports.
     #[arg(long, env = "STAGETIME_REPORT_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
     report_poll: Duration,
+    /// GitHub App id: GitHub repositories without a `token_*` of their own
+    /// are read and reported as this App (installation tokens), with check
+    /// runs. Needs --github-app-key-file.
+    #[arg(
+        long,
+        env = "STAGETIME_GITHUB_APP_ID",
+        requires = "github_app_key_file"
+    )]
+    github_app_id: Option<u64>,
+    /// The GitHub App's private key (PEM), as GitHub hands it out.
+    #[arg(
+        long,
+        env = "STAGETIME_GITHUB_APP_KEY_FILE",
+        requires = "github_app_id"
+    )]
+    github_app_key_file: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "STAGETIME_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -168,8 +185,17 @@ async fn run(args: Args) -> Result<(), Failure> {
             forge_metrics.clone(),
         );
         state.auth = config.auth.clone();
-        let client = ForgeClient::new(ClientConfig::default())
+        let mut client = ForgeClient::new(ClientConfig::default())
             .map_err(|e| Failure::invalid(e.to_string()))?;
+        if let (Some(id), Some(key)) = (args.github_app_id, &args.github_app_key_file) {
+            let app = GithubApp::from_file(id, key)
+                .map_err(|e| Failure::invalid(format!("--github-app-key-file: {e}")))?;
+            info!(
+                app_id = id,
+                "GitHub repositories without a token use the GitHub App"
+            );
+            client = client.with_app(Arc::new(app));
+        }
         if let Some(url) = &args.report_target_url
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {

@@ -111,6 +111,24 @@ const RUNS_URL: &str = "https://ci.example.com";
 
 /// A server with webhooks on; it, its hooks URL and its gRPC URL.
 fn start_server(d: &Path, url: &str, prefix: &str) -> (Proc, String, String) {
+    // A test that wrote `app.pem` runs the server as a GitHub App.
+    let key = d.join("app.pem");
+    let key = key.to_str().unwrap();
+    let mut env = vec![
+        ("HOOK_SECRET", SECRET),
+        ("FORGE_TOKEN", "forge-token"),
+        ("STAGETIME_REPORT_TARGET_URL", RUNS_URL),
+        ("STAGETIME_REPORT_POLL", "200ms"),
+        // No description-only updates within a test: the status
+        // sequences are exact.
+        ("STAGETIME_REPORT_COALESCE", "10min"),
+    ];
+    if d.join("app.pem").exists() {
+        env.extend([
+            ("STAGETIME_GITHUB_APP_ID", "4242"),
+            ("STAGETIME_GITHUB_APP_KEY_FILE", key),
+        ]);
+    }
     let mut server = Proc::start(
         &exe("server"),
         &[
@@ -127,15 +145,7 @@ fn start_server(d: &Path, url: &str, prefix: &str) -> (Proc, String, String) {
             "--redis-prefix",
             prefix,
         ],
-        &[
-            ("HOOK_SECRET", SECRET),
-            ("FORGE_TOKEN", "forge-token"),
-            ("STAGETIME_REPORT_TARGET_URL", RUNS_URL),
-            ("STAGETIME_REPORT_POLL", "200ms"),
-            // No description-only updates within a test: the status
-            // sequences are exact.
-            ("STAGETIME_REPORT_COALESCE", "10min"),
-        ],
+        &env,
         d,
     );
     let hooks = format!("http://{}", server.wait_line("http listening on "));
@@ -1531,4 +1541,200 @@ async fn retest_from_a_comment_reruns_only_what_did_not_succeed_and_needs_write_
         d.emulator.states(&head, "stagetime"),
         ["pending", "failure", "pending", "success"]
     );
+}
+
+/// The JSON of a JWT's header or claims (part 0 or 1).
+fn jwt_part(jwt: &str, part: usize) -> Value {
+    use base64::Engine as _;
+    let text = jwt.split('.').nth(part).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_app_check_runs_created_updated_and_rerequested() {
+    let Some(d) = deployment("report-app", |emu, dir| {
+        let key = dir.join("app.pem");
+        let ok = std::process::Command::new("openssl")
+            .args(["genrsa", "-out", key.to_str().unwrap(), "2048"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "openssl genrsa (an RSA key for the test App)");
+        // No token: the repository is read and reported as the App.
+        format!(
+            r#"repositories:
+  - name: hello
+    provider: github
+    url: https://github.com/Codertocat/Hello-World
+    api_url: {api}
+    webhook_secret_env: HOOK_SECRET
+"#,
+            api = emu.url
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let log = d.path("log");
+    let fixed = d.path("fixed");
+    let c1 = "1".repeat(40);
+    let run = push_github(
+        &d,
+        "app-1",
+        &c1,
+        Some(&format!(
+            "tasks:\n  - {{ name: ok, command: 'echo ok >> {l}' }}\n  - {{ name: flaky, command: 'echo flaky >> {l}; [ -f {f} ]' }}\n",
+            l = log.display(),
+            f = fixed.display()
+        )),
+    )
+    .await
+    .unwrap();
+    assert_eq!(d.run_in(&run, DONE).await.state, RunState::Failed);
+    // The pipeline file was read with an installation token bought with
+    // an RS256 App JWT, asked for once.
+    let calls = d.emulator.calls();
+    let fetch = calls
+        .iter()
+        .find(|c| c.path.contains("/contents/"))
+        .unwrap();
+    assert_eq!(
+        fetch.auth.as_deref(),
+        Some(format!("Bearer {}", support::forge::INSTALLATION_TOKEN).as_str())
+    );
+    let token_calls: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path == "/app/installations/77/access_tokens")
+        .collect();
+    assert_eq!(token_calls.len(), 1, "the token is cached");
+    let jwt = token_calls[0]
+        .auth
+        .as_deref()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap();
+    assert_eq!(jwt_part(jwt, 0)["alg"], "RS256");
+    assert_eq!(jwt_part(jwt, 1)["iss"], "4242");
+
+    // One check run, created then updated in place by its id.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d
+        .emulator
+        .check_run_calls()
+        .iter()
+        .any(|c| c.body.as_ref().is_some_and(|b| b["status"] == "completed"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            d.emulator.check_run_calls()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let checks = d.emulator.check_run_calls();
+    let summary: Vec<(String, String, String)> = checks
+        .iter()
+        .map(|c| {
+            let b = c.body.clone().unwrap_or_default();
+            (
+                c.method.clone(),
+                c.path.clone(),
+                format!(
+                    "{}/{}",
+                    b["status"].as_str().unwrap_or(""),
+                    b["conclusion"].as_str().unwrap_or("")
+                ),
+            )
+        })
+        .collect();
+    // Created queued, updated in place (in_progress when the reporter saw
+    // it running), completed.
+    let creations: Vec<_> = summary.iter().filter(|(m, _, _)| m == "POST").collect();
+    assert_eq!(creations.len(), 1, "{summary:?}");
+    assert_eq!(summary[0].2, "queued/", "{summary:?}");
+    assert_eq!(
+        summary.last().unwrap().2,
+        "completed/failure",
+        "{summary:?}"
+    );
+    for (method, path, state) in &summary[1..] {
+        assert_eq!(method, "PATCH", "{summary:?}");
+        assert_eq!(path, "/repos/Codertocat/Hello-World/check-runs/1001");
+        assert!(
+            ["in_progress/", "completed/failure"].contains(&state.as_str()),
+            "{summary:?}"
+        );
+    }
+    assert!(checks.iter().all(|c| c.answered < 300), "{checks:?}");
+    let created = checks[0].body.clone().unwrap();
+    assert_eq!(
+        (
+            created["head_sha"].as_str(),
+            created["external_id"].as_str()
+        ),
+        (Some(c1.as_str()), Some(run.as_str()))
+    );
+    assert_eq!(created["details_url"], format!("{RUNS_URL}/runs/{run}"));
+    let done = checks.last().unwrap().body.clone().unwrap();
+    let text = done["output"]["summary"].as_str().unwrap();
+    assert!(
+        text.contains("| stage 0 | `flaky` | ❌ failed | 1 |"),
+        "{text}"
+    );
+    assert!(
+        d.emulator.status_calls(&c1).is_empty(),
+        "a check run instead of a status"
+    );
+
+    // "Re-run" on GitHub: check_run rerequested reruns what failed, in a new check run.
+    std::fs::write(&fixed, "").unwrap();
+    let rerequest = json!({
+        "action": "rerequested",
+        "check_run": {"id": 1001, "head_sha": c1, "external_id": run, "status": "completed", "conclusion": "failure", "name": "stagetime"},
+        "repository": github_push("refs/heads/main", &c1, &[])["repository"],
+        "sender": {"login": "Codertocat"}
+    });
+    let (status, body) = d
+        .github("check_run", "app-rerun", &rerequest, Some(SECRET))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let settled = d.settled("github:app-rerun").await;
+    assert_eq!(settled.runs, vec![run.clone()], "{settled:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d
+        .emulator
+        .check_run_calls()
+        .iter()
+        .filter(|c| {
+            c.body
+                .as_ref()
+                .is_some_and(|b| b["conclusion"] == "success")
+        })
+        .count()
+        < 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            d.emulator.check_run_calls()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let checks = d.emulator.check_run_calls();
+    let last = checks.last().unwrap();
+    assert_eq!(
+        last.path, "/repos/Codertocat/Hello-World/check-runs/1002",
+        "a new check run for the rerun"
+    );
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["flaky", "flaky", "ok"], "ok kept its success");
 }

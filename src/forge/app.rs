@@ -73,8 +73,8 @@ impl GithubApp {
     /// # Errors
     /// The file, when it cannot be read, or as [`GithubApp::new`].
     pub fn from_file(app_id: u64, path: &Path) -> Result<GithubApp, String> {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("{} cannot be read: {e}", path.display()))?;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("{} cannot be read: {e}", path.display()))?;
         GithubApp::new(app_id, &pem)
     }
 

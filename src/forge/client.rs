@@ -206,8 +206,13 @@ impl ForgeClient {
                 .await?,
         )
         .await?;
-        app.keep(&repo.api_url, &repository, token.token.clone(), &token.expires_at)
-            .await;
+        app.keep(
+            &repo.api_url,
+            &repository,
+            token.token.clone(),
+            &token.expires_at,
+        )
+        .await;
         Ok(token.token)
     }
 

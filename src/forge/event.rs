@@ -109,6 +109,16 @@ pub enum Command {
     Cancel,
     /// `/ok-to-test`: a trusted user lets a fork's pull request run.
     OkToTest,
+    /// GitHub's "Re-run" of a check run (`check_run` `rerequested`, the run
+    /// id in its `external_id`) or of a commit's checks (`check_suite`
+    /// `rerequested`): rerun keeping succeeded tasks.
+    Rerequested {
+        /// The run (the check run's `external_id`), when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<String>,
+        /// The commit (`head_sha`).
+        commit: String,
+    },
 }
 
 impl Command {
@@ -137,6 +147,7 @@ impl Command {
             Command::Retest { task: Some(t) } => format!("/retest {t}"),
             Command::Cancel => "/cancel".to_string(),
             Command::OkToTest => "/ok-to-test".to_string(),
+            Command::Rerequested { .. } => "re-run".to_string(),
         }
     }
 }
@@ -153,7 +164,8 @@ pub struct CommentCommand {
     /// GitLab's project id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<u64>,
-    /// The pull request's number (GitLab: the merge request's `iid`).
+    /// The pull request's number (GitLab: the merge request's `iid`; 0 for
+    /// a check's re-run, which has none).
     pub pr: u64,
     /// Who wrote the comment (login / username).
     pub commenter: String,
@@ -441,6 +453,28 @@ pub fn parse_hub(
                 action: Some(p.action),
             })))
         }
+        "check_run" | "check_suite" if provider == Provider::Github => {
+            let p: HubCheck =
+                serde_json::from_value(payload).map_err(|e| format!("{event} payload: {e}"))?;
+            if p.action != "rerequested" {
+                return Ok(Parsed::Ignored(format!("{event} {}", p.action)));
+            }
+            let (run, commit) = match (p.check_run, p.check_suite) {
+                (Some(c), _) => (c.external_id.filter(|x| !x.is_empty()), c.head_sha),
+                (None, Some(s)) => (None, s.head_sha),
+                (None, None) => return Err(format!("{event} payload: no {event}")),
+            };
+            Ok(Parsed::Command(Box::new(CommentCommand {
+                provider,
+                delivery: delivery.to_string(),
+                repository: p.repository.full_name,
+                project_id: None,
+                pr: 0,
+                commenter: p.sender.map(|u| u.name()).unwrap_or_default(),
+                commenter_id: None,
+                command: Command::Rerequested { run, commit },
+            })))
+        }
         // Gitea sends comments on pull requests as `pull_request_comment`
         // (older versions: `issue_comment` with `is_pull`).
         "issue_comment" | "pull_request_comment" => {
@@ -470,6 +504,26 @@ pub fn parse_hub(
         }
         other => Ok(Parsed::Ignored(format!("event {other:?}"))),
     }
+}
+
+/// GitHub's `check_run` and `check_suite` payloads.
+#[derive(Deserialize)]
+struct HubCheck {
+    action: String,
+    #[serde(default)]
+    check_run: Option<HubCheckObject>,
+    #[serde(default)]
+    check_suite: Option<HubCheckObject>,
+    repository: Repo,
+    #[serde(default)]
+    sender: Option<User>,
+}
+
+#[derive(Deserialize)]
+struct HubCheckObject {
+    head_sha: String,
+    #[serde(default)]
+    external_id: Option<String>,
 }
 
 /// GitHub's and Gitea's `issue_comment` payload.

@@ -217,6 +217,13 @@ impl IntakeLoop {
                 vec![],
             );
         };
+        if let Command::Rerequested { run, commit } = &cmd.command {
+            // GitHub offers "Re-run" only to people with write access, and
+            // the delivery is signed: no permission to ask.
+            return self
+                .rerequested(delivery, repo, run.as_deref(), commit)
+                .await;
+        }
         let trusted = repo
             .trusted
             .iter()
@@ -346,7 +353,75 @@ impl IntakeLoop {
                     Err(e) => done(format!("cannot re-run {id}: {e}"), vec![]),
                 }
             }
-            Command::OkToTest => done("/ok-to-test is not supported".to_string(), vec![]),
+            Command::OkToTest | Command::Rerequested { .. } => {
+                done("/ok-to-test is not supported".to_string(), vec![])
+            }
+        }
+    }
+
+    /// GitHub's re-run of a check run (the run named by its `external_id`)
+    /// or of a commit's checks (the newest run of the commit): rerun,
+    /// keeping succeeded tasks.
+    async fn rerequested(
+        &self,
+        delivery: &Delivery,
+        repo: &super::RepoConfig,
+        run: Option<&str>,
+        commit: &str,
+    ) -> Outcome {
+        let done = |message: String, runs: Vec<String>| {
+            Outcome::Settle(Delivery {
+                state: DeliveryState::Done,
+                message: Some(message),
+                runs,
+                ..delivery.clone()
+            })
+        };
+        let id = match run.map(|r| stagetime_core::RunId::new(r.to_string())) {
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => None,
+            None => match self
+                .store
+                .list_runs(&RunFilter {
+                    repo: Some(repo.name.clone()),
+                    commit: Some(commit.to_string()),
+                    limit: 1,
+                    ..RunFilter::default()
+                })
+                .await
+            {
+                Ok(page) => page.runs.into_iter().next().map(|r| r.id),
+                Err(e) if e.is_retryable() => return Outcome::Retry(e.to_string()),
+                Err(e) => return done(format!("cannot list the runs: {e}"), vec![]),
+            },
+        };
+        let Some(id) = id else {
+            return done(format!("no run of {commit} to re-run"), vec![]);
+        };
+        let control = RunControl::new(Arc::clone(&self.store));
+        let record = match self.store.load_run(&id).await {
+            Ok(r) if r.spec.repo == repo.name && r.spec.commit == commit => r,
+            Ok(_) => return done(format!("{id} is not a run of {commit}"), vec![]),
+            Err(e) if e.is_retryable() => return Outcome::Retry(e.to_string()),
+            Err(e) => return done(format!("cannot read {id}: {e}"), vec![]),
+        };
+        if !record.state.is_finished() {
+            return done(format!("{id} is still {}", record.state.as_str()), vec![]);
+        }
+        match control.rerun(&id, Some(record.version)).await {
+            Ok(version) => {
+                self.metrics.intake("command");
+                if let Err(e) = reporter::reopen(&*self.store, id.as_str(), version).await {
+                    warn!(run = %id, error = %e, "cannot reopen the run's forge report");
+                }
+                if let Some(wake) = &self.report_wake {
+                    wake.notify_one();
+                }
+                info!(run = %id, "run re-run as GitHub asked");
+                done(format!("re-run of {id}"), vec![id.to_string()])
+            }
+            Err(e) if e.is_retryable() => Outcome::Retry(e.to_string()),
+            Err(e) => done(format!("cannot re-run {id}: {e}"), vec![]),
         }
     }
 

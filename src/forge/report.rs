@@ -359,6 +359,132 @@ fn encode_path(p: &str) -> String {
         .join("/")
 }
 
+/// GitHub's limit on a check run's `output.summary`.
+pub const MAX_CHECK_SUMMARY: usize = 65_535;
+
+/// A check run's `status` and `conclusion` for a state.
+pub fn check_state(state: ForgeState) -> (&'static str, Option<&'static str>) {
+    match state {
+        ForgeState::Pending => ("queued", None),
+        ForgeState::Running => ("in_progress", None),
+        ForgeState::Success => ("completed", Some("success")),
+        ForgeState::Failure | ForgeState::Error => ("completed", Some("failure")),
+        ForgeState::Cancelled => ("completed", Some("cancelled")),
+    }
+}
+
+/// The check run's name for a state as [`due`] compares it: `queued`,
+/// `in_progress`, or the conclusion.
+pub fn check_wire(state: ForgeState) -> &'static str {
+    match check_state(state) {
+        (_, Some(conclusion)) => conclusion,
+        (status, None) => status,
+    }
+}
+
+fn icon(status: stagetime_core::scheduler::TaskStatus) -> &'static str {
+    use stagetime_core::scheduler::TaskStatus as S;
+    match status {
+        S::Succeeded => "✅",
+        S::Failed | S::TimedOut => "❌",
+        S::Cancelled => "⏹️",
+        S::Skipped => "⏭️",
+        S::Running | S::Backoff => "🔄",
+        S::Waiting | S::Ready => "⏳",
+    }
+}
+
+/// A check run's Markdown summary of a run: where it is, then a table of
+/// its tasks by stage (state, attempts, duration, message), and the link
+/// to the run's page; cut to [`MAX_CHECK_SUMMARY`] characters.
+pub fn check_summary(view: &RunView, link: Option<&str>, now_ms: u64) -> String {
+    let mut out = format!("**{}** · {}\n\n", view.state.as_str(), describe(view));
+    if let Some(url) = link {
+        out.push_str(&format!("[The run `{}`]({url})\n\n", view.id));
+    }
+    out.push_str(
+        "| stage | task | state | attempts | duration | message |\n|---|---|---|---|---|---|\n",
+    );
+    for stage in &view.stages {
+        for t in view.tasks_of(stage) {
+            let duration = t.duration_ms(now_ms).map(duration).unwrap_or_default();
+            let message = t
+                .message
+                .as_deref()
+                .map(|m| shorten(m).replace('|', "\\|"))
+                .unwrap_or_default();
+            let note = if t.can_fail { " (may fail)" } else { "" };
+            out.push_str(&format!(
+                "| {} | `{}`{note} | {} {} | {} | {duration} | {message} |\n",
+                stage.label(),
+                t.name,
+                icon(t.status),
+                t.status,
+                t.attempt,
+            ));
+        }
+    }
+    cut_summary(out)
+}
+
+fn cut_summary(text: String) -> String {
+    if text.chars().count() <= MAX_CHECK_SUMMARY {
+        return text;
+    }
+    const TAIL: &str = "\n\n… (cut: see the run's page for every task)";
+    let mut out: String = text
+        .chars()
+        .take(MAX_CHECK_SUMMARY - TAIL.chars().count())
+        .collect();
+    out.push_str(TAIL);
+    out
+}
+
+/// The request creating (`id` absent: `POST /repos/{owner}/{repo}/check-runs`)
+/// or updating (`PATCH /repos/{owner}/{repo}/check-runs/{id}`) a run's check
+/// run, as GitHub documents it: `name`, `head_sha`, `external_id` (the run
+/// id) on creation; `status`, `conclusion` and `completed_at` once over,
+/// `details_url`, `output { title, summary }`. Answers (is a PATCH, path,
+/// body).
+pub fn check_run_request(
+    target: &Target,
+    id: Option<u64>,
+    run: &str,
+    status: &Status,
+    summary: &str,
+    details_url: Option<&str>,
+    now_rfc3339: &str,
+) -> (bool, String, serde_json::Value) {
+    let (state, conclusion) = check_state(status.state);
+    let mut body = serde_json::Map::new();
+    if id.is_none() {
+        body.insert("name".into(), status.context.clone().into());
+        body.insert("head_sha".into(), target.commit.clone().into());
+        body.insert("external_id".into(), run.into());
+    }
+    body.insert("status".into(), state.into());
+    if let Some(c) = conclusion {
+        body.insert("conclusion".into(), c.into());
+        body.insert("completed_at".into(), now_rfc3339.into());
+    }
+    if let Some(url) = details_url {
+        body.insert("details_url".into(), url.into());
+    }
+    body.insert(
+        "output".into(),
+        serde_json::json!({ "title": status.description, "summary": summary }),
+    );
+    let base = format!("/repos/{}/check-runs", encode_path(&target.repository));
+    match id {
+        None => (false, base, serde_json::Value::Object(body)),
+        Some(id) => (
+            true,
+            format!("{base}/{id}"),
+            serde_json::Value::Object(body),
+        ),
+    }
+}
+
 /// What was last sent for one context.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sent {
@@ -399,13 +525,49 @@ pub fn due(
     now_ms: u64,
     coalesce_ms: u64,
 ) -> Due {
+    due_with(
+        &|s| s.wire(provider),
+        provider != Provider::Gitlab,
+        desired,
+        sent,
+        now_ms,
+        coalesce_ms,
+    )
+}
+
+/// [`due`] for a check run: its states are `queued`, `in_progress` and the
+/// conclusions, and its summary may be updated within a state.
+pub fn due_check(
+    desired: &Status,
+    sent: &BTreeMap<String, Sent>,
+    now_ms: u64,
+    coalesce_ms: u64,
+) -> Due {
+    due_with(
+        &check_wire,
+        true,
+        std::slice::from_ref(desired),
+        sent,
+        now_ms,
+        coalesce_ms,
+    )
+}
+
+fn due_with(
+    wire_of: &dyn Fn(ForgeState) -> &'static str,
+    updates_in_state: bool,
+    desired: &[Status],
+    sent: &BTreeMap<String, Sent>,
+    now_ms: u64,
+    coalesce_ms: u64,
+) -> Due {
     let mut out = Due {
         send: Vec::new(),
         held: false,
     };
-    let pending = ForgeState::Pending.wire(provider);
+    let pending = wire_of(ForgeState::Pending);
     for status in desired {
-        let wire = status.state.wire(provider);
+        let wire = wire_of(status.state);
         match sent.get(&status.context) {
             None => {
                 if wire != pending && status.state != ForgeState::Error {
@@ -417,9 +579,9 @@ pub fn due(
                 }
                 out.send.push(status.clone());
             }
-            Some(prev) if prev.state.wire(provider) != wire => out.send.push(status.clone()),
+            Some(prev) if wire_of(prev.state) != wire => out.send.push(status.clone()),
             Some(prev) if prev.description == status.description => {}
-            Some(_) if status.state.is_final() || provider == Provider::Gitlab => {}
+            Some(_) if status.state.is_final() || !updates_in_state => {}
             Some(prev) if now_ms.saturating_sub(prev.at_ms) >= coalesce_ms => {
                 out.send.push(status.clone());
             }
@@ -628,6 +790,90 @@ mod tests {
             ..hub
         };
         assert_eq!(status_request(&tea, &cancelled, None).1["state"], "error");
+    }
+
+    #[test]
+    fn check_runs_are_created_then_updated_with_a_bounded_summary() {
+        use TaskStatus as S;
+        let target = Target {
+            provider: Provider::Github,
+            repository: "Codertocat/Hello-World".into(),
+            project_id: None,
+            commit: "abc".into(),
+        };
+        let v = view(
+            RunState::Failed,
+            vec![
+                task("build", 0, S::Succeeded, false),
+                task("test", 1, S::Failed, false),
+            ],
+        );
+        let status = &statuses(&v, &ReportSettings::default())[0];
+        let summary = check_summary(&v, Some("https://ci/runs/r1"), 64_000);
+        assert!(
+            summary.starts_with("**failed** · failed: test (stage 2/2)"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("| stage 1 | `test` | ❌ failed | 1 |"),
+            "{summary}"
+        );
+        let (patch, path, body) = check_run_request(
+            &target,
+            None,
+            "r1",
+            status,
+            &summary,
+            Some("https://ci/runs/r1"),
+            "2026-01-01T00:00:00Z",
+        );
+        assert!(!patch);
+        assert_eq!(path, "/repos/Codertocat/Hello-World/check-runs");
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "completed_at",
+                "conclusion",
+                "details_url",
+                "external_id",
+                "head_sha",
+                "name",
+                "output",
+                "status"
+            ]
+        );
+        assert_eq!(
+            (body["status"].as_str(), body["conclusion"].as_str()),
+            (Some("completed"), Some("failure"))
+        );
+        let (patch, path, body) =
+            check_run_request(&target, Some(42), "r1", status, &summary, None, "t");
+        assert!(patch && path.ends_with("/check-runs/42"));
+        assert!(body.get("head_sha").is_none() && body.get("name").is_none());
+        let many: Vec<TaskView> = (0..3000)
+            .map(|i| {
+                task(
+                    &format!("task-with-a-long-name-{i:05}"),
+                    0,
+                    S::Succeeded,
+                    false,
+                )
+            })
+            .collect();
+        let big = check_summary(&view(RunState::Succeeded, many), None, 0);
+        assert_eq!(big.chars().count(), MAX_CHECK_SUMMARY);
+        assert!(big.ends_with("see the run's page for every task)"));
+        // queued -> in_progress is a transition for a check run.
+        let prev = sent(ForgeState::Pending, "queued", 0);
+        let d = due_check(&st(ForgeState::Running, "stage 1/1"), &prev, 1, 5_000);
+        assert_eq!(d.send.len(), 1);
     }
 
     fn st(state: ForgeState, d: &str) -> Status {

@@ -31,7 +31,8 @@ use super::client::{ClientError, ForgeClient};
 use super::event::ForgeEvent;
 use super::intake::SharedRepositories;
 use super::report::{
-    ReportSettings, Sent, Status, Target, all_sent, due, error_status, status_request,
+    ReportSettings, Sent, Status, Target, all_sent, check_run_request, check_summary, check_wire,
+    due, due_check, error_status, status_request,
 };
 
 /// What the store keeps per reported subject.
@@ -57,6 +58,9 @@ pub struct ReportRecord {
     /// What was last sent, per context.
     #[serde(default)]
     pub sent: BTreeMap<String, Sent>,
+    /// The run's GitHub check run (App mode), once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_run_id: Option<u64>,
 }
 
 impl ReportRecord {
@@ -74,6 +78,7 @@ impl ReportRecord {
             pr: event.pr,
             hold_until_version: None,
             sent: BTreeMap::new(),
+            check_run_id: None,
         }
     }
 }
@@ -148,6 +153,8 @@ pub async fn reopen(store: &dyn Store, run: &str, version: u64) -> Result<(), Er
     let mut record: ReportRecord =
         serde_json::from_str(&text).map_err(|e| Error::corrupt(format!("report {subject}"), e))?;
     record.hold_until_version = Some(version);
+    // A rerun gets a check run of its own (a completed one stays as it was).
+    record.check_run_id = None;
     store.save_report(&subject, encode(&record)?, true).await?;
     Ok(())
 }
@@ -309,7 +316,7 @@ impl Reporter {
             self.close(subject, &record).await;
             return;
         }
-        let (desired, finished, link) = match (&record.run, &record.error) {
+        let (desired, finished, link, view) = match (&record.run, &record.error) {
             (Some(run), _) => {
                 let id = match RunId::new(run.clone()) {
                     Ok(id) => id,
@@ -337,21 +344,69 @@ impl Reporter {
                     super::report::statuses(&view, &settings),
                     finished,
                     settings.link(run),
+                    Some(view),
                 )
             }
-            (None, Some(reason)) => (vec![error_status(reason, &settings)], true, None),
+            (None, Some(reason)) => (vec![error_status(reason, &settings)], true, None, None),
             (None, None) => {
                 self.close(subject, &record).await;
                 return;
             }
         };
-        let plan = due(
-            record.target.provider,
-            &desired,
-            &record.sent,
-            now_ms(),
-            self.coalesce.as_millis() as u64,
-        );
+        let provider = record.target.provider;
+        let now = now_ms();
+        let coalesce = self.coalesce.as_millis() as u64;
+        // App mode: the aggregate context is a check run; per-stage
+        // contexts stay commit statuses.
+        let (check, plain) = match desired.split_first() {
+            Some((first, rest)) if self.client.uses_app(repo) => (Some(first), rest),
+            _ => (None, &desired[..]),
+        };
+        let mut held = false;
+        if let Some(status) = check {
+            let plan = due_check(status, &record.sent, now, coalesce);
+            held |= plan.held;
+            for s in &plan.send {
+                let summary = match &view {
+                    Some(v) => check_summary(v, link.as_deref(), now_ms()),
+                    None => s.description.clone(),
+                };
+                let external = record.run.clone().unwrap_or_else(|| subject.to_string());
+                let (patch, path, body) = check_run_request(
+                    &record.target,
+                    record.check_run_id,
+                    &external,
+                    s,
+                    &summary,
+                    link.as_deref(),
+                    &humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                );
+                let result = if patch {
+                    self.client.patch_json(repo, &path, &body).await
+                } else {
+                    self.client.post_json(repo, &path, &body).await
+                };
+                match result {
+                    Ok(answer) => {
+                        if !patch {
+                            record.check_run_id = answer["id"].as_u64();
+                        }
+                        info!(subject, check_run = ?record.check_run_id, state = check_wire(s.state), "check run sent");
+                    }
+                    Err(ClientError::Unavailable(e)) => {
+                        warn!(subject, error = %e, "the forge is unavailable; the check run is sent later");
+                        self.back_off(subject);
+                        return;
+                    }
+                    Err(e) => warn!(subject, error = %e, "the forge refused a check run"),
+                }
+                if !self.remember(subject, &mut record, s).await {
+                    return;
+                }
+            }
+        }
+        let plan = due(provider, plain, &record.sent, now, coalesce);
+        held |= plan.held;
         for status in &plan.send {
             match self
                 .send(repo, &record.target, status, link.as_deref())
@@ -369,33 +424,50 @@ impl Reporter {
                     warn!(subject, context = %status.context, error = %e, "the forge refused a commit status");
                 }
             }
-            record.sent.insert(
-                status.context.clone(),
-                Sent {
-                    state: status.state,
-                    description: status.description.clone(),
-                    at_ms: now_ms(),
-                },
-            );
-            if let Err(e) = self
-                .store
-                .save_report(subject, encode(&record).unwrap_or_default(), true)
-                .await
-            {
-                warn!(subject, error = %e, "cannot save a sent status; it may be sent again");
+            if !self.remember(subject, &mut record, status).await {
                 return;
             }
         }
         self.recovered(subject);
-        if plan.held {
+        if held {
             return;
         }
         if record.hold_until_version.is_some() && finished {
             record.hold_until_version = None;
         }
-        if finished && all_sent(record.target.provider, &desired, &record.sent) {
+        let check_done = check.is_none_or(|c| {
+            record
+                .sent
+                .get(&c.context)
+                .is_some_and(|p| check_wire(p.state) == check_wire(c.state))
+        });
+        if finished && check_done && all_sent(provider, plain, &record.sent) {
             debug!(subject, "final state reported");
             self.close(subject, &record).await;
+        }
+    }
+
+    /// Records `status` as sent and saves the record; false when it cannot
+    /// be saved (the round stops; the status may be sent again).
+    async fn remember(&self, subject: &str, record: &mut ReportRecord, status: &Status) -> bool {
+        record.sent.insert(
+            status.context.clone(),
+            Sent {
+                state: status.state,
+                description: status.description.clone(),
+                at_ms: now_ms(),
+            },
+        );
+        match self
+            .store
+            .save_report(subject, encode(record).unwrap_or_default(), true)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(subject, error = %e, "cannot save a sent status; it may be sent again");
+                false
+            }
         }
     }
 

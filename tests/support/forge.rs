@@ -49,7 +49,12 @@ struct State {
     permissions: HashMap<String, String>,
     /// GitLab member access level per user id (absent: not a member).
     access_levels: HashMap<u64, u32>,
+    /// Check runs created so far.
+    check_runs: u64,
 }
+
+/// The installation token the emulator hands out.
+pub const INSTALLATION_TOKEN: &str = "ghs_installation-token";
 
 /// The running emulator.
 #[derive(Clone)]
@@ -128,6 +133,14 @@ impl Emulator {
     /// GitLab user `id`'s access level on projects.
     pub fn set_access_level(&self, id: u64, level: u32) {
         self.lock().access_levels.insert(id, level);
+    }
+
+    /// The check run calls so far (creations and updates), in order.
+    pub fn check_run_calls(&self) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.path.contains("/check-runs"))
+            .collect()
     }
 
     /// The comments posted (path and text), in order.
@@ -350,6 +363,62 @@ fn answer(st: &mut State, method: &Method, path: &str, query: &str, body: &[u8])
             .into_response()
     };
     match seg.as_slice() {
+        ["repos", _, _, "installation"] => json(serde_json::json!({"id": 77, "app_id": 4242})),
+        ["app", "installations", "77", "access_tokens"] if *method == Method::POST => {
+            let expires = humantime::format_rfc3339_seconds(
+                std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+            );
+            (
+                StatusCode::CREATED,
+                [("content-type", "application/json")],
+                serde_json::json!({"token": INSTALLATION_TOKEN, "expires_at": expires.to_string()})
+                    .to_string(),
+            )
+                .into_response()
+        }
+        ["repos", _, _, "check-runs", rest @ ..] => {
+            let Ok(b) = serde_json::from_slice::<serde_json::Value>(body) else {
+                return (StatusCode::BAD_REQUEST, r#"{"message":"Problems parsing JSON"}"#)
+                    .into_response();
+            };
+            // GitHub's documented fields; a completed check run has a conclusion.
+            let allowed = [
+                "name", "head_sha", "details_url", "external_id", "status", "started_at",
+                "conclusion", "completed_at", "output", "actions",
+            ];
+            let obj = b.as_object().cloned().unwrap_or_default();
+            let status_ok = obj.get("status").and_then(|v| v.as_str()).is_none_or(|s| {
+                ["queued", "in_progress", "completed"].contains(&s)
+            });
+            let conclusion_ok = obj.get("conclusion").and_then(|v| v.as_str()).is_none_or(|c| {
+                ["action_required", "cancelled", "failure", "neutral", "success", "skipped", "stale", "timed_out"].contains(&c)
+            });
+            let completed = obj.get("status").and_then(|v| v.as_str()) == Some("completed");
+            let valid = obj.keys().all(|k| allowed.contains(&k.as_str()))
+                && status_ok
+                && conclusion_ok
+                && (!completed || obj.contains_key("conclusion"))
+                && obj.get("output").is_none_or(|o| {
+                    o["title"].is_string()
+                        && o["summary"].as_str().is_some_and(|s| s.chars().count() <= 65_535)
+                });
+            match (method.as_str(), rest) {
+                ("POST", []) if valid && obj.contains_key("name") && obj.contains_key("head_sha") => {
+                    st.check_runs += 1;
+                    (
+                        StatusCode::CREATED,
+                        [("content-type", "application/json")],
+                        serde_json::json!({"id": 1000 + st.check_runs}).to_string(),
+                    )
+                        .into_response()
+                }
+                ("PATCH", [id]) if valid && id.parse::<u64>().is_ok_and(|n| n > 1000 && n <= 1000 + st.check_runs) => {
+                    json(serde_json::json!({"id": id.parse::<u64>().unwrap_or(0)}))
+                }
+                _ => (StatusCode::UNPROCESSABLE_ENTITY, r#"{"message":"Validation Failed"}"#)
+                    .into_response(),
+            }
+        }
         ["repos", _, _, "collaborators", user, "permission"] => {
             let permission = st
                 .permissions
