@@ -1738,3 +1738,70 @@ async fn github_app_check_runs_created_updated_and_rerequested() {
     lines.sort();
     assert_eq!(lines, ["flaky", "flaky", "ok"], "ok kept its success");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ok_to_test_runs_a_fork_pull_request_for_a_user_with_write_access() {
+    let Some(d) = deployment("report-ok-to-test", |emu, _| github_repo(emu, "")).await else {
+        return;
+    };
+    let mut pr = fixture("github-pull_request.json");
+    pr["pull_request"]["head"]["repo"]["full_name"] = json!("someone/Hello-World");
+    let head = pr["pull_request"]["head"]["sha"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.emulator.put_file(
+        &head,
+        ".stagetime.yaml",
+        "tasks:\n  - { name: a, command: 'true' }\n",
+    );
+    let (status, body) = d
+        .github("pull_request", "fork-open", &pr, Some(SECRET))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "a fork: {body}"
+    );
+    let mut pull = pr["pull_request"].clone();
+    pull["state"] = json!("open");
+    d.emulator.put_pull(2, pull);
+
+    // Someone without write access: a reply, no run.
+    let (status, _) = d
+        .github(
+            "issue_comment",
+            "ok-stranger",
+            &github_comment("stranger", "/ok-to-test", "created"),
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        d.settled("github:ok-stranger").await.message.as_deref(),
+        Some("stranger may not command runs")
+    );
+    assert!(d.runs_of("hello").await.is_empty());
+
+    // A maintainer: the fork's pull request runs and is reported.
+    d.emulator.set_permission("Codertocat", "write");
+    let (status, _) = d
+        .github(
+            "issue_comment",
+            "ok-maintainer",
+            &github_comment("Codertocat", "/ok-to-test", "created"),
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let settled = d.settled("github:ok-maintainer").await;
+    assert_eq!(settled.state, DeliveryState::Done, "{settled:?}");
+    let run = d.run_in(&settled.runs[0], DONE).await;
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(run.spec.commit, head);
+    assert_eq!(run.spec.annotations["stagetime/pr"], "2");
+    assert_eq!(
+        d.final_states(&head, "stagetime").await,
+        ["pending", "success"]
+    );
+}

@@ -572,6 +572,128 @@ impl ForgeClient {
         }
     }
 
+    /// The open pull request of `cmd` as the event of its head commit
+    /// (GitHub and Gitea `GET /repos/{owner}/{repo}/pulls/{number}`, GitLab
+    /// `GET /projects/{id}/merge_requests/{iid}`); `Ok(None)` when it is
+    /// not open.
+    ///
+    /// # Errors
+    /// As [`ForgeClient::pipeline_file`], and [`ClientError::NotFound`].
+    pub async fn pull_request(
+        &self,
+        repo: &RepoConfig,
+        cmd: &CommentCommand,
+    ) -> Result<Option<ForgeEvent>, ClientError> {
+        #[derive(Deserialize)]
+        struct HubRepo {
+            full_name: String,
+        }
+        #[derive(Deserialize)]
+        struct HubBranch {
+            #[serde(rename = "ref")]
+            git_ref: String,
+            sha: String,
+            #[serde(default)]
+            repo: Option<HubRepo>,
+        }
+        #[derive(Deserialize)]
+        struct User {
+            #[serde(default)]
+            login: Option<String>,
+            #[serde(default)]
+            username: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct HubPull {
+            state: String,
+            head: HubBranch,
+            base: HubBranch,
+            #[serde(default)]
+            user: Option<User>,
+            #[serde(default)]
+            updated_at: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct LabMerge {
+            state: String,
+            sha: String,
+            source_branch: String,
+            target_branch: String,
+            source_project_id: u64,
+            target_project_id: u64,
+            #[serde(default)]
+            author: Option<User>,
+            #[serde(default)]
+            updated_at: Option<String>,
+        }
+        let api = &repo.api_url;
+        let mut event = ForgeEvent {
+            provider: repo.provider,
+            delivery: cmd.delivery.clone(),
+            kind: super::event::EventKind::PullRequest,
+            repository: cmd.repository.clone(),
+            project_id: cmd.project_id,
+            git_ref: String::new(),
+            branch: None,
+            tag: None,
+            commit: String::new(),
+            before: None,
+            pr: Some(cmd.pr),
+            target_branch: None,
+            sender: cmd.commenter.clone(),
+            author: None,
+            pushed_at: None,
+            changed_files: None,
+            fork: false,
+            action: Some("ok-to-test".to_string()),
+        };
+        let name = |u: Option<User>| u.and_then(|u| u.login.or(u.username));
+        match repo.provider {
+            Provider::Github | Provider::Gitea => {
+                let url = format!(
+                    "{api}/repos/{}/pulls/{}",
+                    encode_path(&cmd.repository),
+                    cmd.pr
+                );
+                let p: HubPull = json(self.send(repo, &url).await?).await?;
+                if p.state != "open" {
+                    return Ok(None);
+                }
+                event.fork = p
+                    .head
+                    .repo
+                    .as_ref()
+                    .is_none_or(|r| !r.full_name.eq_ignore_ascii_case(&cmd.repository));
+                event.git_ref = format!("refs/heads/{}", p.head.git_ref);
+                event.branch = Some(p.head.git_ref);
+                event.commit = p.head.sha;
+                event.target_branch = Some(p.base.git_ref);
+                event.author = name(p.user);
+                event.pushed_at = p.updated_at;
+            }
+            Provider::Gitlab => {
+                let url = format!(
+                    "{api}/projects/{}/merge_requests/{}",
+                    cmd.project_id
+                        .map_or_else(|| encode_segment(&cmd.repository), |id| id.to_string()),
+                    cmd.pr
+                );
+                let m: LabMerge = json(self.send(repo, &url).await?).await?;
+                if m.state != "opened" {
+                    return Ok(None);
+                }
+                event.fork = m.source_project_id != m.target_project_id;
+                event.git_ref = format!("refs/heads/{}", m.source_branch);
+                event.branch = Some(m.source_branch);
+                event.commit = m.sha;
+                event.target_branch = Some(m.target_branch);
+                event.author = name(m.author);
+                event.pushed_at = m.updated_at;
+            }
+        }
+        Ok(Some(event))
+    }
+
     /// Adds a comment to the pull request of `cmd`: GitHub and Gitea `POST
     /// /repos/{owner}/{repo}/issues/{number}/comments`, GitLab `POST
     /// /projects/{id}/merge_requests/{iid}/notes`, body `{"body": text}`.

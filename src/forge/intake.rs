@@ -268,12 +268,7 @@ impl IntakeLoop {
             Err(e) => return done(format!("cannot list the runs: {e}"), vec![]),
         };
         if cmd.command == Command::OkToTest {
-            reply(format!(
-                "@{} `/ok-to-test` is not supported yet: set `allow_forks: true` for this repository to run pull requests from forks.",
-                cmd.commenter
-            ))
-            .await;
-            return done("/ok-to-test is not supported".to_string(), vec![]);
+            return self.ok_to_test(delivery, repo, cmd).await;
         }
         let Some(latest) = latest else {
             reply(format!(
@@ -357,6 +352,63 @@ impl IntakeLoop {
                 done("/ok-to-test is not supported".to_string(), vec![])
             }
         }
+    }
+
+    /// `/ok-to-test` from someone with write access: the pull request (a
+    /// fork's, which its own events do not run) is read from the forge and
+    /// run as if it had just been opened, fork or not; the `on` filters
+    /// still apply.
+    async fn ok_to_test(
+        &self,
+        delivery: &Delivery,
+        repo: &super::RepoConfig,
+        cmd: &CommentCommand,
+    ) -> Outcome {
+        let done = |message: String| {
+            Outcome::Settle(Delivery {
+                state: DeliveryState::Done,
+                message: Some(message),
+                ..delivery.clone()
+            })
+        };
+        let event = match self.client.pull_request(repo, cmd).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return done(format!("pull request {} is not open", cmd.pr)),
+            Err(ClientError::Unavailable(e)) => return Outcome::Retry(e),
+            Err(e) => return done(format!("cannot read pull request {}: {e}", cmd.pr)),
+        };
+        let unforked = ForgeEvent {
+            fork: false,
+            ..event.clone()
+        };
+        if let super::trigger::Decision::Skip(why) = super::trigger::decide(repo, &unforked) {
+            return done(format!("/ok-to-test: {why}"));
+        }
+        let outcome = self.run_event(delivery, event.clone()).await;
+        if let Outcome::Settle(d) = &outcome {
+            let tracked = match d.state {
+                DeliveryState::Failed => {
+                    let reason = d.message.as_deref().unwrap_or("the run could not be made");
+                    reporter::track_failure(&*self.store, &d.repo, &event, &d.id, reason).await
+                }
+                _ => {
+                    let mut result = Ok(());
+                    for run in &d.runs {
+                        result = result
+                            .and(reporter::track_run(&*self.store, &d.repo, &event, run).await);
+                    }
+                    result
+                }
+            };
+            if let Err(e) = tracked {
+                return Outcome::Retry(format!("cannot track the run's forge report: {e}"));
+            }
+            if let Some(wake) = &self.report_wake {
+                wake.notify_one();
+            }
+            info!(delivery = %d.id, by = %cmd.commenter, runs = ?d.runs, "pull request run allowed by /ok-to-test");
+        }
+        outcome
     }
 
     /// GitHub's re-run of a check run (the run named by its `external_id`)
@@ -452,6 +504,27 @@ impl IntakeLoop {
     }
 
     async fn turn_into_run(&self, delivery: Delivery) -> Outcome {
+        if let Ok(cmd) = serde_json::from_str::<CommentCommand>(&delivery.event) {
+            return self.command(&delivery, cmd).await;
+        }
+        let event: ForgeEvent = match serde_json::from_str(&delivery.event) {
+            Ok(e) => e,
+            Err(e) => {
+                self.metrics.intake("failed");
+                return Outcome::Settle(Delivery {
+                    state: DeliveryState::Failed,
+                    message: Some(format!("the recorded event cannot be read: {e}")),
+                    ..delivery
+                });
+            }
+        };
+        self.run_event(&delivery, event).await
+    }
+
+    /// Turns `event` into a run: changed files, the pipeline file, the
+    /// run's document, the submission.
+    async fn run_event(&self, delivery: &Delivery, event: ForgeEvent) -> Outcome {
+        let delivery = delivery.clone();
         let fail = |d: &Delivery, message: String| {
             Outcome::Settle(Delivery {
                 state: DeliveryState::Failed,
@@ -466,16 +539,6 @@ impl IntakeLoop {
                 runs,
                 ..d.clone()
             })
-        };
-        if let Ok(cmd) = serde_json::from_str::<CommentCommand>(&delivery.event) {
-            return self.command(&delivery, cmd).await;
-        }
-        let event: ForgeEvent = match serde_json::from_str(&delivery.event) {
-            Ok(e) => e,
-            Err(e) => {
-                self.metrics.intake("failed");
-                return fail(&delivery, format!("the recorded event cannot be read: {e}"));
-            }
         };
         let repos = Arc::clone(&*self.repos.read().await);
         let Some(repo) = repos.by_name(&delivery.repo) else {

@@ -51,6 +51,8 @@ struct State {
     access_levels: HashMap<u64, u32>,
     /// Check runs created so far.
     check_runs: u64,
+    /// Pull requests served by `GET .../pulls/{n}` (GitHub/Gitea shape).
+    pulls: HashMap<u64, serde_json::Value>,
 }
 
 /// The installation token the emulator hands out.
@@ -133,6 +135,11 @@ impl Emulator {
     /// GitLab user `id`'s access level on projects.
     pub fn set_access_level(&self, id: u64, level: u32) {
         self.lock().access_levels.insert(id, level);
+    }
+
+    /// Serves `pull` (GitHub's shape) at `GET /repos/{owner}/{repo}/pulls/{n}`.
+    pub fn put_pull(&self, n: u64, pull: serde_json::Value) {
+        self.lock().pulls.insert(n, pull);
     }
 
     /// The check run calls so far (creations and updates), in order.
@@ -363,6 +370,12 @@ fn answer(st: &mut State, method: &Method, path: &str, query: &str, body: &[u8])
             .into_response()
     };
     match seg.as_slice() {
+        ["repos", _, _, "pulls", n] if *method == Method::GET => {
+            match st.pulls.get(&n.parse().unwrap_or(0)) {
+                Some(p) => json(p.clone()),
+                None => (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#).into_response(),
+            }
+        }
         ["repos", _, _, "installation"] => json(serde_json::json!({"id": 77, "app_id": 4242})),
         ["app", "installations", "77", "access_tokens"] if *method == Method::POST => {
             let expires = humantime::format_rfc3339_seconds(
