@@ -1805,3 +1805,104 @@ async fn ok_to_test_runs_a_fork_pull_request_for_a_user_with_write_access() {
         ["pending", "success"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_retest_needs_developer_access() {
+    let Some(d) = deployment("report-gitlab-retest", |emu, _| {
+        format!(
+            r#"repositories:
+  - name: diaspora
+    provider: gitlab
+    url: http://example.com/mike/diaspora
+    api_url: {api}/api/v4
+    webhook_secret_env: HOOK_SECRET
+    token_env: FORGE_TOKEN
+"#,
+            api = emu.url
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let log = d.path("log");
+    let fixed = d.path("fixed");
+    let mr = fixture("gitlab-merge_request.json");
+    let sha = mr["object_attributes"]["last_commit"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.emulator.put_file(
+        &sha,
+        ".stagetime.yaml",
+        &format!(
+            "tasks:\n  - {{ name: ok, command: 'echo ok >> {l}' }}\n  - {{ name: flaky, command: 'echo flaky >> {l}; [ -f {f} ]' }}\n",
+            l = log.display(),
+            f = fixed.display()
+        ),
+    );
+    let (status, body) = d.gitlab("Merge Request Hook", "mr-open", &mr).await;
+    assert_eq!(status, 202, "{body}");
+    let run = d.settled("gitlab:mr-open").await.runs[0].clone();
+    assert_eq!(d.run_in(&run, DONE).await.state, RunState::Failed);
+    assert_eq!(
+        d.final_states(&sha, "stagetime")
+            .await
+            .last()
+            .map(String::as_str),
+        Some("failed")
+    );
+    let note = |uuid: &str, user_id: u64, username: &str| {
+        let mut n = fixture("gitlab-note.json");
+        n["project"] = mr["project"].clone();
+        n["merge_request"]["iid"] = json!(1);
+        n["user"]["id"] = json!(user_id);
+        n["user"]["username"] = json!(username);
+        (uuid.to_string(), n)
+    };
+    // A Reporter (20) may not; the reply is a note on the merge request.
+    d.emulator.set_access_level(2, 20);
+    let (uuid, n) = note("note-reporter", 2, "reporter");
+    assert_eq!(d.gitlab("Note Hook", &uuid, &n).await.0, 202);
+    assert_eq!(
+        d.settled("gitlab:note-reporter").await.message.as_deref(),
+        Some("reporter may not command runs")
+    );
+    assert!(
+        d.emulator
+            .calls()
+            .iter()
+            .any(|c| c.path == "/api/v4/projects/15/members/all/2")
+    );
+    let comments = d.emulator.comments();
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert_eq!(comments[0].0, "/api/v4/projects/15/merge_requests/1/notes");
+    assert!(comments[0].1.starts_with("@reporter "), "{comments:?}");
+    // A Developer (30) may.
+    d.emulator.set_access_level(1, 30);
+    std::fs::write(&fixed, "").unwrap();
+    let (uuid, n) = note("note-developer", 1, "root");
+    assert_eq!(d.gitlab("Note Hook", &uuid, &n).await.0, 202);
+    assert_eq!(
+        d.settled("gitlab:note-developer").await.runs,
+        vec![run.clone()]
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d
+        .emulator
+        .states(&sha, "stagetime")
+        .last()
+        .map(String::as_str)
+        != Some("success")
+    {
+        assert!(Instant::now() < deadline, "{:?}", d.emulator.statuses(&sha));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["flaky", "flaky", "ok"]);
+}
