@@ -1724,11 +1724,32 @@ async fn github_app_check_runs_created_updated_and_rerequested() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A new check run for the rerun: created (queued, in progress or
+    // already completed, as the reporter first saw it), then updated by its id.
     let checks = d.emulator.check_run_calls();
-    let last = checks.last().unwrap();
+    let first_done = checks
+        .iter()
+        .position(|c| {
+            c.body
+                .as_ref()
+                .is_some_and(|b| b["conclusion"] == "failure")
+        })
+        .unwrap();
+    let rerun_calls = &checks[first_done + 1..];
+    assert_eq!(rerun_calls[0].method, "POST", "{rerun_calls:?}");
     assert_eq!(
-        last.path, "/repos/Codertocat/Hello-World/check-runs/1002",
-        "a new check run for the rerun"
+        rerun_calls[0].path,
+        "/repos/Codertocat/Hello-World/check-runs"
+    );
+    for c in &rerun_calls[1..] {
+        assert_eq!(
+            (c.method.as_str(), c.path.as_str()),
+            ("PATCH", "/repos/Codertocat/Hello-World/check-runs/1002")
+        );
+    }
+    assert_eq!(
+        rerun_calls.last().unwrap().body.as_ref().unwrap()["conclusion"],
+        "success"
     );
     let mut lines: Vec<String> = std::fs::read_to_string(&log)
         .unwrap()

@@ -31,8 +31,8 @@ use super::client::{ClientError, ForgeClient};
 use super::event::ForgeEvent;
 use super::intake::SharedRepositories;
 use super::report::{
-    ReportSettings, Sent, Status, Target, all_sent, check_run_request, check_summary, check_wire,
-    due, due_check, error_status, status_request,
+    ForgeState, ReportSettings, Sent, Status, Target, all_sent, check_run_request, check_summary,
+    check_wire, due, due_check, error_status, status_request,
 };
 
 /// What the store keeps per reported subject.
@@ -193,6 +193,8 @@ pub struct Reporter {
     pub wake: Arc<Notify>,
     /// Subjects whose forge was unavailable: not before, and the next wait.
     backoff: Arc<Mutex<HashMap<String, (Instant, Duration)>>>,
+    /// Reads runs' views (its plan cache spares a plan per look).
+    control: RunControl,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -222,7 +224,7 @@ impl Reporter {
         defaults: ReportSettings,
     ) -> Self {
         Reporter {
-            store,
+            store: Arc::clone(&store),
             repos,
             client,
             defaults,
@@ -230,6 +232,7 @@ impl Reporter {
             coalesce: Duration::from_secs(5),
             wake: Arc::new(Notify::new()),
             backoff: Arc::default(),
+            control: RunControl::new(store),
         }
     }
 
@@ -325,8 +328,7 @@ impl Reporter {
                         return;
                     }
                 };
-                let control = RunControl::new(Arc::clone(&self.store));
-                let view = match control.view(&id).await {
+                let view = match self.control.view(&id).await {
                     Ok(v) => v,
                     Err(e) if e.kind() == ErrorKind::NotFound => {
                         info!(subject, "the run is gone; its report ends");
@@ -340,12 +342,16 @@ impl Reporter {
                 };
                 let held = record.hold_until_version.is_some_and(|v| view.version <= v);
                 let finished = view.state.is_finished() && !held;
-                (
-                    super::report::statuses(&view, &settings),
-                    finished,
-                    settings.link(run),
-                    Some(view),
-                )
+                let mut desired = super::report::statuses(&view, &settings);
+                if held {
+                    // A rerun was asked for: the forge hears of it at once,
+                    // before an engine takes it up.
+                    for s in &mut desired {
+                        s.state = ForgeState::Pending;
+                        s.description = "re-run requested".to_string();
+                    }
+                }
+                (desired, finished, settings.link(run), Some(view))
             }
             (None, Some(reason)) => (vec![error_status(reason, &settings)], true, None, None),
             (None, None) => {
