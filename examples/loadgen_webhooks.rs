@@ -310,6 +310,7 @@ async fn launch_phase(args: &Args, url: &str, prefix: &str) -> Result<(), String
         metrics: ForgeMetrics::default(),
         wake,
         poll: Duration::from_secs(5),
+        report_wake: None,
     };
     let intake = tokio::spawn(intake.run(stopped()));
     let engine = Arc::new(

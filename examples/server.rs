@@ -18,8 +18,11 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use stagetime::backends::BackendKind;
 use stagetime::forge::Repositories;
+use stagetime::forge::app::GithubApp;
 use stagetime::forge::client::{ClientConfig, ForgeClient};
 use stagetime::forge::intake::{ForgeMetrics, IntakeLoop};
+use stagetime::forge::report::ReportSettings;
+use stagetime::forge::reporter::Reporter;
 use stagetime::grpc::metrics::Metrics;
 use stagetime::grpc::{Limits, ServerConfig, SharedLogSource, TlsFiles, load_token};
 use stagetime::http::{HttpState, router, watch_repos};
@@ -77,6 +80,37 @@ struct Args {
     /// changes or on SIGHUP.
     #[arg(long, env = "STAGETIME_REPOS")]
     repos: Option<PathBuf>,
+    /// The commit status context runs are reported under (a repository's
+    /// `report.context` overrides it).
+    #[arg(long, env = "STAGETIME_REPORT_CONTEXT", default_value = "stagetime")]
+    report_context: String,
+    /// Base URL of the run pages linked from commit statuses
+    /// (`{URL}/runs/{id}`; a repository's `report.target_url` overrides it).
+    #[arg(long, env = "STAGETIME_REPORT_TARGET_URL")]
+    report_target_url: Option<String>,
+    /// The least time between two description updates of one commit status
+    /// (state changes are sent at once).
+    #[arg(long, env = "STAGETIME_REPORT_COALESCE", default_value = "5s", value_parser = humantime::parse_duration)]
+    report_coalesce: Duration,
+    /// How often the reporter looks at the runs it reports.
+    #[arg(long, env = "STAGETIME_REPORT_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    report_poll: Duration,
+    /// GitHub App id: GitHub repositories without a `token_*` of their own
+    /// are read and reported as this App (installation tokens), with check
+    /// runs. Needs --github-app-key-file.
+    #[arg(
+        long,
+        env = "STAGETIME_GITHUB_APP_ID",
+        requires = "github_app_key_file"
+    )]
+    github_app_id: Option<u64>,
+    /// The GitHub App's private key (PEM), as GitHub hands it out.
+    #[arg(
+        long,
+        env = "STAGETIME_GITHUB_APP_KEY_FILE",
+        requires = "github_app_id"
+    )]
+    github_app_key_file: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "STAGETIME_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -174,16 +208,47 @@ async fn run(args: Args) -> Result<(), Failure> {
             forge_metrics.clone(),
         );
         state.auth = config.auth.clone();
+        let mut client = ForgeClient::new(ClientConfig::default())
+            .map_err(|e| Failure::invalid(e.to_string()))?;
+        if let (Some(id), Some(key)) = (args.github_app_id, &args.github_app_key_file) {
+            let app = GithubApp::from_file(id, key)
+                .map_err(|e| Failure::invalid(format!("--github-app-key-file: {e}")))?;
+            info!(
+                app_id = id,
+                "GitHub repositories without a token use the GitHub App"
+            );
+            client = client.with_app(Arc::new(app));
+        }
+        if let Some(url) = &args.report_target_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(Failure::invalid(format!(
+                "--report-target-url: {url:?} is not an http(s) URL"
+            )));
+        }
+        let mut reporter = Reporter::new(
+            Arc::clone(&store),
+            Arc::clone(&repos),
+            client.clone(),
+            ReportSettings {
+                context: args.report_context.clone(),
+                target_url: args.report_target_url.clone(),
+                ..ReportSettings::default()
+            },
+        );
+        reporter.poll = args.report_poll;
+        reporter.coalesce = args.report_coalesce;
         let intake = IntakeLoop {
             store: Arc::clone(&store),
             repos: Arc::clone(&repos),
-            client: ForgeClient::new(ClientConfig::default())
-                .map_err(|e| Failure::invalid(e.to_string()))?,
+            client,
             metrics: forge_metrics,
             wake: Arc::clone(&state.wake),
             poll: Duration::from_secs(5),
+            report_wake: Some(Arc::clone(&reporter.wake)),
         };
         tokio::spawn(intake.run(shutdown.wait()));
+        tokio::spawn(reporter.run(shutdown.wait()));
         tokio::spawn(watch_repos(
             repos_file.clone(),
             repos,

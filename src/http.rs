@@ -255,6 +255,24 @@ async fn hook(
     };
     let event = match parsed {
         Ok(Parsed::Event(e)) => e,
+        Ok(Parsed::Command(c)) => {
+            // Who may command is asked of the forge by the intake, after
+            // the answer (the forge's API may be slow).
+            let what = format!("{} on #{} by {}", c.command.text(), c.pr, c.commenter);
+            return match serde_json::to_string(&c) {
+                Ok(encoded) => {
+                    record(&state, provider, &repo.name, delivery_id, encoded, what).await
+                }
+                Err(e) => {
+                    m.delivery(name, "bad_request");
+                    answer(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("the command cannot be encoded: {e}"),
+                    )
+                }
+            };
+        }
         Ok(Parsed::Ignored(why)) => {
             m.delivery(name, "ignored");
             debug!(provider = name, repo = %repo.name, delivery = delivery_id, reason = %why, "webhook ignored");
@@ -281,9 +299,26 @@ async fn hook(
             );
         }
     };
+    let what = format!("{} of {}", event.kind.as_str(), event.commit);
+    record(&state, provider, &repo.name, delivery_id, encoded, what).await
+}
+
+/// Records a verified delivery (an event or a command, encoded) and
+/// answers: 202 when new, 200 `duplicate` when seen, 503 when the store
+/// is unavailable.
+async fn record(
+    state: &HttpState,
+    provider: Provider,
+    repo: &str,
+    delivery_id: &str,
+    encoded: String,
+    what: String,
+) -> Response {
+    let name = provider.as_str();
+    let m = &state.metrics;
     let delivery = Delivery {
         id: format!("{name}:{delivery_id}"),
-        repo: repo.name.clone(),
+        repo: repo.to_string(),
         received_ms: now_ms(),
         event: encoded,
         state: DeliveryState::Pending,
@@ -299,12 +334,12 @@ async fn hook(
         Ok(true) => {
             m.delivery(name, "accepted");
             state.wake.notify_one();
-            info!(provider = name, repo = %repo.name, delivery = %id, kind = event.kind.as_str(), commit = %event.commit, "webhook accepted");
+            info!(provider = name, repo, delivery = %id, event = %what, "webhook accepted");
             answer(StatusCode::ACCEPTED, "accepted", id)
         }
         Ok(false) => {
             m.delivery(name, "duplicate");
-            info!(provider = name, repo = %repo.name, delivery = %id, "webhook delivery seen before");
+            info!(provider = name, repo, delivery = %id, "webhook delivery seen before");
             answer(StatusCode::OK, "duplicate", id)
         }
         Err(e) => {

@@ -6,13 +6,16 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use reqwest::{RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use tracing::debug;
 
+use std::sync::Arc;
+
 use super::Provider;
+use super::app::{GithubApp, Installation, InstallationToken, repository_of};
 use super::config::RepoConfig;
-use super::event::ForgeEvent;
+use super::event::{CommentCommand, ForgeEvent};
 
 /// Why the forge did not give what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +64,16 @@ impl Default for ClientConfig {
 pub struct ForgeClient {
     http: reqwest::Client,
     config: ClientConfig,
+    app: Option<Arc<GithubApp>>,
+}
+
+/// How a request authenticates.
+enum Auth {
+    None,
+    /// The repository's token, sent as each forge expects.
+    Token(String),
+    /// `Authorization: Bearer` (a GitHub App JWT or installation token).
+    Bearer(String),
 }
 
 /// Characters percent-encoded in a path segment (everything but unreserved).
@@ -96,31 +109,185 @@ impl ForgeClient {
             .user_agent(concat!("stagetime/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Unavailable(format!("cannot build the HTTP client: {e}")))?;
-        Ok(ForgeClient { http, config })
+        Ok(ForgeClient {
+            http,
+            config,
+            app: None,
+        })
     }
 
-    fn get(&self, repo: &RepoConfig, url: &str) -> RequestBuilder {
-        let mut req = self.http.get(url);
-        if let Some(token) = &repo.token {
-            let token = String::from_utf8_lossy(token.expose()).into_owned();
-            req = match repo.provider {
-                Provider::Github => req
-                    .bearer_auth(token)
-                    .header("accept", "application/vnd.github+json")
-                    .header("x-github-api-version", "2022-11-28"),
+    /// Authenticates GitHub repositories without a token of their own as
+    /// the GitHub App `app` (installation access tokens).
+    pub fn with_app(mut self, app: Arc<GithubApp>) -> Self {
+        self.app = Some(app);
+        self
+    }
+
+    /// True when calls for `repo` go as the GitHub App (a GitHub
+    /// repository without a `token_*` of its own, and an App configured):
+    /// then runs are reported as check runs.
+    pub fn uses_app(&self, repo: &RepoConfig) -> bool {
+        self.app.is_some() && repo.provider == Provider::Github && repo.token.is_none()
+    }
+
+    fn request(
+        &self,
+        provider: Provider,
+        auth: &Auth,
+        method: &Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> RequestBuilder {
+        let mut req = self.http.request(method.clone(), url);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        if provider == Provider::Github {
+            req = req
+                .header("accept", "application/vnd.github+json")
+                .header("x-github-api-version", "2022-11-28");
+        }
+        match auth {
+            Auth::None => req,
+            Auth::Bearer(t) => req.bearer_auth(t),
+            Auth::Token(token) => match provider {
+                Provider::Github => req.bearer_auth(token),
                 Provider::Gitlab => req.header("private-token", token),
                 Provider::Gitea => req.header("authorization", format!("token {token}")),
-            };
+            },
         }
-        req
+    }
+
+    async fn auth(&self, repo: &RepoConfig) -> Result<Auth, ClientError> {
+        if let Some(token) = &repo.token {
+            return Ok(Auth::Token(
+                String::from_utf8_lossy(token.expose()).into_owned(),
+            ));
+        }
+        match &self.app {
+            Some(app) if repo.provider == Provider::Github => {
+                self.installation_token(app, repo).await.map(Auth::Bearer)
+            }
+            _ => Ok(Auth::None),
+        }
+    }
+
+    /// The installation access token of the App for `repo`: cached, else
+    /// `GET /repos/{owner}/{repo}/installation` and `POST
+    /// /app/installations/{id}/access_tokens`, both with the App JWT.
+    async fn installation_token(
+        &self,
+        app: &GithubApp,
+        repo: &RepoConfig,
+    ) -> Result<String, ClientError> {
+        let repository = repository_of(&repo.url).ok_or_else(|| {
+            ClientError::Refused(format!("{} names no owner/repository", repo.url))
+        })?;
+        if let Some(token) = app.cached(&repo.api_url, &repository).await {
+            return Ok(token);
+        }
+        let jwt = Auth::Bearer(app.jwt()?);
+        let url = format!(
+            "{}/repos/{}/installation",
+            repo.api_url,
+            encode_path(&repository)
+        );
+        let installation: Installation = json(
+            self.send_raw(Provider::Github, &jwt, &Method::GET, &url, None)
+                .await?,
+        )
+        .await?;
+        let url = format!(
+            "{}/app/installations/{}/access_tokens",
+            repo.api_url, installation.id
+        );
+        let token: InstallationToken = json(
+            self.send_raw(Provider::Github, &jwt, &Method::POST, &url, None)
+                .await?,
+        )
+        .await?;
+        app.keep(
+            &repo.api_url,
+            &repository,
+            token.token.clone(),
+            &token.expires_at,
+        )
+        .await;
+        Ok(token.token)
     }
 
     /// GET with retries; answers the successful response.
     async fn send(&self, repo: &RepoConfig, url: &str) -> Result<Response, ClientError> {
+        self.send_with(repo, &Method::GET, url, None).await
+    }
+
+    /// POSTs `body` as JSON to `{api_url}{path}` with the repository's
+    /// token, retrying on 5xx/429 as every call does; answers the response
+    /// body as JSON (`null` when it is not JSON).
+    ///
+    /// # Errors
+    /// [`ClientError::NotFound`], [`ClientError::Refused`] (4xx: a token
+    /// without the permission, a body the forge does not take) or
+    /// [`ClientError::Unavailable`].
+    pub async fn post_json(
+        &self,
+        repo: &RepoConfig,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}{path}", repo.api_url);
+        let resp = self
+            .send_with(repo, &Method::POST, &url, Some(body))
+            .await?;
+        let bytes = read_bounded(resp, MAX_API_RESPONSE_BYTES).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// PATCHes `body` as JSON to `{api_url}{path}`, as
+    /// [`ForgeClient::post_json`] POSTs.
+    ///
+    /// # Errors
+    /// As [`ForgeClient::post_json`].
+    pub async fn patch_json(
+        &self,
+        repo: &RepoConfig,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}{path}", repo.api_url);
+        let resp = self
+            .send_with(repo, &Method::PATCH, &url, Some(body))
+            .await?;
+        let bytes = read_bounded(resp, MAX_API_RESPONSE_BYTES).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// A request for `repo` with retries; answers the successful response.
+    async fn send_with(
+        &self,
+        repo: &RepoConfig,
+        method: &Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response, ClientError> {
+        let auth = self.auth(repo).await?;
+        self.send_raw(repo.provider, &auth, method, url, body).await
+    }
+
+    /// A request with retries on 5xx/429 (waiting as `Retry-After` or the
+    /// rate limit reset says); answers the successful response.
+    async fn send_raw(
+        &self,
+        provider: Provider,
+        auth: &Auth,
+        method: &Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response, ClientError> {
         let mut backoff = self.config.backoff;
         let mut last = String::new();
         for attempt in 1..=self.config.attempts.max(1) {
-            let wait = match self.get(repo, url).send().await {
+            let wait = match self.request(provider, auth, method, url, body).send().await {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {
@@ -128,7 +295,7 @@ impl ForgeClient {
                     }
                     let limited = status == StatusCode::TOO_MANY_REQUESTS
                         || (status == StatusCode::FORBIDDEN && rate_limited(&resp));
-                    last = format!("GET {} answered {status}", strip_query(url));
+                    last = format!("{method} {} answered {status}", strip_query(url));
                     if status == StatusCode::NOT_FOUND {
                         return Err(ClientError::NotFound(last));
                     }
@@ -138,7 +305,7 @@ impl ForgeClient {
                     retry_after(&resp).unwrap_or(backoff)
                 }
                 Err(e) => {
-                    last = format!("GET {}: {e}", strip_query(url));
+                    last = format!("{method} {}: {e}", strip_query(url));
                     backoff
                 }
             };
@@ -340,6 +507,221 @@ impl ForgeClient {
         files.sort();
         files.dedup();
         Ok(Some(files))
+    }
+}
+
+/// Who may command runs from comments: write access or more.
+impl ForgeClient {
+    /// Whether the commenter of `cmd` has write access to the repository:
+    /// GitHub and Gitea `GET /repos/{owner}/{repo}/collaborators/{user}/permission`
+    /// (`admin`, `maintain`, `write`, Gitea's `owner`); GitLab `GET
+    /// /projects/{id}/members/all/{user_id}` with `access_level` ≥ 30
+    /// (Developer). Not a collaborator or member (404): false.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] or [`ClientError::Unavailable`].
+    pub async fn may_command(
+        &self,
+        repo: &RepoConfig,
+        cmd: &CommentCommand,
+    ) -> Result<bool, ClientError> {
+        let api = &repo.api_url;
+        let result = match repo.provider {
+            Provider::Github | Provider::Gitea => {
+                #[derive(Deserialize)]
+                struct Permission {
+                    permission: String,
+                }
+                let url = format!(
+                    "{api}/repos/{}/collaborators/{}/permission",
+                    encode_path(&cmd.repository),
+                    encode_segment(&cmd.commenter)
+                );
+                match self.send(repo, &url).await {
+                    Ok(resp) => json::<Permission>(resp).await.map(|p| {
+                        matches!(
+                            p.permission.as_str(),
+                            "admin" | "maintain" | "write" | "owner"
+                        )
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            Provider::Gitlab => {
+                #[derive(Deserialize)]
+                struct Member {
+                    access_level: u32,
+                }
+                let Some(user) = cmd.commenter_id else {
+                    return Ok(false);
+                };
+                let url = format!(
+                    "{api}/projects/{}/members/all/{user}",
+                    cmd.project_id
+                        .map_or_else(|| encode_segment(&cmd.repository), |id| id.to_string())
+                );
+                match self.send(repo, &url).await {
+                    Ok(resp) => json::<Member>(resp).await.map(|m| m.access_level >= 30),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Err(ClientError::NotFound(_)) => Ok(false),
+            other => other,
+        }
+    }
+
+    /// The open pull request of `cmd` as the event of its head commit
+    /// (GitHub and Gitea `GET /repos/{owner}/{repo}/pulls/{number}`, GitLab
+    /// `GET /projects/{id}/merge_requests/{iid}`); `Ok(None)` when it is
+    /// not open.
+    ///
+    /// # Errors
+    /// As [`ForgeClient::pipeline_file`], and [`ClientError::NotFound`].
+    pub async fn pull_request(
+        &self,
+        repo: &RepoConfig,
+        cmd: &CommentCommand,
+    ) -> Result<Option<ForgeEvent>, ClientError> {
+        #[derive(Deserialize)]
+        struct HubRepo {
+            full_name: String,
+        }
+        #[derive(Deserialize)]
+        struct HubBranch {
+            #[serde(rename = "ref")]
+            git_ref: String,
+            sha: String,
+            #[serde(default)]
+            repo: Option<HubRepo>,
+        }
+        #[derive(Deserialize)]
+        struct User {
+            #[serde(default)]
+            login: Option<String>,
+            #[serde(default)]
+            username: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct HubPull {
+            state: String,
+            head: HubBranch,
+            base: HubBranch,
+            #[serde(default)]
+            user: Option<User>,
+            #[serde(default)]
+            updated_at: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct LabMerge {
+            state: String,
+            sha: String,
+            source_branch: String,
+            target_branch: String,
+            source_project_id: u64,
+            target_project_id: u64,
+            #[serde(default)]
+            author: Option<User>,
+            #[serde(default)]
+            updated_at: Option<String>,
+        }
+        let api = &repo.api_url;
+        let mut event = ForgeEvent {
+            provider: repo.provider,
+            delivery: cmd.delivery.clone(),
+            kind: super::event::EventKind::PullRequest,
+            repository: cmd.repository.clone(),
+            project_id: cmd.project_id,
+            git_ref: String::new(),
+            branch: None,
+            tag: None,
+            commit: String::new(),
+            before: None,
+            pr: Some(cmd.pr),
+            target_branch: None,
+            sender: cmd.commenter.clone(),
+            author: None,
+            pushed_at: None,
+            changed_files: None,
+            fork: false,
+            action: Some("ok-to-test".to_string()),
+        };
+        let name = |u: Option<User>| u.and_then(|u| u.login.or(u.username));
+        match repo.provider {
+            Provider::Github | Provider::Gitea => {
+                let url = format!(
+                    "{api}/repos/{}/pulls/{}",
+                    encode_path(&cmd.repository),
+                    cmd.pr
+                );
+                let p: HubPull = json(self.send(repo, &url).await?).await?;
+                if p.state != "open" {
+                    return Ok(None);
+                }
+                event.fork = p
+                    .head
+                    .repo
+                    .as_ref()
+                    .is_none_or(|r| !r.full_name.eq_ignore_ascii_case(&cmd.repository));
+                event.git_ref = format!("refs/heads/{}", p.head.git_ref);
+                event.branch = Some(p.head.git_ref);
+                event.commit = p.head.sha;
+                event.target_branch = Some(p.base.git_ref);
+                event.author = name(p.user);
+                event.pushed_at = p.updated_at;
+            }
+            Provider::Gitlab => {
+                let url = format!(
+                    "{api}/projects/{}/merge_requests/{}",
+                    cmd.project_id
+                        .map_or_else(|| encode_segment(&cmd.repository), |id| id.to_string()),
+                    cmd.pr
+                );
+                let m: LabMerge = json(self.send(repo, &url).await?).await?;
+                if m.state != "opened" {
+                    return Ok(None);
+                }
+                event.fork = m.source_project_id != m.target_project_id;
+                event.git_ref = format!("refs/heads/{}", m.source_branch);
+                event.branch = Some(m.source_branch);
+                event.commit = m.sha;
+                event.target_branch = Some(m.target_branch);
+                event.author = name(m.author);
+                event.pushed_at = m.updated_at;
+            }
+        }
+        Ok(Some(event))
+    }
+
+    /// Adds a comment to the pull request of `cmd`: GitHub and Gitea `POST
+    /// /repos/{owner}/{repo}/issues/{number}/comments`, GitLab `POST
+    /// /projects/{id}/merge_requests/{iid}/notes`, body `{"body": text}`.
+    ///
+    /// # Errors
+    /// As [`ForgeClient::post_json`].
+    pub async fn comment(
+        &self,
+        repo: &RepoConfig,
+        cmd: &CommentCommand,
+        text: &str,
+    ) -> Result<(), ClientError> {
+        let path = match repo.provider {
+            Provider::Github | Provider::Gitea => format!(
+                "/repos/{}/issues/{}/comments",
+                encode_path(&cmd.repository),
+                cmd.pr
+            ),
+            Provider::Gitlab => format!(
+                "/projects/{}/merge_requests/{}/notes",
+                cmd.project_id
+                    .map_or_else(|| encode_segment(&cmd.repository), |id| id.to_string()),
+                cmd.pr
+            ),
+        };
+        self.post_json(repo, &path, &serde_json::json!({ "body": text }))
+            .await
+            .map(|_| ())
     }
 }
 

@@ -25,6 +25,7 @@ use stagetime_core::FieldErrors;
 
 use super::Provider;
 use super::event::normalise_url;
+use super::report::ReportSettings;
 
 /// The pipeline file's default path in a repository.
 pub const DEFAULT_PIPELINE: &str = ".stagetime.yaml";
@@ -63,6 +64,23 @@ struct RepoDoc {
     cancel_superseded: Option<bool>,
     #[serde(default)]
     allow_forks: Option<bool>,
+    #[serde(default)]
+    report: Option<ReportDoc>,
+    #[serde(default)]
+    trusted: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportDoc {
+    #[serde(default)]
+    statuses: Option<bool>,
+    #[serde(default)]
+    context: Option<String>,
+    #[serde(default)]
+    per_stage: Option<bool>,
+    #[serde(default)]
+    target_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +237,44 @@ pub struct RepoConfig {
     pub cancel_superseded: bool,
     /// Pull requests from forks start runs.
     pub allow_forks: bool,
+    /// How runs are reported back (the file's `report`); the server's
+    /// defaults fill what the file leaves out.
+    pub report: ReportOverrides,
+    /// Forge users who may command runs from comments whatever their
+    /// permission on the forge (the file's `trusted`).
+    pub trusted: Vec<String>,
+}
+
+/// The repositories file's `report` for one repository: each field given
+/// overrides the server's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportOverrides {
+    /// `statuses: false` turns commit statuses off.
+    pub statuses: Option<bool>,
+    /// The aggregate context.
+    pub context: Option<String>,
+    /// One context per stage too.
+    pub per_stage: Option<bool>,
+    /// Base URL of the run pages.
+    pub target_url: Option<String>,
+}
+
+impl ReportOverrides {
+    /// These overrides over the server's `defaults`.
+    pub fn over(&self, defaults: &ReportSettings) -> ReportSettings {
+        ReportSettings {
+            statuses: self.statuses.unwrap_or(defaults.statuses),
+            context: self
+                .context
+                .clone()
+                .unwrap_or_else(|| defaults.context.clone()),
+            per_stage: self.per_stage.unwrap_or(defaults.per_stage),
+            target_url: self
+                .target_url
+                .clone()
+                .or_else(|| defaults.target_url.clone()),
+        }
+    }
 }
 
 /// The checked repositories file.
@@ -400,6 +456,34 @@ fn check_repo(
             }),
         },
     };
+    let report = match r.report {
+        None => ReportOverrides::default(),
+        Some(doc) => {
+            if let Some(c) = &doc.context
+                && (c.is_empty() || c.len() > 100 || c.chars().any(char::is_control))
+            {
+                errors.push(
+                    format!("{path}.report.context"),
+                    format!("{c:?}: use 1 to 100 printable characters"),
+                );
+            }
+            if let Some(u) = &doc.target_url
+                && !(u.starts_with("https://") || u.starts_with("http://"))
+            {
+                errors.push(
+                    format!("{path}.report.target_url"),
+                    format!("{u:?} is not an http(s) URL"),
+                );
+            }
+            ReportOverrides {
+                statuses: doc.statuses,
+                context: doc.context,
+                per_stage: doc.per_stage,
+                target_url: doc.target_url,
+            }
+        }
+    };
+    let trusted = r.trusted.unwrap_or_default();
     if errors.0.len() > before {
         return None;
     }
@@ -414,6 +498,8 @@ fn check_repo(
         on,
         cancel_superseded: r.cancel_superseded.unwrap_or(true),
         allow_forks: r.allow_forks.unwrap_or(false),
+        report,
+        trusted,
     })
 }
 

@@ -94,11 +94,95 @@ pub struct ForgeEvent {
     pub action: Option<String>,
 }
 
+/// A command given in a pull request comment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// `/retest` (the failed and cancelled tasks of the latest run) or
+    /// `/retest NAME`.
+    Retest {
+        /// The task named, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<String>,
+    },
+    /// `/cancel`: cancel the latest run.
+    Cancel,
+    /// `/ok-to-test`: a trusted user lets a fork's pull request run.
+    OkToTest,
+    /// GitHub's "Re-run" of a check run (`check_run` `rerequested`, the run
+    /// id in its `external_id`) or of a commit's checks (`check_suite`
+    /// `rerequested`): rerun keeping succeeded tasks.
+    Rerequested {
+        /// The run (the check run's `external_id`), when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<String>,
+        /// The commit (`head_sha`).
+        commit: String,
+    },
+}
+
+impl Command {
+    /// The command in a comment's text: the first line that starts with
+    /// `/retest`, `/cancel` or `/ok-to-test` (other lines and other
+    /// slash words are ignored); `None` when there is none.
+    pub fn parse(text: &str) -> Option<Command> {
+        text.lines().find_map(|line| {
+            let mut words = line.split_whitespace();
+            let command = match words.next()? {
+                "/retest" => Command::Retest {
+                    task: words.next().map(str::to_string),
+                },
+                "/cancel" => Command::Cancel,
+                "/ok-to-test" => Command::OkToTest,
+                _ => return None,
+            };
+            Some(command)
+        })
+    }
+
+    /// The command as written (`/retest NAME`).
+    pub fn text(&self) -> String {
+        match self {
+            Command::Retest { task: None } => "/retest".to_string(),
+            Command::Retest { task: Some(t) } => format!("/retest {t}"),
+            Command::Cancel => "/cancel".to_string(),
+            Command::OkToTest => "/ok-to-test".to_string(),
+            Command::Rerequested { .. } => "re-run".to_string(),
+        }
+    }
+}
+
+/// A command from a new comment on a pull (merge) request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommentCommand {
+    /// The forge.
+    pub provider: Provider,
+    /// The delivery id.
+    pub delivery: String,
+    /// The repository's `owner/name`.
+    pub repository: String,
+    /// GitLab's project id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<u64>,
+    /// The pull request's number (GitLab: the merge request's `iid`; 0 for
+    /// a check's re-run, which has none).
+    pub pr: u64,
+    /// Who wrote the comment (login / username).
+    pub commenter: String,
+    /// GitLab's user id (its member API addresses users by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commenter_id: Option<u64>,
+    /// What was asked.
+    pub command: Command,
+}
+
 /// What a payload amounts to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     /// An event that may start a run.
     Event(Box<ForgeEvent>),
+    /// A command in a new pull request comment.
+    Command(Box<CommentCommand>),
     /// Answered 2xx and otherwise ignored (ping, branch deletion, a closed
     /// pull request, events stagetime does not act on), with the reason.
     Ignored(String),
@@ -369,8 +453,135 @@ pub fn parse_hub(
                 action: Some(p.action),
             })))
         }
+        "check_run" | "check_suite" if provider == Provider::Github => {
+            let p: HubCheck =
+                serde_json::from_value(payload).map_err(|e| format!("{event} payload: {e}"))?;
+            if p.action != "rerequested" {
+                return Ok(Parsed::Ignored(format!("{event} {}", p.action)));
+            }
+            let (run, commit) = match (p.check_run, p.check_suite) {
+                (Some(c), _) => (c.external_id.filter(|x| !x.is_empty()), c.head_sha),
+                (None, Some(s)) => (None, s.head_sha),
+                (None, None) => return Err(format!("{event} payload: no {event}")),
+            };
+            Ok(Parsed::Command(Box::new(CommentCommand {
+                provider,
+                delivery: delivery.to_string(),
+                repository: p.repository.full_name,
+                project_id: None,
+                pr: 0,
+                commenter: p.sender.map(|u| u.name()).unwrap_or_default(),
+                commenter_id: None,
+                command: Command::Rerequested { run, commit },
+            })))
+        }
+        // Gitea sends comments on pull requests as `pull_request_comment`
+        // (older versions: `issue_comment` with `is_pull`).
+        "issue_comment" | "pull_request_comment" => {
+            let p: HubComment = serde_json::from_value(payload)
+                .map_err(|e| format!("issue_comment payload: {e}"))?;
+            if p.action != "created" {
+                return Ok(Parsed::Ignored(format!("comment {}", p.action)));
+            }
+            let on_pull = p.issue.pull_request.as_ref().is_some_and(|v| !v.is_null())
+                || p.is_pull == Some(true);
+            if !on_pull {
+                return Ok(Parsed::Ignored("comment on an issue".to_string()));
+            }
+            let Some(command) = Command::parse(&p.comment.body) else {
+                return Ok(Parsed::Ignored("comment without a command".to_string()));
+            };
+            Ok(Parsed::Command(Box::new(CommentCommand {
+                provider,
+                delivery: delivery.to_string(),
+                repository: p.repository.full_name,
+                project_id: None,
+                pr: p.issue.number,
+                commenter: p.comment.user.name(),
+                commenter_id: None,
+                command,
+            })))
+        }
         other => Ok(Parsed::Ignored(format!("event {other:?}"))),
     }
+}
+
+/// GitHub's `check_run` and `check_suite` payloads.
+#[derive(Deserialize)]
+struct HubCheck {
+    action: String,
+    #[serde(default)]
+    check_run: Option<HubCheckObject>,
+    #[serde(default)]
+    check_suite: Option<HubCheckObject>,
+    repository: Repo,
+    #[serde(default)]
+    sender: Option<User>,
+}
+
+#[derive(Deserialize)]
+struct HubCheckObject {
+    head_sha: String,
+    #[serde(default)]
+    external_id: Option<String>,
+}
+
+/// GitHub's and Gitea's `issue_comment` payload.
+#[derive(Deserialize)]
+struct HubComment {
+    action: String,
+    issue: HubIssue,
+    comment: HubCommentBody,
+    repository: Repo,
+    /// Gitea: the issue is a pull request.
+    #[serde(default)]
+    is_pull: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct HubIssue {
+    number: u64,
+    /// Present (GitHub: an object of URLs) when the issue is a pull request.
+    #[serde(default)]
+    pull_request: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct HubCommentBody {
+    #[serde(default)]
+    body: String,
+    user: User,
+}
+
+/// GitLab's note payload (a comment).
+#[derive(Deserialize)]
+struct GitlabNote {
+    user: GitlabUser,
+    project: GitlabProject,
+    object_attributes: GitlabNoteAttributes,
+    #[serde(default)]
+    merge_request: Option<GitlabNoteMerge>,
+}
+
+#[derive(Deserialize)]
+struct GitlabUser {
+    id: u64,
+    username: String,
+}
+
+#[derive(Deserialize)]
+struct GitlabNoteAttributes {
+    #[serde(default)]
+    note: String,
+    noteable_type: String,
+    /// `create` or `update` (newer GitLab versions send edits too).
+    #[serde(default)]
+    action: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GitlabNoteMerge {
+    iid: u64,
 }
 
 #[derive(Deserialize)]
@@ -501,6 +712,33 @@ pub fn parse_gitlab(
                 action: Some(action),
             })))
         }
+        "Note Hook" => {
+            let p: GitlabNote =
+                serde_json::from_value(payload).map_err(|e| format!("note payload: {e}"))?;
+            let a = p.object_attributes;
+            if a.action.as_deref().is_some_and(|x| x != "create") {
+                return Ok(Parsed::Ignored(format!(
+                    "note {}",
+                    a.action.unwrap_or_default()
+                )));
+            }
+            let (true, Some(mr)) = (a.noteable_type == "MergeRequest", p.merge_request) else {
+                return Ok(Parsed::Ignored(format!("note on a {}", a.noteable_type)));
+            };
+            let Some(command) = Command::parse(&a.note) else {
+                return Ok(Parsed::Ignored("note without a command".to_string()));
+            };
+            Ok(Parsed::Command(Box::new(CommentCommand {
+                provider: Provider::Gitlab,
+                delivery: delivery.to_string(),
+                repository: p.project.path_with_namespace,
+                project_id: Some(p.project.id),
+                pr: mr.iid,
+                commenter: p.user.username,
+                commenter_id: Some(p.user.id),
+                command,
+            })))
+        }
         other => Ok(Parsed::Ignored(format!("event {other:?}"))),
     }
 }
@@ -551,6 +789,13 @@ mod tests {
                 include_str!("../../tests/fixtures/forge/gitlab-merge_request.json")
             }
             "gitea-push" => include_str!("../../tests/fixtures/forge/gitea-push.json"),
+            "github-issue_comment" => {
+                include_str!("../../tests/fixtures/forge/github-issue_comment.json")
+            }
+            "gitlab-note" => include_str!("../../tests/fixtures/forge/gitlab-note.json"),
+            "gitea-issue_comment" => {
+                include_str!("../../tests/fixtures/forge/gitea-issue_comment.json")
+            }
             _ => include_str!("../../tests/fixtures/forge/gitea-pull_request.json"),
         };
         serde_json::from_str(text).unwrap()
@@ -559,8 +804,120 @@ mod tests {
     fn event(p: Result<Parsed, String>) -> ForgeEvent {
         match p.unwrap() {
             Parsed::Event(e) => *e,
-            Parsed::Ignored(why) => panic!("ignored: {why}"),
+            other => panic!("not an event: {other:?}"),
         }
+    }
+
+    fn command(p: Result<Parsed, String>) -> CommentCommand {
+        match p.unwrap() {
+            Parsed::Command(c) => *c,
+            other => panic!("not a command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn commands_are_read_from_the_first_command_line() {
+        assert_eq!(
+            Command::parse("/retest"),
+            Some(Command::Retest { task: None })
+        );
+        assert_eq!(
+            Command::parse("flaky again?\n/retest  unit-tests \nthanks"),
+            Some(Command::Retest {
+                task: Some("unit-tests".into())
+            })
+        );
+        assert_eq!(Command::parse(" /cancel"), Some(Command::Cancel));
+        assert_eq!(Command::parse("/ok-to-test"), Some(Command::OkToTest));
+        assert_eq!(
+            Command::parse("please /retest"),
+            None,
+            "not at a line start"
+        );
+        assert_eq!(Command::parse("/retesting"), None);
+        assert_eq!(Command::parse("/lgtm"), None);
+    }
+
+    #[test]
+    fn pull_request_comments_on_each_forge() {
+        let c = command(parse_hub(
+            Provider::Github,
+            "issue_comment",
+            "c1",
+            fixture("github-issue_comment"),
+        ));
+        assert_eq!(
+            (
+                c.pr,
+                c.commenter.as_str(),
+                c.repository.as_str(),
+                &c.command
+            ),
+            (
+                2,
+                "Codertocat",
+                "Codertocat/Hello-World",
+                &Command::Retest { task: None }
+            )
+        );
+        let l = command(parse_gitlab("Note Hook", "n1", fixture("gitlab-note")));
+        assert_eq!(
+            (l.pr, l.commenter.as_str(), l.commenter_id, l.project_id),
+            (1, "root", Some(1), Some(5))
+        );
+        let g = command(parse_hub(
+            Provider::Gitea,
+            "issue_comment",
+            "g1",
+            fixture("gitea-issue_comment"),
+        ));
+        assert_eq!((g.pr, &g.command), (3, &Command::Cancel));
+        let g = command(parse_hub(
+            Provider::Gitea,
+            "pull_request_comment",
+            "g2",
+            fixture("gitea-issue_comment"),
+        ));
+        assert_eq!(g.commenter, "gitea");
+    }
+
+    #[test]
+    fn edited_deleted_and_issue_comments_do_nothing() {
+        for action in ["edited", "deleted"] {
+            let mut p = fixture("github-issue_comment");
+            p["action"] = serde_json::json!(action);
+            assert!(matches!(
+                parse_hub(Provider::Github, "issue_comment", "d", p),
+                Ok(Parsed::Ignored(_))
+            ));
+        }
+        let mut issue = fixture("github-issue_comment");
+        issue["issue"]
+            .as_object_mut()
+            .unwrap()
+            .remove("pull_request");
+        assert!(matches!(
+            parse_hub(Provider::Github, "issue_comment", "d", issue),
+            Ok(Parsed::Ignored(_))
+        ));
+        let mut plain = fixture("github-issue_comment");
+        plain["comment"]["body"] = serde_json::json!("LGTM");
+        assert!(matches!(
+            parse_hub(Provider::Github, "issue_comment", "d", plain),
+            Ok(Parsed::Ignored(_))
+        ));
+        let mut edit = fixture("gitlab-note");
+        edit["object_attributes"]["action"] = serde_json::json!("update");
+        assert!(matches!(
+            parse_gitlab("Note Hook", "d", edit),
+            Ok(Parsed::Ignored(_))
+        ));
+        let mut on_commit = fixture("gitlab-note");
+        on_commit["object_attributes"]["noteable_type"] = serde_json::json!("Commit");
+        assert!(matches!(
+            parse_gitlab("Note Hook", "d", on_commit),
+            Ok(Parsed::Ignored(_))
+        ));
     }
 
     #[test]
@@ -637,7 +994,7 @@ mod tests {
             Ok(Parsed::Ignored(_))
         ));
         assert!(matches!(
-            parse_gitlab("Note Hook", "d", serde_json::json!({})),
+            parse_gitlab("Issue Hook", "d", serde_json::json!({})),
             Ok(Parsed::Ignored(_))
         ));
     }

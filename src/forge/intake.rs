@@ -20,13 +20,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use stagetime_core::Error;
 use stagetime_core::control::{RunControl, SubmitOptions};
-use stagetime_core::store::{Delivery, DeliveryState, Store};
+use stagetime_core::scheduler::TaskStatus;
+use stagetime_core::store::{Delivery, DeliveryState, RunFilter, Store};
 use tokio::sync::{Notify, RwLock};
 use tracing::{info, warn};
 
 use super::client::{ClientError, ForgeClient};
 use super::config::Repositories;
-use super::event::ForgeEvent;
+use super::event::{Command, CommentCommand, ForgeEvent};
+use super::reporter;
 use super::trigger::{build_spec, paths_filter, paths_match};
 
 type Labels = Vec<(&'static str, String)>;
@@ -39,7 +41,7 @@ const CONCURRENCY: usize = 8;
 /// | family | labels |
 /// |---|---|
 /// | `stagetime_webhook_deliveries_total` | `provider`, `outcome` (`accepted`, `duplicate`, `ignored`, `unknown_repository`, `unauthorized`, `forbidden`, `bad_request`, `too_large`, `unavailable`) |
-/// | `stagetime_intake_total` | `outcome` (`run`, `existing_run`, `skipped`, `failed`, `retry`) |
+/// | `stagetime_intake_total` | `outcome` (`run`, `existing_run`, `skipped`, `failed`, `retry`, `command`, `command_refused`) |
 /// | `stagetime_intake_failures_total` | `reason` (`missing_file`, `invalid_file`, `forge_refused`) |
 #[derive(Clone, Default)]
 pub struct ForgeMetrics {
@@ -118,6 +120,8 @@ pub struct IntakeLoop {
     /// How often pending deliveries are looked at without a wake-up (and
     /// how long a delivery whose forge was unavailable waits; default 5 s).
     pub poll: Duration,
+    /// Woken after a run's report was tracked (the reporter waits on it).
+    pub report_wake: Option<Arc<Notify>>,
 }
 
 impl std::fmt::Debug for IntakeLoop {
@@ -166,6 +170,13 @@ impl IntakeLoop {
         let id = delivery.id.clone();
         match self.turn_into_run(delivery).await {
             Outcome::Settle(d) => {
+                // Reporting is tracked before the delivery is settled: a
+                // server that stops in between processes it again.
+                if let Err(e) = self.track_reports(&d).await {
+                    self.metrics.intake("retry");
+                    warn!(delivery = %id, error = %e, "cannot track the delivery's forge report; trying again later");
+                    return false;
+                }
                 if d.state == DeliveryState::Failed {
                     warn!(delivery = %id, repo = %d.repo, reason = d.message.as_deref().unwrap_or(""), "webhook delivery could not become a run");
                 } else {
@@ -187,7 +198,333 @@ impl IntakeLoop {
         }
     }
 
+    /// Carries out a command from a pull request comment, when its author
+    /// may (write access on the forge, or `trusted` in the repositories
+    /// file); anyone else gets a polite reply and nothing happens.
+    async fn command(&self, delivery: &Delivery, cmd: CommentCommand) -> Outcome {
+        let done = |message: String, runs: Vec<String>| {
+            Outcome::Settle(Delivery {
+                state: DeliveryState::Done,
+                message: Some(message),
+                runs,
+                ..delivery.clone()
+            })
+        };
+        let repos = Arc::clone(&*self.repos.read().await);
+        let Some(repo) = repos.by_name(&delivery.repo) else {
+            return done(
+                format!("repository {} is no longer configured", delivery.repo),
+                vec![],
+            );
+        };
+        if let Command::Rerequested { run, commit } = &cmd.command {
+            // GitHub offers "Re-run" only to people with write access, and
+            // the delivery is signed: no permission to ask.
+            return self
+                .rerequested(delivery, repo, run.as_deref(), commit)
+                .await;
+        }
+        let trusted = repo
+            .trusted
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(&cmd.commenter));
+        let permitted = trusted
+            || match self.client.may_command(repo, &cmd).await {
+                Ok(p) => p,
+                Err(ClientError::Unavailable(e)) => return Outcome::Retry(e),
+                Err(e) => {
+                    warn!(delivery = %delivery.id, error = %e, "cannot ask the forge for a commenter's permission");
+                    false
+                }
+            };
+        let cmd = &cmd;
+        let reply = |text: String| async move {
+            if let Err(e) = self.client.comment(repo, cmd, &text).await {
+                warn!(delivery = %delivery.id, error = %e, "cannot reply to a comment");
+            }
+        };
+        if !permitted {
+            self.metrics.intake("command_refused");
+            reply(format!(
+                "@{} thanks — `{}` can only be used by people with write access to this repository, so nothing was done. A maintainer can run it for you.",
+                cmd.commenter,
+                cmd.command.text()
+            ))
+            .await;
+            return done(format!("{} may not command runs", cmd.commenter), vec![]);
+        }
+        let group = super::trigger::pr_group(&repo.name, cmd.pr);
+        let latest = match self
+            .store
+            .list_runs(&RunFilter {
+                concurrency_group: Some(group),
+                limit: 1,
+                ..RunFilter::default()
+            })
+            .await
+        {
+            Ok(page) => page.runs.into_iter().next(),
+            Err(e) if e.is_retryable() => return Outcome::Retry(e.to_string()),
+            Err(e) => return done(format!("cannot list the runs: {e}"), vec![]),
+        };
+        if cmd.command == Command::OkToTest {
+            return self.ok_to_test(delivery, repo, cmd).await;
+        }
+        let Some(latest) = latest else {
+            reply(format!(
+                "@{} there is no run for this pull request yet.",
+                cmd.commenter
+            ))
+            .await;
+            return done("no run for this pull request".to_string(), vec![]);
+        };
+        let id = latest.id.clone();
+        let control = RunControl::new(Arc::clone(&self.store));
+        self.metrics.intake("command");
+        match &cmd.command {
+            Command::Cancel => match control.cancel(&id).await {
+                Ok(()) => {
+                    info!(run = %id, by = %cmd.commenter, "run cancelled from a comment");
+                    done(format!("/cancel of {id}"), vec![id.to_string()])
+                }
+                Err(e) if e.is_retryable() => Outcome::Retry(e.to_string()),
+                Err(e) => done(format!("cannot cancel {id}: {e}"), vec![]),
+            },
+            Command::Retest { task } => {
+                let record = match self.store.load_run(&id).await {
+                    Ok(r) => r,
+                    Err(e) if e.is_retryable() => return Outcome::Retry(e.to_string()),
+                    Err(e) => return done(format!("cannot read {id}: {e}"), vec![]),
+                };
+                let view = match control.view_of(&record) {
+                    Ok(v) => v,
+                    Err(e) => return done(format!("cannot read {id}: {e}"), vec![]),
+                };
+                let refuse = |text: String| async move {
+                    reply(format!("@{} {text}", cmd.commenter)).await;
+                    done(text, vec![])
+                };
+                if !view.state.is_finished() {
+                    return refuse(format!(
+                        "run `{id}` is still {}; `/retest` waits until it ends.",
+                        view.state.as_str()
+                    ))
+                    .await;
+                }
+                if let Some(name) = task {
+                    match view.task(name) {
+                        None => return refuse(format!("run `{id}` has no task `{name}`.")).await,
+                        Some(t) if t.status == TaskStatus::Succeeded => {
+                            return refuse(format!(
+                                "`{name}` succeeded in run `{id}`; `/retest` re-runs only what did not succeed."
+                            ))
+                            .await;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if view.tasks.iter().all(|t| t.status == TaskStatus::Succeeded) {
+                    return refuse(format!(
+                        "every task of run `{id}` succeeded; there is nothing to re-run."
+                    ))
+                    .await;
+                }
+                match control.rerun(&id, Some(record.version)).await {
+                    Ok(version) => {
+                        if let Err(e) = reporter::reopen(&*self.store, id.as_str(), version).await {
+                            warn!(run = %id, error = %e, "cannot reopen the run's forge report");
+                        }
+                        if let Some(wake) = &self.report_wake {
+                            wake.notify_one();
+                        }
+                        info!(run = %id, by = %cmd.commenter, "run re-run from a comment");
+                        done(
+                            format!("{} of {id}", cmd.command.text()),
+                            vec![id.to_string()],
+                        )
+                    }
+                    Err(e) if e.is_retryable() => Outcome::Retry(e.to_string()),
+                    // Re-run already (a repeated delivery after a restart).
+                    Err(e) => done(format!("cannot re-run {id}: {e}"), vec![]),
+                }
+            }
+            Command::OkToTest | Command::Rerequested { .. } => {
+                done("/ok-to-test is not supported".to_string(), vec![])
+            }
+        }
+    }
+
+    /// `/ok-to-test` from someone with write access: the pull request (a
+    /// fork's, which its own events do not run) is read from the forge and
+    /// run as if it had just been opened, fork or not; the `on` filters
+    /// still apply.
+    async fn ok_to_test(
+        &self,
+        delivery: &Delivery,
+        repo: &super::RepoConfig,
+        cmd: &CommentCommand,
+    ) -> Outcome {
+        let done = |message: String| {
+            Outcome::Settle(Delivery {
+                state: DeliveryState::Done,
+                message: Some(message),
+                ..delivery.clone()
+            })
+        };
+        let event = match self.client.pull_request(repo, cmd).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return done(format!("pull request {} is not open", cmd.pr)),
+            Err(ClientError::Unavailable(e)) => return Outcome::Retry(e),
+            Err(e) => return done(format!("cannot read pull request {}: {e}", cmd.pr)),
+        };
+        let unforked = ForgeEvent {
+            fork: false,
+            ..event.clone()
+        };
+        if let super::trigger::Decision::Skip(why) = super::trigger::decide(repo, &unforked) {
+            return done(format!("/ok-to-test: {why}"));
+        }
+        let outcome = self.run_event(delivery, event.clone()).await;
+        if let Outcome::Settle(d) = &outcome {
+            let tracked = match d.state {
+                DeliveryState::Failed => {
+                    let reason = d.message.as_deref().unwrap_or("the run could not be made");
+                    reporter::track_failure(&*self.store, &d.repo, &event, &d.id, reason).await
+                }
+                _ => {
+                    let mut result = Ok(());
+                    for run in &d.runs {
+                        result = result
+                            .and(reporter::track_run(&*self.store, &d.repo, &event, run).await);
+                    }
+                    result
+                }
+            };
+            if let Err(e) = tracked {
+                return Outcome::Retry(format!("cannot track the run's forge report: {e}"));
+            }
+            if let Some(wake) = &self.report_wake {
+                wake.notify_one();
+            }
+            info!(delivery = %d.id, by = %cmd.commenter, runs = ?d.runs, "pull request run allowed by /ok-to-test");
+        }
+        outcome
+    }
+
+    /// GitHub's re-run of a check run (the run named by its `external_id`)
+    /// or of a commit's checks (the newest run of the commit): rerun,
+    /// keeping succeeded tasks.
+    async fn rerequested(
+        &self,
+        delivery: &Delivery,
+        repo: &super::RepoConfig,
+        run: Option<&str>,
+        commit: &str,
+    ) -> Outcome {
+        let done = |message: String, runs: Vec<String>| {
+            Outcome::Settle(Delivery {
+                state: DeliveryState::Done,
+                message: Some(message),
+                runs,
+                ..delivery.clone()
+            })
+        };
+        let id = match run.map(|r| stagetime_core::RunId::new(r.to_string())) {
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => None,
+            None => match self
+                .store
+                .list_runs(&RunFilter {
+                    repo: Some(repo.name.clone()),
+                    commit: Some(commit.to_string()),
+                    limit: 1,
+                    ..RunFilter::default()
+                })
+                .await
+            {
+                Ok(page) => page.runs.into_iter().next().map(|r| r.id),
+                Err(e) if e.is_retryable() => return Outcome::Retry(e.to_string()),
+                Err(e) => return done(format!("cannot list the runs: {e}"), vec![]),
+            },
+        };
+        let Some(id) = id else {
+            return done(format!("no run of {commit} to re-run"), vec![]);
+        };
+        let control = RunControl::new(Arc::clone(&self.store));
+        let record = match self.store.load_run(&id).await {
+            Ok(r) if r.spec.repo == repo.name && r.spec.commit == commit => r,
+            Ok(_) => return done(format!("{id} is not a run of {commit}"), vec![]),
+            Err(e) if e.is_retryable() => return Outcome::Retry(e.to_string()),
+            Err(e) => return done(format!("cannot read {id}: {e}"), vec![]),
+        };
+        if !record.state.is_finished() {
+            return done(format!("{id} is still {}", record.state.as_str()), vec![]);
+        }
+        match control.rerun(&id, Some(record.version)).await {
+            Ok(version) => {
+                self.metrics.intake("command");
+                if let Err(e) = reporter::reopen(&*self.store, id.as_str(), version).await {
+                    warn!(run = %id, error = %e, "cannot reopen the run's forge report");
+                }
+                if let Some(wake) = &self.report_wake {
+                    wake.notify_one();
+                }
+                info!(run = %id, "run re-run as GitHub asked");
+                done(format!("re-run of {id}"), vec![id.to_string()])
+            }
+            Err(e) if e.is_retryable() => Outcome::Retry(e.to_string()),
+            Err(e) => done(format!("cannot re-run {id}: {e}"), vec![]),
+        }
+    }
+
+    /// Tracks the report of what the delivery became: its runs, or its
+    /// failure (a failure the forge should hear of: not one of the store).
+    async fn track_reports(&self, d: &Delivery) -> Result<(), Error> {
+        if serde_json::from_str::<CommentCommand>(&d.event).is_ok() {
+            return Ok(());
+        }
+        let Ok(event) = serde_json::from_str::<ForgeEvent>(&d.event) else {
+            return Ok(());
+        };
+        match d.state {
+            DeliveryState::Failed => {
+                let reason = d.message.as_deref().unwrap_or("the run could not be made");
+                reporter::track_failure(&*self.store, &d.repo, &event, &d.id, reason).await
+            }
+            _ => {
+                for run in &d.runs {
+                    reporter::track_run(&*self.store, &d.repo, &event, run).await?;
+                }
+                if let Some(wake) = &self.report_wake {
+                    wake.notify_one();
+                }
+                Ok(())
+            }
+        }
+    }
+
     async fn turn_into_run(&self, delivery: Delivery) -> Outcome {
+        if let Ok(cmd) = serde_json::from_str::<CommentCommand>(&delivery.event) {
+            return self.command(&delivery, cmd).await;
+        }
+        let event: ForgeEvent = match serde_json::from_str(&delivery.event) {
+            Ok(e) => e,
+            Err(e) => {
+                self.metrics.intake("failed");
+                return Outcome::Settle(Delivery {
+                    state: DeliveryState::Failed,
+                    message: Some(format!("the recorded event cannot be read: {e}")),
+                    ..delivery
+                });
+            }
+        };
+        self.run_event(&delivery, event).await
+    }
+
+    /// Turns `event` into a run: changed files, the pipeline file, the
+    /// run's document, the submission.
+    async fn run_event(&self, delivery: &Delivery, event: ForgeEvent) -> Outcome {
+        let delivery = delivery.clone();
         let fail = |d: &Delivery, message: String| {
             Outcome::Settle(Delivery {
                 state: DeliveryState::Failed,
@@ -202,13 +539,6 @@ impl IntakeLoop {
                 runs,
                 ..d.clone()
             })
-        };
-        let event: ForgeEvent = match serde_json::from_str(&delivery.event) {
-            Ok(e) => e,
-            Err(e) => {
-                self.metrics.intake("failed");
-                return fail(&delivery, format!("the recorded event cannot be read: {e}"));
-            }
         };
         let repos = Arc::clone(&*self.repos.read().await);
         let Some(repo) = repos.by_name(&delivery.repo) else {

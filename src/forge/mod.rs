@@ -7,17 +7,22 @@
 //! - [`event`]: each forge's payload parsed into one [`ForgeEvent`];
 //! - [`config`]: the repositories file, checked, with its secrets read;
 //! - [`trigger`]: `on` filters, fork policy, per-task `when`, run ids and the
-//!   run's document.
+//!   run's document;
+//! - [`report`]: a run's view as commit statuses and each forge's request.
 //!
 //! The IO: [`client`] (the pipeline file and changed files through each
-//! forge's API) and [`intake`] (recorded deliveries turned into runs, after
-//! the answer, surviving restarts). The HTTP routes are in
+//! forge's API, statuses back), [`intake`] (recorded deliveries turned into
+//! runs, after the answer, surviving restarts) and [`reporter`] (commit
+//! statuses sent as runs move, surviving restarts). The HTTP routes are in
 //! [`crate::http`]. See docs/git.md.
 
+pub mod app;
 pub mod client;
 pub mod config;
 pub mod event;
 pub mod intake;
+pub mod report;
+pub mod reporter;
 pub mod signature;
 pub mod trigger;
 

@@ -120,9 +120,14 @@ pub fn run_id(repo: &str, event: &ForgeEvent) -> RunId {
 pub fn concurrency_group(repo: &str, event: &ForgeEvent) -> Option<String> {
     match event.kind {
         EventKind::Push => Some(branch_group(repo, event.branch.as_deref().unwrap_or(""))),
-        EventKind::PullRequest => Some(format!("{repo}/pr/{}", event.pr.unwrap_or(0))),
+        EventKind::PullRequest => Some(pr_group(repo, event.pr.unwrap_or(0))),
         EventKind::Tag => None,
     }
+}
+
+/// The concurrency group of the runs of pull request `pr`.
+pub fn pr_group(repo: &str, pr: u64) -> String {
+    format!("{repo}/pr/{pr}")
 }
 
 /// The concurrency group of pushes to `branch` (what `stagetime list

@@ -42,6 +42,8 @@ struct Inner {
     deliveries: HashMap<String, (Delivery, Instant)>,
     /// (received ms, id) of the deliveries, for listing.
     deliveries_by_time: BTreeSet<(u64, String)>,
+    /// Forge report records by subject: (record, open, forgotten at).
+    reports: BTreeMap<String, (String, bool, Instant)>,
     /// Each run's attempt logs, by (task, attempt): deleted with the run.
     logs: HashMap<RunId, HashMap<(String, u32), KeptLog>>,
 }
@@ -484,6 +486,57 @@ impl Store for MemoryStore {
             end: log.end,
             ended: log.ended,
         }))
+    }
+
+    async fn track_report(&self, subject: &str, record: String, ttl: Duration) -> Result<bool> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.reports.retain(|_, (_, _, until)| *until > now);
+        if inner.reports.contains_key(subject) {
+            return Ok(false);
+        }
+        inner
+            .reports
+            .insert(subject.to_string(), (record, true, now + ttl));
+        Ok(true)
+    }
+
+    async fn save_report(&self, subject: &str, record: String, open: bool) -> Result<bool> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        match inner.reports.get_mut(subject) {
+            Some(entry) if entry.2 > now => {
+                entry.0 = record;
+                entry.1 = open;
+                Ok(true)
+            }
+            _ => {
+                inner.reports.remove(subject);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn open_reports(&self, max: usize) -> Result<Vec<(String, String)>> {
+        let now = Instant::now();
+        let inner = self.lock();
+        Ok(inner
+            .reports
+            .iter()
+            .filter(|(_, (_, open, until))| *open && *until > now)
+            .take(max)
+            .map(|(k, (r, _, _))| (k.clone(), r.clone()))
+            .collect())
+    }
+
+    async fn load_report(&self, subject: &str) -> Result<Option<String>> {
+        let now = Instant::now();
+        let inner = self.lock();
+        Ok(inner
+            .reports
+            .get(subject)
+            .filter(|(_, _, until)| *until > now)
+            .map(|(r, _, _)| r.clone()))
     }
 
     async fn stats(&self, now_ms: u64) -> Result<Option<StoreStats>> {

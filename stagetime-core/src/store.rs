@@ -539,6 +539,16 @@ pub struct Delivery {
     pub runs: Vec<String>,
 }
 
+fn reports_unsupported() -> Error {
+    Error::Unsupported {
+        message: "this store does not keep forge reports".to_string(),
+    }
+}
+
+/// How long a forge report record is kept (default for
+/// [`Store::track_report`]): beyond any run's life on a pull request.
+pub const DEFAULT_REPORT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// How long a delivery id is remembered (default for [`Store::record_delivery`]):
 /// GitHub lets a delivery be redelivered for 3 days.
 pub const DEFAULT_DELIVERY_TTL: Duration = Duration::from_secs(72 * 3600);
@@ -681,6 +691,57 @@ pub trait Store: Send + Sync + 'static {
     /// [`Error::Corrupt`] when a stored delivery cannot be read;
     /// [`Error::Unavailable`].
     async fn list_deliveries(&self, max: usize) -> Result<Vec<Delivery>>;
+
+    // Forge reporting: what was last reported to a forge for a subject (a
+    // run, or a delivery that could not become one), so that every
+    // transition is reported once across restarts. The record is opaque to
+    // the store; the open set lists the subjects with something left to
+    // report.
+
+    /// Remembers `record` for `subject` (for `ttl`) and puts the subject on
+    /// the open list, unless a record for it exists; true when it was new.
+    ///
+    /// Idempotent on `subject`: a repeat writes nothing. The default
+    /// refuses: a store without it cannot carry forge reporting.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] (default); [`Error::Unavailable`].
+    async fn track_report(&self, subject: &str, record: String, ttl: Duration) -> Result<bool> {
+        let _ = (subject, record, ttl);
+        Err(reports_unsupported())
+    }
+
+    /// Replaces the record of a tracked `subject`, keeping its expiry, and
+    /// keeps it on the open list (`open`) or takes it off. An unknown or
+    /// expired subject stores nothing and is taken off the open list;
+    /// returns whether the subject was known.
+    ///
+    /// Idempotent: saving twice keeps the last record.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] (default); [`Error::Unavailable`].
+    async fn save_report(&self, subject: &str, record: String, open: bool) -> Result<bool> {
+        let _ = (subject, record, open);
+        Err(reports_unsupported())
+    }
+
+    /// Up to `max` open subjects with their records, in subject order.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] (default); [`Error::Unavailable`].
+    async fn open_reports(&self, max: usize) -> Result<Vec<(String, String)>> {
+        let _ = max;
+        Err(reports_unsupported())
+    }
+
+    /// The record of `subject`, open or not, unless it expired.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] (default); [`Error::Unavailable`].
+    async fn load_report(&self, subject: &str) -> Result<Option<String>> {
+        let _ = subject;
+        Err(reports_unsupported())
+    }
 
     /// The stored version of a run, for pollers that only want to know
     /// whether it changed (a server's watch). The default loads the record;

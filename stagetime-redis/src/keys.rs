@@ -100,6 +100,16 @@ impl Keys {
         format!("{}deliveries", self.prefix)
     }
 
+    /// One forge report record (opaque text), expiring with its ttl.
+    pub fn report(&self, subject: &str) -> String {
+        format!("{}report:{}", self.prefix, subject)
+    }
+
+    /// Set of the report subjects with something left to report.
+    pub fn reports_open(&self) -> String {
+        format!("{}reports:open", self.prefix)
+    }
+
     /// Index of every run (lex-ordered members `<created ms, 16 digits>:<id>`).
     pub fn idx_all(&self) -> String {
         format!("{}idx:all", self.prefix)

@@ -13,6 +13,8 @@ pub(crate) struct Scripts {
     pub settle_delivery: Script,
     pub append_log: Script,
     pub read_log: Script,
+    pub track_report: Script,
+    pub save_report: Script,
 }
 
 impl Scripts {
@@ -26,10 +28,12 @@ impl Scripts {
             settle_delivery: Script::new(include_str!("lua/settle_delivery.lua")),
             append_log: Script::new(include_str!("lua/append_log.lua")),
             read_log: Script::new(include_str!("lua/read_log.lua")),
+            track_report: Script::new(include_str!("lua/track_report.lua")),
+            save_report: Script::new(include_str!("lua/save_report.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 8] {
+    pub fn all(&self) -> [&Script; 10] {
         [
             &self.create,
             &self.commit,
@@ -39,6 +43,8 @@ impl Scripts {
             &self.settle_delivery,
             &self.append_log,
             &self.read_log,
+            &self.track_report,
+            &self.save_report,
         ]
     }
 }

@@ -1190,6 +1190,86 @@ impl Store for RedisStore {
         }))
     }
 
+    async fn track_report(&self, subject: &str, record: String, ttl: Duration) -> Result<bool> {
+        let mut con = self.con.clone();
+        let added: u64 = self
+            .scripts
+            .track_report
+            .key(self.keys.report(subject))
+            .key(self.keys.reports_open())
+            .arg(subject)
+            .arg(record)
+            .arg((ttl.as_millis() as u64).max(1))
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "tracking a forge report"))?;
+        Ok(added == 1)
+    }
+
+    async fn save_report(&self, subject: &str, record: String, open: bool) -> Result<bool> {
+        let mut con = self.con.clone();
+        let known: u64 = self
+            .scripts
+            .save_report
+            .key(self.keys.report(subject))
+            .key(self.keys.reports_open())
+            .arg(subject)
+            .arg(record)
+            .arg(if open { "1" } else { "0" })
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "saving a forge report"))?;
+        Ok(known == 1)
+    }
+
+    async fn open_reports(&self, max: usize) -> Result<Vec<(String, String)>> {
+        let mut con = self.con.clone();
+        let mut subjects: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.reports_open())
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "reading open forge reports"))?;
+        subjects.sort();
+        subjects.truncate(max);
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut get = redis::cmd("MGET");
+        for s in &subjects {
+            get.arg(self.keys.report(s));
+        }
+        let values: Vec<Option<String>> = get
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "reading open forge reports"))?;
+        let mut out = Vec::with_capacity(subjects.len());
+        let mut expired = Vec::new();
+        for (s, v) in subjects.into_iter().zip(values) {
+            match v {
+                Some(record) => out.push((s, record)),
+                None => expired.push(s),
+            }
+        }
+        if !expired.is_empty() {
+            // Their records expired: nothing is left to report.
+            let _: redis::RedisResult<u64> = redis::cmd("SREM")
+                .arg(self.keys.reports_open())
+                .arg(&expired)
+                .query_async(&mut con)
+                .await;
+        }
+        Ok(out)
+    }
+
+    async fn load_report(&self, subject: &str) -> Result<Option<String>> {
+        let mut con = self.con.clone();
+        redis::cmd("GET")
+            .arg(self.keys.report(subject))
+            .query_async(&mut con)
+            .await
+            .map_err(|e| classify(e, "reading a forge report"))
+    }
+
     async fn purge_expired(&self, now_ms: u64) -> Result<u64> {
         let mut total = 0u64;
         let mut con = self.con.clone();

@@ -69,6 +69,23 @@ impl<G: ClaimGate, S: Store + ?Sized> Store for GatedStore<G, S> {
     async fn list_deliveries(&self, max: usize) -> Result<Vec<crate::store::Delivery>> {
         self.inner.list_deliveries(max).await
     }
+    async fn track_report(
+        &self,
+        subject: &str,
+        record: String,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        self.inner.track_report(subject, record, ttl).await
+    }
+    async fn save_report(&self, subject: &str, record: String, open: bool) -> Result<bool> {
+        self.inner.save_report(subject, record, open).await
+    }
+    async fn open_reports(&self, max: usize) -> Result<Vec<(String, String)>> {
+        self.inner.open_reports(max).await
+    }
+    async fn load_report(&self, subject: &str) -> Result<Option<String>> {
+        self.inner.load_report(subject).await
+    }
     async fn create_run(&self, record: RunRecord, start: Vec<WorkItem>) -> Result<Created> {
         self.inner.create_run(record, start).await
     }

@@ -745,6 +745,86 @@ pub async fn logs_expire_with_their_run(t: StoreUnderTest) {
     );
 }
 
+/// A report record is created once, listed while open, replaced in place,
+/// closed and reopened; an unknown subject stores nothing.
+pub async fn reports_are_tracked_saved_and_closed(t: StoreUnderTest) {
+    let s = &*t.store;
+    let subject = super::unique("report");
+    let ttl = Duration::from_secs(60);
+    assert!(s.track_report(&subject, "first".into(), ttl).await.unwrap());
+    assert!(
+        !s.track_report(&subject, "again".into(), ttl).await.unwrap(),
+        "a repeat writes nothing"
+    );
+    let open = s.open_reports(10_000).await.unwrap();
+    let mine: Vec<_> = open.iter().filter(|(k, _)| *k == subject).collect();
+    assert_eq!(mine, vec![&(subject.clone(), "first".to_string())]);
+    assert!(
+        s.save_report(&subject, "second".into(), true)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.load_report(&subject).await.unwrap().as_deref(),
+        Some("second")
+    );
+    assert!(
+        s.save_report(&subject, "closed".into(), false)
+            .await
+            .unwrap()
+    );
+    let open = s.open_reports(10_000).await.unwrap();
+    assert!(open.iter().all(|(k, _)| *k != subject), "closed: not open");
+    assert_eq!(
+        s.load_report(&subject).await.unwrap().as_deref(),
+        Some("closed"),
+        "a closed record is still there"
+    );
+    assert!(
+        s.save_report(&subject, "reopened".into(), true)
+            .await
+            .unwrap()
+    );
+    let open = s.open_reports(10_000).await.unwrap();
+    assert!(open.contains(&(subject.clone(), "reopened".to_string())));
+    let unknown = super::unique("report-unknown");
+    assert!(!s.save_report(&unknown, "x".into(), true).await.unwrap());
+    assert_eq!(s.load_report(&unknown).await.unwrap(), None);
+    assert!(
+        s.open_reports(10_000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(k, _)| *k != unknown)
+    );
+}
+
+/// A report record is forgotten after its ttl, and leaves the open list.
+pub async fn reports_expire(t: StoreUnderTest) {
+    let s = &*t.store;
+    let subject = super::unique("report-ttl");
+    assert!(
+        s.track_report(&subject, "r".into(), Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.load_report(&subject).await.unwrap(), None);
+    assert!(
+        s.open_reports(10_000)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(k, _)| *k != subject)
+    );
+    assert!(
+        s.track_report(&subject, "r".into(), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "expired: new again"
+    );
+}
+
 /// Expands to one `#[tokio::test]` per store conformance case. The argument
 /// is an expression (usually an `async` block) yielding
 /// `Option<StoreUnderTest>`; `None` skips.
@@ -759,7 +839,8 @@ macro_rules! store_conformance_tests {
             list_follows_state_changes, purge_removes_only_expired_finished_runs,
             stats_count_work_and_states, run_version_follows_commits,
             deliveries_are_recorded_once, settled_deliveries_leave_pending, delivery_ids_expire,
-            logs_keep_a_bounded_tail, logs_expire_with_their_run);
+            logs_keep_a_bounded_tail, logs_expire_with_their_run,
+            reports_are_tracked_saved_and_closed, reports_expire);
     };
     (@cases $make:expr; $($case:ident),*) => {
         mod store_conformance {
