@@ -64,10 +64,14 @@ struct Args {
     /// Absent: anything is accepted.
     #[arg(long, env = "STAGETIME_BACKEND")]
     backend: Option<BackendKind>,
-    /// Address of the HTTP surface (forge webhooks at /hooks/{github,gitlab,gitea});
-    /// off when not given. See docs/git.md.
-    #[arg(long, env = "STAGETIME_HTTP_LISTEN", requires = "repos")]
+    /// Address of the HTTP surface: the web page and its JSON API (/runs,
+    /// /api/v1/...; docs/web.md) and, with --repos, forge webhooks at
+    /// /hooks/{github,gitlab,gitea} (docs/git.md); off when not given.
+    #[arg(long, env = "STAGETIME_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// The web page and its API only read: cancel and rerun answer 403.
+    #[arg(long, env = "STAGETIME_WEB_READ_ONLY")]
+    web_read_only: bool,
     /// The repositories file (YAML) of the webhooks; reloaded when it
     /// changes or on SIGHUP.
     #[arg(long, env = "STAGETIME_REPOS")]
@@ -140,41 +144,62 @@ async fn run(args: Args) -> Result<(), Failure> {
         auth: token,
         tls,
     };
-    if let (Some(listen), Some(repos_file)) = (&args.http_listen, &args.repos) {
-        let repos = Repositories::load(repos_file)
-            .map_err(|e| Failure::invalid(format!("{}: {e}", repos_file.display())))?;
-        let repos = Arc::new(RwLock::new(Arc::new(repos)));
+    if let Some(listen) = &args.http_listen {
         let (http_listener, http_addr) = bind(listen).await?;
-        let mut state = HttpState::new(
-            Arc::clone(&store),
-            Arc::clone(&repos),
-            forge_metrics.clone(),
-        );
-        state.auth = config.auth.clone();
-        let intake = IntakeLoop {
-            store: Arc::clone(&store),
-            repos: Arc::clone(&repos),
-            client: ForgeClient::new(ClientConfig::default())
-                .map_err(|e| Failure::invalid(e.to_string()))?,
-            metrics: forge_metrics,
-            wake: Arc::clone(&state.wake),
-            poll: Duration::from_secs(5),
+        let web = stagetime::web::WebState::new(Arc::clone(&store))
+            .with_auth(config.auth.clone())
+            .read_only(args.web_read_only)
+            .with_shutdown(shutdown.wait());
+        let hooks = match &args.repos {
+            Some(repos_file) => {
+                let repos = Repositories::load(repos_file)
+                    .map_err(|e| Failure::invalid(format!("{}: {e}", repos_file.display())))?;
+                let repos = Arc::new(RwLock::new(Arc::new(repos)));
+                let mut state = HttpState::new(
+                    Arc::clone(&store),
+                    Arc::clone(&repos),
+                    forge_metrics.clone(),
+                );
+                state.auth = config.auth.clone();
+                let intake = IntakeLoop {
+                    store: Arc::clone(&store),
+                    repos: Arc::clone(&repos),
+                    client: ForgeClient::new(ClientConfig::default())
+                        .map_err(|e| Failure::invalid(e.to_string()))?,
+                    metrics: forge_metrics,
+                    wake: Arc::clone(&state.wake),
+                    poll: Duration::from_secs(5),
+                };
+                tokio::spawn(intake.run(shutdown.wait()));
+                tokio::spawn(watch_repos(
+                    repos_file.clone(),
+                    repos,
+                    Duration::from_secs(2),
+                    shutdown.wait(),
+                ));
+                router(state)
+            }
+            // No repositories file: webhooks are off, and say so.
+            None => axum::Router::new().route(
+                "/hooks/{provider}",
+                axum::routing::any(|| async {
+                    (
+                        axum::http::StatusCode::NOT_FOUND,
+                        [("content-type", "application/json")],
+                        "{\"status\":\"webhooks_off\",\"detail\":\"this server was started without --repos: webhooks are off\"}\n",
+                    )
+                }),
+            ),
         };
-        tokio::spawn(intake.run(shutdown.wait()));
-        tokio::spawn(watch_repos(
-            repos_file.clone(),
-            repos,
-            Duration::from_secs(2),
-            shutdown.wait(),
-        ));
-        let http = stagetime::http::serve(http_listener, router(state), shutdown.wait());
+        let app = hooks.merge(stagetime::web::router(web));
+        let http = stagetime::http::serve(http_listener, app, shutdown.wait());
         tokio::spawn(async move {
             if let Err(e) = http.await {
                 tracing::error!(error = %e, "the HTTP listener failed");
             }
         });
         println!("http listening on {http_addr}");
-        info!(%http_addr, "webhooks listening");
+        info!(%http_addr, webhooks = args.repos.is_some(), "http listening (web page and API)");
     }
     println!("grpc listening on {grpc_addr}");
     println!("metrics listening on {metrics_addr}");
