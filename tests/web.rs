@@ -601,7 +601,7 @@ async fn bad_input_on_every_endpoint_is_a_4xx_problem_naming_the_field_and_chang
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_only_refuses_changes_and_no_log_source_answers_501_and_pages_render() {
+async fn read_only_refuses_changes_and_no_log_source_answers_404_and_pages_render() {
     let Some(f) = fixture("web-ro", |s| s.read_only(true).with_logs(None)).await else {
         return;
     };
@@ -629,7 +629,7 @@ async fn read_only_refuses_changes_and_no_log_source_answers_501_and_pages_rende
         None,
     )
     .await;
-    refused(&a, 501, None, "no log source");
+    refused(&a, 404, None, "no log source");
     assert_eq!(
         f.store.load_run(&run).await.unwrap().state,
         RunState::Running

@@ -552,9 +552,9 @@ pub(crate) async fn logs(
         }
         let Some(source) = state.logs.clone() else {
             return Err(problem(
-                StatusCode::NOT_IMPLEMENTED,
+                StatusCode::NOT_FOUND,
                 None,
-                "this server has no log source configured",
+                "this server has no log source configured: it serves no logs",
             ));
         };
         let permit = if follow { Some(acquire(&state)?) } else { None };

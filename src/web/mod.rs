@@ -104,7 +104,7 @@ impl WebState {
         self
     }
 
-    /// Serves task logs from `logs` (without one the logs endpoint answers 501).
+    /// Serves task logs from `logs` (without one the logs endpoint answers 404).
     pub fn with_logs(mut self, logs: Option<Arc<dyn LogSource>>) -> Self {
         self.logs = logs;
         self
