@@ -22,7 +22,7 @@ use stagetime_core::{Error, ErrorKind};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, warn};
 
-use super::{WebState, pages, problem};
+use super::{Problem, WebState, pages, problem};
 
 /// Longest filter value, cursor or task name accepted.
 const MAX_TEXT: usize = 256;
@@ -36,8 +36,6 @@ const MAX_BODY: usize = 4096;
 const MAX_LOG_BYTES: usize = 4 << 20;
 /// Highest attempt number accepted.
 const MAX_ATTEMPT: u32 = 10_000;
-
-type Problem = Response;
 
 /// One run of the list: the store's summary and the document's branch.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -226,7 +224,7 @@ pub(crate) fn error_problem(e: &Error, field: Option<&str>) -> Problem {
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_string(value) {
         Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()).into_response(),
     }
 }
 
@@ -261,8 +259,8 @@ pub(crate) async fn list(
     State(state): State<WebState>,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Response {
-    let run = async {
+) -> Result<Response, Problem> {
+    {
         authorize(&state, &headers)?;
         let p = params(
             query,
@@ -270,9 +268,8 @@ pub(crate) async fn list(
         )?;
         let filter = filter_of(&p)?;
         let page = list_page(&state, &filter).await?;
-        Ok::<_, Problem>(json(StatusCode::OK, &page))
-    };
-    run.await.unwrap_or_else(|p| p)
+        Ok(json(StatusCode::OK, &page))
+    }
 }
 
 /// `GET /api/v1/runs/{id}`.
@@ -281,8 +278,8 @@ pub(crate) async fn get_run(
     headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Response {
-    let run = async {
+) -> Result<Response, Problem> {
+    {
         authorize(&state, &headers)?;
         params(query, &[])?;
         let id = run_id(&id)?;
@@ -291,9 +288,8 @@ pub(crate) async fn get_run(
             .view(&id)
             .await
             .map_err(|e| error_problem(&e, Some("id")))?;
-        Ok::<_, Problem>(json(StatusCode::OK, &view))
-    };
-    run.await.unwrap_or_else(|p| p)
+        Ok(json(StatusCode::OK, &view))
+    }
 }
 
 fn acquire(state: &WebState) -> Result<OwnedSemaphorePermit, Problem> {
@@ -405,8 +401,8 @@ pub(crate) async fn watch_run(
     headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Response {
-    let run = async {
+) -> Result<Response, Problem> {
+    {
         authorize(&state, &headers)?;
         let p = params(query, &["format"])?;
         let format = format_param(&p)?;
@@ -426,9 +422,8 @@ pub(crate) async fn watch_run(
             done: false,
             _permit: permit,
         };
-        Ok::<_, Problem>(sse(futures::stream::unfold(watch, run_watch_step).boxed()))
-    };
-    run.await.unwrap_or_else(|p| p)
+        Ok(sse(futures::stream::unfold(watch, run_watch_step).boxed()))
+    }
 }
 
 struct ListWatch {
@@ -481,8 +476,8 @@ pub(crate) async fn watch_list(
     State(state): State<WebState>,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Response {
-    let run = async {
+) -> Result<Response, Problem> {
+    {
         authorize(&state, &headers)?;
         let p = params(
             query,
@@ -503,11 +498,10 @@ pub(crate) async fn watch_list(
             _permit: permit,
         };
         let rest = futures::stream::unfold(watch, list_watch_step);
-        Ok::<_, Problem>(sse(futures::stream::once(async { event })
+        Ok(sse(futures::stream::once(async { event })
             .chain(rest)
             .boxed()))
-    };
-    run.await.unwrap_or_else(|p| p)
+    }
 }
 
 /// `GET /api/v1/runs/{id}/logs?task=&attempt=&follow=`.
@@ -516,8 +510,8 @@ pub(crate) async fn logs(
     headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Response {
-    let run = async {
+) -> Result<Response, Problem> {
+    {
         authorize(&state, &headers)?;
         let p = params(query, &["task", "attempt", "follow"])?;
         let id = run_id(&id)?;
@@ -574,8 +568,7 @@ pub(crate) async fn logs(
         } else {
             Ok(collect_logs(stream).await)
         }
-    };
-    run.await.unwrap_or_else(|p| p)
+    }
 }
 
 /// Chunks as `chunk` events, then one `end` event (or `error`).
@@ -625,7 +618,7 @@ async fn collect_logs(
                 }
                 chunks.push(chunk);
             }
-            Err(e) => return error_problem(&e, None),
+            Err(e) => return error_problem(&e, None).into_response(),
         }
     }
     json(
@@ -704,8 +697,8 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Bytes,
-) -> Response {
-    let run = async {
+) -> Result<Response, Problem> {
+    {
         params(query, &[])?;
         mutation(&state, &headers, &body, &[])?;
         let id = run_id(&id)?;
@@ -715,12 +708,11 @@ pub(crate) async fn cancel(
             .await
             .map_err(|e| error_problem(&e, Some("id")))?;
         info!(run = %id, "cancel requested (web)");
-        Ok::<_, Problem>(json(
+        Ok(json(
             StatusCode::ACCEPTED,
             &serde_json::json!({ "id": id, "status": "cancel_requested" }),
         ))
-    };
-    run.await.unwrap_or_else(|p| p)
+    }
 }
 
 /// `POST /api/v1/runs/{id}/rerun`.
@@ -730,8 +722,8 @@ pub(crate) async fn rerun(
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     body: Bytes,
-) -> Response {
-    let run = async {
+) -> Result<Response, Problem> {
+    {
         params(query, &[])?;
         let map = mutation(&state, &headers, &body, &["expected_version"])?;
         let expected = match map.get("expected_version") {
@@ -761,10 +753,9 @@ pub(crate) async fn rerun(
             }
         })?;
         info!(run = %id, version, "rerun requested (web)");
-        Ok::<_, Problem>(json(
+        Ok(json(
             StatusCode::ACCEPTED,
             &serde_json::json!({ "id": id, "version": version }),
         ))
-    };
-    run.await.unwrap_or_else(|p| p)
+    }
 }

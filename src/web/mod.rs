@@ -177,28 +177,46 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// An `application/problem+json` answer (RFC 9457); `field` names the
-/// input at fault.
+/// An `application/problem+json` answer (RFC 9457): the status, the input
+/// at fault and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub status: StatusCode,
+    pub field: Option<String>,
+    pub detail: String,
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Some(f) = self.field {
+            body["field"] = f.into();
+        }
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            format!("{body}\n"),
+        )
+            .into_response()
+    }
+}
+
+/// A [`Problem`]; `field` names the input at fault.
 pub(crate) fn problem(
     status: StatusCode,
     field: Option<&str>,
     detail: impl Into<String>,
-) -> Response {
-    let mut body = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail.into(),
-    });
-    if let Some(f) = field {
-        body["field"] = f.into();
-    }
-    (
+) -> Problem {
+    Problem {
         status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        format!("{body}\n"),
-    )
-        .into_response()
+        field: field.map(str::to_string),
+        detail: detail.into(),
+    }
 }
 
 impl WebState {

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use stagetime_core::error::cut;
 use stagetime_core::view::{RunView, TaskView};
 
-use super::WebState;
 use super::api::{self, RunItem};
+use super::{Problem, WebState};
 
 /// Milliseconds since the epoch, now.
 pub(crate) fn now_ms() -> u64 {
@@ -136,23 +136,13 @@ fn error_page(state: &WebState, status: StatusCode, message: &str) -> Response {
     html(status, layout(state, "error", "", &main))
 }
 
-/// Problem responses of the API are JSON; pages show their detail instead.
-async fn detail_of(problem: Response) -> (StatusCode, String) {
-    let status = problem.status();
-    let bytes = axum::body::to_bytes(problem.into_body(), 64 << 10)
-        .await
-        .unwrap_or_default();
-    let detail = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| {
-            let d = v["detail"].as_str()?.to_string();
-            Some(match v["field"].as_str() {
-                Some(f) => format!("{f}: {d}"),
-                None => d,
-            })
-        })
-        .unwrap_or_else(|| "bad request".into());
-    (status, detail)
+/// What a page says for an API problem.
+fn detail_of(problem: Problem) -> (StatusCode, String) {
+    let detail = match problem.field {
+        Some(f) => format!("{f}: {}", problem.detail),
+        None => problem.detail,
+    };
+    (problem.status, detail)
 }
 
 /// The rows of the runs table.
@@ -191,14 +181,14 @@ pub(crate) async fn runs_page(
     let p = match api::params(query, &["repo", "commit", "group", "state", "limit"]) {
         Ok(p) => p,
         Err(problem) => {
-            let (status, detail) = detail_of(problem).await;
+            let (status, detail) = detail_of(problem);
             return error_page(&state, status, &detail);
         }
     };
     let filter = match api::filter_of(&p) {
         Ok(f) => f,
         Err(problem) => {
-            let (status, detail) = detail_of(problem).await;
+            let (status, detail) = detail_of(problem);
             return error_page(&state, status, &detail);
         }
     };
@@ -208,7 +198,7 @@ pub(crate) async fn runs_page(
         match api::list_page(&state, &filter).await {
             Ok(list) => runs_rows(&list.runs, now_ms()),
             Err(problem) => {
-                let (status, detail) = detail_of(problem).await;
+                let (status, detail) = detail_of(problem);
                 return error_page(&state, status, &detail);
             }
         }
@@ -495,7 +485,7 @@ async fn run_or_task(state: WebState, id: String, task: Option<String>) -> Respo
     let rid = match api::run_id(&id) {
         Ok(r) => r,
         Err(problem) => {
-            let (status, detail) = detail_of(problem).await;
+            let (status, detail) = detail_of(problem);
             return error_page(&state, status, &detail);
         }
     };
@@ -516,7 +506,7 @@ async fn run_or_task(state: WebState, id: String, task: Option<String>) -> Respo
                 run_live(&view, now_ms())
             }
             Err(e) => {
-                let (status, detail) = detail_of(api::error_problem(&e, Some("id"))).await;
+                let (status, detail) = detail_of(api::error_problem(&e, Some("id")));
                 return error_page(&state, status, &detail);
             }
         }
