@@ -674,23 +674,34 @@ async fn the_run_stream_sends_each_change_and_ends_after_the_finished_run() {
         return;
     };
     let run = f.engine.submit(spec("sse1")).await.unwrap().id;
-    let resp = reqwest::get(format!("{}/api/v1/runs/{run}/events", f.base))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    // Two pages on one run share one poller; each gets every change.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let resp = reqwest::get(format!("{}/api/v1/runs/{run}/events", f.base))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        streams.push(resp);
+    }
     f.released.send_modify(|r| {
         for t in ["build", "test", "lint", "package", "notify"] {
             r.insert(t.into());
         }
     });
-    // The stream ends by itself once the finished run was sent.
-    let text = resp.text().await.unwrap();
+    for resp in streams {
+        // The stream ends by itself once the finished run was sent.
+        let text = resp.text().await.unwrap();
+        check_stream(&text);
+    }
+}
+
+fn check_stream(text: &str) {
     let runs: Vec<serde_json::Value> = text
         .lines()
         .filter_map(|l| l.strip_prefix("data:"))

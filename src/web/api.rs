@@ -16,12 +16,12 @@ use futures::stream::BoxStream;
 use serde::Serialize;
 use stagetime_core::error::cut;
 use stagetime_core::logs::{LogChunk, LogQuery};
-use stagetime_core::store::{RunFilter, RunId, RunRecord, RunState, RunSummary};
-use stagetime_core::view::RunView;
+use stagetime_core::store::{RunFilter, RunId, RunState, RunSummary};
 use stagetime_core::{Error, ErrorKind};
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{info, warn};
+use tracing::info;
 
+use super::hub::Polled;
 use super::{Problem, WebState, pages, problem};
 
 /// Longest filter value, cursor or task name accepted.
@@ -315,83 +315,58 @@ fn error_event(e: &Error) -> Event {
     Event::default().event("error").data(body.to_string())
 }
 
-/// The event that carries a run.
-fn run_event(view: &RunView, format: Format) -> Event {
-    let data = match format {
-        Format::Json => serde_json::to_string(view).unwrap_or_default(),
-        Format::Html => pages::run_live(view, pages::now_ms()),
-    };
-    Event::default()
-        .event("run")
-        .id(view.version.to_string())
-        .data(data)
-}
-
 struct RunWatch {
-    state: WebState,
-    id: RunId,
+    rx: tokio::sync::watch::Receiver<Polled>,
     format: Format,
-    next: Option<RunRecord>,
     last_version: u64,
+    fresh: bool,
     done: bool,
     _permit: OwnedSemaphorePermit,
 }
 
-/// The next record whose version changed, polled from the store like the
-/// gRPC watch (the server runs no engine; any worker may change the run).
+/// The next version of the run from its shared poller ([`super::hub`]).
 /// Ends after a finished run was sent, on an error, or at shutdown.
 async fn run_watch_step(mut s: RunWatch) -> Option<(Event, RunWatch)> {
     if s.done {
         return None;
     }
-    let mut unavailable = 0u32;
     loop {
-        let record = match s.next.take() {
-            Some(r) => r,
-            None => {
-                let mut stopping = s.state.stopping.clone();
-                let stopped = tokio::select! {
-                    _ = tokio::time::sleep(s.state.poll) => false,
-                    _ = stopping.wait_for(|stop| *stop) => true,
-                };
-                if stopped {
-                    return None;
-                }
-                let loaded = match s.state.store.run_version(&s.id).await {
-                    Ok(v) if v == s.last_version => continue,
-                    Ok(_) => s.state.store.load_run(&s.id).await,
-                    Err(e) => Err(e),
-                };
-                match loaded {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == ErrorKind::Unavailable && unavailable < 20 => {
-                        unavailable += 1;
-                        warn!(run = %s.id, error = %e, "web watch: store unavailable; retrying");
-                        continue;
-                    }
-                    Err(e) => {
-                        s.done = true;
-                        return Some((error_event(&e), s));
-                    }
-                }
+        if !s.fresh && s.rx.changed().await.is_err() {
+            return None;
+        }
+        s.fresh = false;
+        let polled = s.rx.borrow_and_update().clone();
+        let snapshot = match polled {
+            Polled::Run(snapshot) => snapshot,
+            Polled::Failed(message) => {
+                s.done = true;
+                let body = serde_json::json!({"status": 503, "detail": message});
+                return Some((Event::default().event("error").data(body.to_string()), s));
+            }
+            Polled::Stopped => return None,
+        };
+        let view = match &snapshot.view {
+            Ok(view) => view,
+            Err(message) => {
+                s.done = true;
+                let body = serde_json::json!({"status": 500, "detail": message});
+                return Some((Event::default().event("error").data(body.to_string()), s));
             }
         };
-        unavailable = 0;
-        if record.version == s.last_version {
+        if view.version == s.last_version {
             continue;
         }
-        s.last_version = record.version;
-        s.done = record.state.is_finished();
-        return match s.state.control.view_of(&record) {
-            Ok(view) => {
-                let event = run_event(&view, s.format);
-                Some((event, s))
-            }
-            Err(e) => {
-                s.done = true;
-                Some((error_event(&e), s))
-            }
+        s.last_version = view.version;
+        s.done = view.state.is_finished();
+        let data = match s.format {
+            Format::Json => snapshot.json(view),
+            Format::Html => snapshot.html(view),
         };
+        let event = Event::default()
+            .event("run")
+            .id(view.version.to_string())
+            .data(data);
+        return Some((event, s));
     }
 }
 
@@ -414,11 +389,10 @@ pub(crate) async fn watch_run(
             .await
             .map_err(|e| error_problem(&e, Some("id")))?;
         let watch = RunWatch {
-            state,
-            id,
+            rx: state.hub.subscribe(&state, &id, &first),
             format,
-            next: Some(first),
             last_version: 0,
+            fresh: true,
             done: false,
             _permit: permit,
         };

@@ -19,6 +19,7 @@
 //! buttons.
 
 mod api;
+mod hub;
 mod pages;
 
 use std::future::Future;
@@ -61,6 +62,7 @@ pub struct WebState {
     stopping: tokio::sync::watch::Receiver<bool>,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
     branches: Arc<Mutex<std::collections::HashMap<RunId, Option<String>>>>,
+    hub: Arc<hub::Hub>,
 }
 
 impl std::fmt::Debug for WebState {
@@ -89,6 +91,7 @@ impl WebState {
             stopping,
             stop: Arc::new(stop),
             branches: Arc::default(),
+            hub: Arc::default(),
         }
     }
 
