@@ -5,9 +5,10 @@
 //!    `GET /runs/{id}` over HTTP (store read, view, render) from an
 //!    in-process server on a memory store.
 //! 2. The server's CPU with N open run pages (web event streams) against N
-//!    gRPC watch streams of the same run: a `server --memory` child, a
-//!    queued run nobody changes (both kinds of stream poll its version
-//!    every 250 ms), CPU time of the child over a 10 s window.
+//!    gRPC watch streams: all on one run, then each on a run of its own; a
+//!    `server --memory` child, queued runs nobody changes (both kinds of
+//!    stream poll versions every 250 ms), CPU time of the child over a
+//!    10 s window.
 //!
 //! `cargo run --release --all-features --example web_bench -- [N]` (N
 //! default 1000; build the `server` example in the same profile first).
@@ -154,8 +155,14 @@ async fn main() {
     let typed = stagetime::grpc::client::Client::connect(&config)
         .await
         .unwrap();
-    let doc = serde_json::to_string(&spec_of(20)).unwrap();
-    let run = typed.submit(doc).await.unwrap().id;
+    let mut runs = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut spec = spec_of(20);
+        spec.commit = format!("c0ffee{i}");
+        let doc = serde_json::to_string(&spec).unwrap();
+        runs.push(typed.submit(doc).await.unwrap().id.to_string());
+    }
+    let run = runs[0].clone();
     measure(pid, "streams (idle server)", 0).await;
 
     let mut pages = Vec::with_capacity(n);
@@ -170,7 +177,7 @@ async fn main() {
         assert_eq!(r.status(), 200);
         pages.push(r);
     }
-    measure(pid, "open run pages (web event streams)", n).await;
+    measure(pid, "open run pages (one run)", n).await;
     drop(pages);
 
     let mut watches = Vec::with_capacity(n);
@@ -194,7 +201,40 @@ async fn main() {
             .into_inner();
         watches.push(s);
     }
-    measure(pid, "gRPC watch streams", n).await;
+    measure(pid, "gRPC watch streams (one run)", n).await;
+    drop(watches);
+
+    // The same, each stream on a run of its own.
+    let mut pages = Vec::with_capacity(n);
+    for run in &runs {
+        let r = client
+            .get(format!("http://{http}/api/v1/runs/{run}/events?format=html"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        pages.push(r);
+    }
+    measure(pid, "open run pages, each on its own run", n).await;
+    drop(pages);
+    let mut watches = Vec::with_capacity(n);
+    for (i, run) in runs.iter().enumerate() {
+        if i % 100 == 0 {
+            stubs = Some(
+                stagetime::grpc::client::connect_stubs(&config)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut client = stubs.as_ref().unwrap().runs.clone();
+        let s = client
+            .watch(v1::WatchRequest { id: run.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        watches.push(s);
+    }
+    measure(pid, "gRPC watch streams, each on its own run", n).await;
     drop(watches);
     let _ = child.kill();
     let _ = child.wait();
