@@ -208,7 +208,9 @@ async fn main() {
     let mut pages = Vec::with_capacity(n);
     for run in &runs {
         let r = client
-            .get(format!("http://{http}/api/v1/runs/{run}/events?format=html"))
+            .get(format!(
+                "http://{http}/api/v1/runs/{run}/events?format=html"
+            ))
             .send()
             .await
             .unwrap();

@@ -259,12 +259,99 @@ fn artifact(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Runs `steps` in a browser session, then closes it and chromedriver; a
+/// failed step leaves a screenshot named `failed`.
+async fn with_browser<Fut: std::future::Future<Output = ()>>(
+    mut driver: Child,
+    port: u16,
+    failed: &str,
+    steps: impl FnOnce(Client) -> Fut,
+) {
+    let c = browser(port).await;
+    let outcome =
+        futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(steps(c.clone()))).await;
+    if outcome.is_err() {
+        // What the page showed when a step failed.
+        if let Ok(shot) = c.screenshot().await {
+            let path = artifact(failed);
+            let _ = std::fs::write(&path, shot);
+            eprintln!("screenshot of the failure: {}", path.display());
+        }
+    }
+    let _ = c.close().await;
+    let _ = driver.kill();
+    let _ = driver.wait();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_the_page_asks_for_it_once_and_keeps_it_for_the_tab() {
+    let token = stagetime::grpc::AuthToken::new("page-s3cret").unwrap();
+    let Some(f) = fixture("web-token", |s| s.with_auth(Some(token))).await else {
+        return;
+    };
+    let Some((driver, port)) = chromedriver() else {
+        return;
+    };
+    let run = f.engine.submit(spec("70ken")).await.unwrap().id;
+    until(&f.store, &run, "build running", |r| {
+        task_status(r, "build") == "running"
+    })
+    .await;
+    let base = f.base.clone();
+    with_browser(driver, port, "token-page-failed.png", |c| async move {
+        c.goto(&format!("{base}/runs")).await.unwrap();
+        // No run data without the token; the page asks for it.
+        let html = c.source().await.unwrap();
+        assert!(!html.contains(run.as_str()), "no run data before the token");
+        wait_css(&c, "#login:not([hidden])").await;
+        c.find(Locator::Css("#token"))
+            .await
+            .unwrap()
+            .send_keys("wrong")
+            .await
+            .unwrap();
+        c.find(Locator::Css("#login button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(&c, "#status", "refused").await;
+        wait_css(&c, "#login:not([hidden])").await;
+        let input = c.find(Locator::Css("#token")).await.unwrap();
+        input.clear().await.unwrap();
+        input.send_keys("page-s3cret").await.unwrap();
+        c.find(Locator::Css("#login button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let link = wait_css(&c, &format!("#runs-body a[href='/runs/{run}']")).await;
+        link.click().await.unwrap();
+        // A new page of the same tab: the token is remembered, not asked again.
+        wait_css(&c, "#tasks tr[data-task='build'][data-status='running']").await;
+        let hidden = c
+            .find(Locator::Css("#login"))
+            .await
+            .unwrap()
+            .attr("hidden")
+            .await
+            .unwrap();
+        assert!(hidden.is_some(), "the token is not asked for again");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_chromium_a_running_task_turns_succeeded_live_its_log_shows_and_cancel_ends_the_run() {
     let Some(f) = fixture("web-browser", |s| s).await else {
         return;
     };
-    let Some((mut driver, port)) = chromedriver() else {
+    let Some((driver, port)) = chromedriver() else {
         return;
     };
     let run = f.engine.submit(spec("c0ffee1")).await.unwrap().id;
@@ -273,9 +360,12 @@ async fn in_chromium_a_running_task_turns_succeeded_live_its_log_shows_and_cance
     })
     .await;
 
-    let c = browser(port).await;
-    let steps = async {
-        c.goto(&format!("{}/runs", f.base)).await.unwrap();
+    let base = f.base.clone();
+    let released = f.released.clone();
+    let shown = run.clone();
+    with_browser(driver, port, "run-page-failed.png", |c| async move {
+        let run = shown;
+        c.goto(&format!("{base}/runs")).await.unwrap();
         let link = wait_css(&c, &format!("#runs-body a[href='/runs/{run}']")).await;
         wait_text(&c, &format!("#runs-body tr[data-run='{run}']"), "running").await;
         wait_text(&c, &format!("#runs-body tr[data-run='{run}']"), "main").await;
@@ -293,7 +383,7 @@ async fn in_chromium_a_running_task_turns_succeeded_live_its_log_shows_and_cance
             .await
             .unwrap();
 
-        f.released.send_modify(|r| {
+        released.send_modify(|r| {
             r.insert("build".into());
         });
         wait_css(&c, "#tasks tr[data-task='build'][data-status='succeeded']").await;
@@ -331,22 +421,8 @@ async fn in_chromium_a_running_task_turns_succeeded_live_its_log_shows_and_cance
         std::fs::write(&path, &shot).unwrap();
         println!("screenshot: {}", path.display());
         assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");
-    };
-    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(steps)).await;
-    if outcome.is_err() {
-        // What the page showed when a step failed.
-        if let Ok(shot) = c.screenshot().await {
-            let path = artifact("run-page-failed.png");
-            let _ = std::fs::write(&path, shot);
-            eprintln!("screenshot of the failure: {}", path.display());
-        }
-    }
-    let _ = c.close().await;
-    let _ = driver.kill();
-    let _ = driver.wait();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    })
+    .await;
     let record = f.store.load_run(&run).await.unwrap();
     assert_eq!(record.state, RunState::Cancelled);
     assert_eq!(task_status(&record, "build"), "succeeded");
