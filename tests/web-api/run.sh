@@ -59,6 +59,8 @@ EOF
     STAGETIME_AUTH_TOKEN="$token" "$bin/stagetime" submit --server "http://$grpc" "$work/run$i.yaml" >/dev/null
 done
 
+# From the scratch directory: schemathesis keeps a cache where it runs.
+cd "$work"
 "$venv/bin/st" run "http://$http/api/v1/openapi.json" \
     --url "http://$http" \
     --header "Authorization: Bearer $token" \
