@@ -26,6 +26,7 @@ use stagetime::forge::reporter::Reporter;
 use stagetime::grpc::metrics::Metrics;
 use stagetime::grpc::{Limits, ServerConfig, SharedLogSource, TlsFiles, load_token};
 use stagetime::http::{HttpState, router, watch_repos};
+use stagetime::logs::StoreLogSource;
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
 use stagetime::runtime::{Failure, Shutdown, bind, run_main};
@@ -72,10 +73,14 @@ struct Args {
     /// exist (with --backend tekton; afterwards the store's archive).
     #[arg(long, env = "STAGETIME_NAMESPACE", default_value = "default")]
     namespace: String,
-    /// Address of the HTTP surface (forge webhooks at /hooks/{github,gitlab,gitea});
-    /// off when not given. See docs/git.md.
-    #[arg(long, env = "STAGETIME_HTTP_LISTEN", requires = "repos")]
+    /// Address of the HTTP surface: the web page and its JSON API (/runs,
+    /// /api/v1/...; docs/web.md) and, with --repos, forge webhooks at
+    /// /hooks/{github,gitlab,gitea} (docs/git.md); off when not given.
+    #[arg(long, env = "STAGETIME_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// The web page and its API only read: cancel and rerun answer 403.
+    #[arg(long, env = "STAGETIME_WEB_READ_ONLY")]
+    web_read_only: bool,
     /// The repositories file (YAML) of the webhooks; reloaded when it
     /// changes or on SIGHUP.
     #[arg(long, env = "STAGETIME_REPOS")]
@@ -197,72 +202,97 @@ async fn run(args: Args) -> Result<(), Failure> {
         auth: token,
         tls,
     };
-    if let (Some(listen), Some(repos_file)) = (&args.http_listen, &args.repos) {
-        let repos = Repositories::load(repos_file)
-            .map_err(|e| Failure::invalid(format!("{}: {e}", repos_file.display())))?;
-        let repos = Arc::new(RwLock::new(Arc::new(repos)));
+    if let Some(listen) = &args.http_listen {
         let (http_listener, http_addr) = bind(listen).await?;
-        let mut state = HttpState::new(
-            Arc::clone(&store),
-            Arc::clone(&repos),
-            forge_metrics.clone(),
-        );
-        state.auth = config.auth.clone();
-        let mut client = ForgeClient::new(ClientConfig::default())
-            .map_err(|e| Failure::invalid(e.to_string()))?;
-        if let (Some(id), Some(key)) = (args.github_app_id, &args.github_app_key_file) {
-            let app = GithubApp::from_file(id, key)
-                .map_err(|e| Failure::invalid(format!("--github-app-key-file: {e}")))?;
-            info!(
-                app_id = id,
-                "GitHub repositories without a token use the GitHub App"
-            );
-            client = client.with_app(Arc::new(app));
-        }
-        if let Some(url) = &args.report_target_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(Failure::invalid(format!(
-                "--report-target-url: {url:?} is not an http(s) URL"
-            )));
-        }
-        let mut reporter = Reporter::new(
-            Arc::clone(&store),
-            Arc::clone(&repos),
-            client.clone(),
-            ReportSettings {
-                context: args.report_context.clone(),
-                target_url: args.report_target_url.clone(),
-                ..ReportSettings::default()
-            },
-        );
-        reporter.poll = args.report_poll;
-        reporter.coalesce = args.report_coalesce;
-        let intake = IntakeLoop {
-            store: Arc::clone(&store),
-            repos: Arc::clone(&repos),
-            client,
-            metrics: forge_metrics,
-            wake: Arc::clone(&state.wake),
-            poll: Duration::from_secs(5),
-            report_wake: Some(Arc::clone(&reporter.wake)),
+        let web = stagetime::web::WebState::new(Arc::clone(&store))
+            .with_auth(config.auth.clone())
+            .read_only(args.web_read_only)
+            .with_logs(Some(match &config.logs {
+                Some(logs) => Arc::clone(&logs.0),
+                None => Arc::new(StoreLogSource::new(Arc::clone(&store))),
+            }))
+            .with_shutdown(shutdown.wait());
+        let hooks = match &args.repos {
+            Some(repos_file) => {
+                let repos = Repositories::load(repos_file)
+                    .map_err(|e| Failure::invalid(format!("{}: {e}", repos_file.display())))?;
+                let repos = Arc::new(RwLock::new(Arc::new(repos)));
+                let mut state = HttpState::new(
+                    Arc::clone(&store),
+                    Arc::clone(&repos),
+                    forge_metrics.clone(),
+                );
+                state.auth = config.auth.clone();
+                let mut client = ForgeClient::new(ClientConfig::default())
+                    .map_err(|e| Failure::invalid(e.to_string()))?;
+                if let (Some(id), Some(key)) = (args.github_app_id, &args.github_app_key_file) {
+                    let app = GithubApp::from_file(id, key)
+                        .map_err(|e| Failure::invalid(format!("--github-app-key-file: {e}")))?;
+                    info!(
+                        app_id = id,
+                        "GitHub repositories without a token use the GitHub App"
+                    );
+                    client = client.with_app(Arc::new(app));
+                }
+                if let Some(url) = &args.report_target_url
+                    && !(url.starts_with("https://") || url.starts_with("http://"))
+                {
+                    return Err(Failure::invalid(format!(
+                        "--report-target-url: {url:?} is not an http(s) URL"
+                    )));
+                }
+                let mut reporter = Reporter::new(
+                    Arc::clone(&store),
+                    Arc::clone(&repos),
+                    client.clone(),
+                    ReportSettings {
+                        context: args.report_context.clone(),
+                        target_url: args.report_target_url.clone(),
+                        ..ReportSettings::default()
+                    },
+                );
+                reporter.poll = args.report_poll;
+                reporter.coalesce = args.report_coalesce;
+                let intake = IntakeLoop {
+                    store: Arc::clone(&store),
+                    repos: Arc::clone(&repos),
+                    client,
+                    metrics: forge_metrics,
+                    wake: Arc::clone(&state.wake),
+                    poll: Duration::from_secs(5),
+                    report_wake: Some(Arc::clone(&reporter.wake)),
+                };
+                tokio::spawn(intake.run(shutdown.wait()));
+                tokio::spawn(reporter.run(shutdown.wait()));
+                tokio::spawn(watch_repos(
+                    repos_file.clone(),
+                    repos,
+                    Duration::from_secs(2),
+                    shutdown.wait(),
+                ));
+                router(state)
+            }
+            // No repositories file: webhooks are off, and say so.
+            None => axum::Router::new().route(
+                "/hooks/{provider}",
+                axum::routing::any(|| async {
+                    (
+                        axum::http::StatusCode::NOT_FOUND,
+                        [("content-type", "application/json")],
+                        "{\"status\":\"webhooks_off\",\"detail\":\"this server was started without --repos: webhooks are off\"}\n",
+                    )
+                }),
+            ),
         };
-        tokio::spawn(intake.run(shutdown.wait()));
-        tokio::spawn(reporter.run(shutdown.wait()));
-        tokio::spawn(watch_repos(
-            repos_file.clone(),
-            repos,
-            Duration::from_secs(2),
-            shutdown.wait(),
-        ));
-        let http = stagetime::http::serve(http_listener, router(state), shutdown.wait());
+        let app = hooks.merge(stagetime::web::router(web));
+        let http = stagetime::http::serve(http_listener, app, shutdown.wait());
         tokio::spawn(async move {
             if let Err(e) = http.await {
                 tracing::error!(error = %e, "the HTTP listener failed");
             }
         });
         println!("http listening on {http_addr}");
-        info!(%http_addr, "webhooks listening");
+        info!(%http_addr, webhooks = args.repos.is_some(), "http listening (web page and API)");
     }
     println!("grpc listening on {grpc_addr}");
     println!("metrics listening on {metrics_addr}");

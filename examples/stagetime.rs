@@ -727,13 +727,15 @@ async fn run(
     store: Arc<dyn Store>,
     logs: EmbeddedLogs,
 ) -> Result<u8, Failure> {
-    let engine = Arc::new(Engine::new(store, Arc::clone(&backend)).with_config(EngineConfig {
-        consumer: "cli".into(),
-        claim_wait: Duration::from_millis(500),
-        purge_every: None,
-        reconcile_on_start: false,
-        ..EngineConfig::default()
-    }));
+    let engine = Arc::new(
+        Engine::new(store, Arc::clone(&backend)).with_config(EngineConfig {
+            consumer: "cli".into(),
+            claim_wait: Duration::from_millis(500),
+            purge_every: None,
+            reconcile_on_start: false,
+            ..EngineConfig::default()
+        }),
+    );
     let mut updates = engine.subscribe();
     let id = engine.submit(spec).await?.id;
     let printer = if logs.live {

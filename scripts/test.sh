@@ -14,6 +14,15 @@ if ! command -v redis-server >/dev/null 2>&1 && [ -z "${REDIS_SERVER:-}" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
 fi
 
+# chromium + chromedriver for the web page's browser test (tests/web.rs).
+if ! command -v chromedriver >/dev/null 2>&1 && [ -z "${CHROMEDRIVER:-}" ]; then
+    echo "== installing chromium and chromium-driver"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # The Kubernetes-API emulator (kmock, pinned) in a venv.
 echo "== preparing the Kubernetes-API emulator"
 bash stagetime-kube/tests/emulator/setup.sh
@@ -35,4 +44,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 echo "== cargo test"
 # A hung test fails the run after 25 minutes instead of holding CI.
 timeout 25m cargo test --workspace --all-features
+echo "== web API against its OpenAPI description (schemathesis)"
+timeout 10m bash tests/web-api/run.sh
 echo "== all checks passed"

@@ -1,7 +1,7 @@
 //! The server's HTTP surface (feature `forge`, axum): forge webhooks at
 //! `POST /hooks/{github,gitlab,gitea}` and the intake's deliveries at
-//! `GET /api/v1/deliveries` (behind the API token when one is set). Later
-//! the web page and its JSON API join this router.
+//! `GET /api/v1/deliveries` (behind the API token when one is set). The
+//! web page and its JSON API ([`crate::web::router`]) are merged beside it.
 //!
 //! A webhook is answered in this order, and nothing is fetched or stored
 //! before the signature holds: unknown provider 404; body over the limit

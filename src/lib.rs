@@ -37,3 +37,5 @@ pub mod report;
 pub mod runtime;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+#[cfg(feature = "forge")]
+pub mod web;

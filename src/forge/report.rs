@@ -618,6 +618,8 @@ mod tests {
                 TaskStatus::Waiting | TaskStatus::Ready | TaskStatus::Skipped
             )),
             message: None,
+            lost: 0,
+            lost_reason: None,
             timing: Default::default(),
         }
     }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Value};
 use serde::Deserialize;
-use stagetime_core::limits::millis;
 use stagetime_core::backend::LaunchKey;
+use stagetime_core::limits::millis;
 use stagetime_core::store::{
     ClaimToken, Claimed, Commit, Created, Delivery, QueueStats, RECORD_FORMAT, RunFilter, RunId,
     RunPage, RunRecord, RunSummary, Store, StoreStats, StoredLog, WorkItem,
