@@ -39,7 +39,7 @@ BAD = {
     "cancel-mode.yaml": "/tekton/cancelMode",
     "pod-template-typo.yaml": "nodeSelecter",
     "redis-url.yaml": "/redis/external/url",
-    "http-without-repos.yaml": "repositories.config",
+    "github-app-without-key.yaml": "server.githubApp.existingSecret",
     "repo-namespace-name.yaml": "/tekton/repoNamespaces/web",
 }
 # No Kubernetes schema for prometheus-operator's CRD: the fields the chart writes.
