@@ -251,6 +251,10 @@ enum Cmd {
         /// Watch the run until it ends and exit with its status.
         #[arg(short, long)]
         wait: bool,
+        /// Also run this task again although it succeeded, with everything
+        /// downstream of it (repeatable).
+        #[arg(short, long = "task")]
+        task: Vec<String>,
     },
     /// List the webhook deliveries the server remembers (72 h) and what
     /// became of them: pending, done (with its runs) or failed (with why).
@@ -522,11 +526,16 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             client.cancel(&id).await?;
             println!("cancel of run {id} requested");
         }
-        Cmd::Rerun { run, server, wait } => {
+        Cmd::Rerun {
+            run,
+            server,
+            wait,
+            task,
+        } => {
             let client = connect(&server).await?;
             let id = resolve(&client, &run).await?;
             let before = client.get(&id).await?.version;
-            let recorded = client.rerun(&id, Some(before)).await?;
+            let recorded = client.rerun_tasks(&id, Some(before), &task).await?;
             println!("rerun of run {id} requested");
             if wait {
                 let hint = QueueHint {

@@ -301,6 +301,7 @@ finally:
         .rerun(v1::RerunRequest {
             id: id.clone(),
             expected_version: now - 1,
+            tasks: vec![],
         })
         .await
         .unwrap_err();
@@ -934,6 +935,7 @@ async fn bad_input_on_every_rpc_is_refused_naming_the_field_and_stores_nothing()
                 .rerun(v1::RerunRequest {
                     id,
                     expected_version: 0,
+                    tasks: vec![],
                 })
                 .await,
             code,

@@ -548,6 +548,7 @@ async fn bad_input_on_every_endpoint_is_a_4xx_problem_naming_the_field_and_chang
         ("/api/v1/runs/UPPER/logs".to_string(), 400, "id"),
         ("/api/v1/runs/no-such-run/logs".to_string(), 404, "id"),
         (format!("/api/v1/runs/{run}/logs?attempt=0"), 400, "attempt"),
+        (format!("/api/v1/runs/{run}/logs?attempt="), 400, "attempt"),
         (format!("/api/v1/runs/{run}/logs?attempt=x"), 400, "attempt"),
         (
             format!("/api/v1/runs/{run}/logs?follow=maybe"),

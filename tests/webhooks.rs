@@ -1461,20 +1461,20 @@ async fn retest_from_a_comment_reruns_only_what_did_not_succeed_and_needs_write_
             "{body}"
         );
     }
-    // `/retest ok`: it succeeded, so nothing to do but say so.
+    // `/retest nosuch`: no such task, so nothing to do but say so.
     d.emulator.set_permission("Codertocat", "admin");
     let (status, _) = d
         .github(
             "issue_comment",
-            "c-ok",
-            &github_comment("Codertocat", "/retest ok", "created"),
+            "c-nosuch",
+            &github_comment("Codertocat", "/retest nosuch", "created"),
             Some(SECRET),
         )
         .await;
     assert_eq!(status, 202);
-    d.settled("github:c-ok").await;
+    d.settled("github:c-nosuch").await;
     assert!(
-        d.emulator.comments()[1].1.contains("`ok` succeeded"),
+        d.emulator.comments()[1].1.contains("has no task `nosuch`"),
         "{:?}",
         d.emulator.comments()
     );
@@ -1541,6 +1541,50 @@ async fn retest_from_a_comment_reruns_only_what_did_not_succeed_and_needs_write_
         d.emulator.states(&head, "stagetime"),
         ["pending", "failure", "pending", "success"]
     );
+
+    // `/retest ok`: the succeeded task runs again, with the later stage it
+    // holds back; `flaky` (succeeded too, not downstream of `ok`) is kept.
+    let before = d
+        .store
+        .load_run(&RunId::new(run.as_str()).unwrap())
+        .await
+        .unwrap()
+        .version;
+    let (status, _) = d
+        .github(
+            "issue_comment",
+            "c-named",
+            &github_comment("Codertocat", "/retest ok", "created"),
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let settled = d.settled("github:c-named").await;
+    assert_eq!(settled.runs, vec![run.clone()], "{settled:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = d
+            .store
+            .load_run(&RunId::new(run.as_str()).unwrap())
+            .await
+            .unwrap();
+        if r.version > before && r.state == RunState::Succeeded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the named rerun did not succeed: {:?}",
+            r.state
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["after", "after", "flaky", "flaky", "ok", "ok"]);
 }
 
 /// The JSON of a JWT's header or claims (part 0 or 1).

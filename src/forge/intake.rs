@@ -311,25 +311,19 @@ impl IntakeLoop {
                     ))
                     .await;
                 }
-                if let Some(name) = task {
-                    match view.task(name) {
-                        None => return refuse(format!("run `{id}` has no task `{name}`.")).await,
-                        Some(t) if t.status == TaskStatus::Succeeded => {
-                            return refuse(format!(
-                                "`{name}` succeeded in run `{id}`; `/retest` re-runs only what did not succeed."
-                            ))
-                            .await;
-                        }
-                        Some(_) => {}
-                    }
+                if let Some(name) = task
+                    && view.task(name).is_none()
+                {
+                    return refuse(format!("run `{id}` has no task `{name}`.")).await;
                 }
-                if view.tasks.iter().all(|t| t.status == TaskStatus::Succeeded) {
+                if task.is_none() && view.tasks.iter().all(|t| t.status == TaskStatus::Succeeded) {
                     return refuse(format!(
-                        "every task of run `{id}` succeeded; there is nothing to re-run."
+                        "every task of run `{id}` succeeded; there is nothing to re-run (`/retest NAME` runs one again)."
                     ))
                     .await;
                 }
-                match control.rerun(&id, Some(record.version)).await {
+                let named: Vec<String> = task.iter().cloned().collect();
+                match control.rerun_tasks(&id, Some(record.version), &named).await {
                     Ok(version) => {
                         if let Err(e) = reporter::reopen(&*self.store, id.as_str(), version).await {
                             warn!(run = %id, error = %e, "cannot reopen the run's forge report");

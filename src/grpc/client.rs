@@ -600,12 +600,28 @@ impl Client {
     /// `Invalid` when the run has not finished; `Conflict` when it is at
     /// another version; `NotFound`.
     pub async fn rerun(&self, id: &str, expected_version: Option<u64>) -> Result<u64, ClientError> {
+        self.rerun_tasks(id, expected_version, &[]).await
+    }
+
+    /// [`Client::rerun`], also running `tasks` again although they
+    /// succeeded, with everything downstream of them.
+    ///
+    /// # Errors
+    /// As [`Client::rerun`]; `Invalid` naming `tasks[i]` for a name that is
+    /// not a task of the run.
+    pub async fn rerun_tasks(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
+        tasks: &[String],
+    ) -> Result<u64, ClientError> {
         let r = self
             .runs
             .clone()
             .rerun(v1::RerunRequest {
                 id: id.to_string(),
                 expected_version: expected_version.unwrap_or(0),
+                tasks: tasks.to_vec(),
             })
             .await?
             .into_inner();

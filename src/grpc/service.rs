@@ -342,7 +342,7 @@ impl RunsService {
         let version = self
             .api
             .control
-            .rerun(&id, expected)
+            .rerun_tasks(&id, expected, &req.tasks)
             .await
             .map_err(|e| self.api.lookup_status(&e))?;
         info!(run = %id, "rerun requested");

@@ -490,7 +490,7 @@ pub(crate) async fn logs(
         let p = params(query, &["task", "attempt", "follow"])?;
         let id = run_id(&id)?;
         let task = text_param(&p, "task")?;
-        let attempt = match p.get("attempt").filter(|a| !a.is_empty()) {
+        let attempt = match p.get("attempt") {
             None => None,
             Some(a) => match a.parse::<u32>() {
                 Ok(n @ 1..=MAX_ATTEMPT) => Some(n),

@@ -269,7 +269,40 @@ impl RunControl {
     /// `expected_version` when the run is at another version (it changed,
     /// or was rerun already); store errors.
     pub async fn rerun(&self, id: &RunId, expected_version: Option<u64>) -> Result<u64> {
+        self.rerun_tasks(id, expected_version, &[]).await
+    }
+
+    /// [`RunControl::rerun`], also running `tasks` again although they
+    /// succeeded, with everything downstream of them (their `needs`
+    /// dependents and the later stages): `/retest NAME`.
+    ///
+    /// # Errors
+    /// As [`RunControl::rerun`], and [`Error::Invalid`] naming
+    /// `tasks[i]` for a name that is not a task of the run.
+    pub async fn rerun_tasks(
+        &self,
+        id: &RunId,
+        expected_version: Option<u64>,
+        tasks: &[String],
+    ) -> Result<u64> {
         let record = self.store.load_run(id).await?;
+        let forced = if tasks.is_empty() {
+            Vec::new()
+        } else {
+            let plan = self.plans.plan(&record)?;
+            let mut errors = crate::FieldErrors::default();
+            let mut forced = Vec::with_capacity(tasks.len());
+            for (i, name) in tasks.iter().enumerate() {
+                match plan.index_of(name) {
+                    Some(t) => forced.push(t),
+                    None => errors.push(
+                        format!("tasks[{i}]"),
+                        format!("run {id} has no task {}", crate::error::cut(name, 100)),
+                    ),
+                }
+            }
+            errors.into_result(forced)?
+        };
         if let Some(expected) = expected_version
             && expected != record.version
         {
@@ -292,7 +325,10 @@ impl RunControl {
             .commit(Commit {
                 record: next,
                 expected_version: record.version,
-                enqueue: vec![WorkItem::event(id.clone(), Event::RerunRequested)],
+                enqueue: vec![WorkItem::event(
+                    id.clone(),
+                    Event::RerunRequested { tasks: forced },
+                )],
                 ack: Vec::new(),
             })
             .await?;

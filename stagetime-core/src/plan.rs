@@ -538,6 +538,37 @@ impl Plan {
             Gate::Stage(g) => self.stages[g as usize].members.clone(),
         }
     }
+
+    /// The tasks that must run again when `tasks` do: those, and every task
+    /// that depends on one of them, directly or not (through `needs` or a
+    /// stage barrier), as a flag per task index. Out-of-range indices are
+    /// ignored.
+    pub fn downstream_of(&self, tasks: &[TaskIndex]) -> Vec<bool> {
+        let mut again = vec![false; self.tasks.len()];
+        for &t in tasks {
+            if let Some(flag) = again.get_mut(t as usize) {
+                *flag = true;
+            }
+        }
+        // Dependencies point to earlier stages or to `needs`, which form a
+        // DAG: a pass per change is enough, and each pass only adds.
+        let mut changed = tasks.iter().any(|&t| (t as usize) < again.len());
+        while changed {
+            changed = false;
+            for i in 0..self.tasks.len() as TaskIndex {
+                if !again[i as usize]
+                    && self
+                        .direct_dependencies(i)
+                        .iter()
+                        .any(|&d| again[d as usize])
+                {
+                    again[i as usize] = true;
+                    changed = true;
+                }
+            }
+        }
+        again
+    }
 }
 
 fn check_pipeline(p: &crate::spec::PipelineSpec, path: &str, errors: &mut FieldErrors) {

@@ -130,8 +130,15 @@ pub enum Event {
     },
     /// Someone asked to cancel the run.
     CancelRequested,
-    /// Someone asked to rerun a finished run (succeeded tasks are kept).
-    RerunRequested,
+    /// Someone asked to rerun a finished run: every task that did not
+    /// succeed, plus `tasks` and everything downstream of them (their
+    /// `needs` dependents and the later stages) even if they succeeded;
+    /// other succeeded tasks are kept.
+    RerunRequested {
+        /// Tasks to run again although they succeeded (empty: none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tasks: Vec<TaskIndex>,
+    },
 }
 
 /// Something to do.
@@ -536,7 +543,7 @@ impl StageScheduler {
             }
             Event::TimerFired { timer } => self.timer_fired(timer, out),
             Event::CancelRequested => self.cancel(out),
-            Event::RerunRequested => self.rerun(out),
+            Event::RerunRequested { tasks } => self.rerun(&tasks, out),
             Event::TaskStarted { .. } | Event::TaskFinished { .. } => {}
         }
         self.advance(out);
@@ -822,11 +829,12 @@ impl StageScheduler {
         self.state.ready.retain(|&i| i >= main);
     }
 
-    fn rerun(&mut self, out: &mut Vec<Command>) {
+    fn rerun(&mut self, forced: &[TaskIndex], out: &mut Vec<Command>) {
         if self.state.phase != RunPhase::Done {
             return;
         }
         let plan = Arc::clone(&self.plan);
+        let again = plan.downstream_of(forced);
         let s = &mut self.state;
         s.phase = RunPhase::Running;
         s.stop = None;
@@ -843,7 +851,7 @@ impl StageScheduler {
         }
         for (i, st) in s.tasks.iter_mut().enumerate() {
             let main = (i as u32) < plan.main_count;
-            if main && st.status == TaskStatus::Succeeded {
+            if main && st.status == TaskStatus::Succeeded && !again[i] {
                 continue;
             }
             *st = TaskState {

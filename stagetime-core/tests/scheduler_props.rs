@@ -524,7 +524,7 @@ fn hostile_event(tasks: u32) -> impl Strategy<Value = Event> {
     prop_oneof![
         Just(Event::Start),
         Just(Event::CancelRequested),
-        Just(Event::RerunRequested),
+        Just(Event::RerunRequested { tasks: vec![] }),
         (task.clone(), attempt.clone())
             .prop_map(|(task, attempt)| Event::TaskStarted { task, attempt }),
         (task.clone(), attempt.clone(), outcome).prop_map(|(task, attempt, outcome)| {

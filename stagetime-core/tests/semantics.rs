@@ -649,7 +649,7 @@ fn rerun_keeps_succeeded_tasks_and_relaunches_the_rest_with_higher_attempts() {
     assert_eq!(r.ok("fin", 1).completed(), Some(RunOutcome::Failed));
     assert_eq!(r.status("c"), TaskStatus::Skipped);
 
-    let cmds = r.ev(Event::RerunRequested);
+    let cmds = r.ev(Event::RerunRequested { tasks: vec![] });
     assert_eq!(
         cmds.launched,
         ["b#2"],
@@ -668,7 +668,38 @@ fn rerun_keeps_succeeded_tasks_and_relaunches_the_rest_with_higher_attempts() {
     // A rerun of a run that has not finished does nothing.
     let mut busy = Run::new("{repo: r, commit: c, tasks: [{name: a, command: x}]}");
     busy.start();
-    assert!(busy.ev(Event::RerunRequested).is_empty());
+    assert!(busy.ev(Event::RerunRequested { tasks: vec![] }).is_empty());
+}
+
+/// `/retest NAME`: a rerun naming a succeeded task runs it again with
+/// everything downstream of it (its `needs` dependents, the later stages),
+/// and keeps the other succeeded tasks.
+#[test]
+fn rerun_of_named_tasks_runs_them_and_what_depends_on_them() {
+    let mut r = Run::new(
+        "{repo: r, commit: c,
+          tasks: [{name: a, command: x}, {name: b, command: x},
+                  {name: n, needs: [b], command: x},
+                  {name: c, stage: 1, command: x}],
+          finally: [{name: fin, command: x}]}",
+    );
+    r.start();
+    r.ok("a", 1);
+    r.ok("b", 1);
+    r.ok("n", 1);
+    r.ok("c", 1);
+    assert_eq!(r.ok("fin", 1).completed(), Some(RunOutcome::Succeeded));
+
+    let b = r.s.plan().index_of("b").unwrap();
+    let cmds = r.ev(Event::RerunRequested { tasks: vec![b] });
+    assert_eq!(cmds.launched, ["b#2"], "a is kept; b runs again first");
+    assert_eq!(r.status("a"), TaskStatus::Succeeded);
+    assert_eq!(r.status("n"), TaskStatus::Waiting, "n needs b");
+    assert_eq!(r.status("c"), TaskStatus::Waiting, "c is a later stage");
+    assert_eq!(r.ok("b", 2).launched, ["n#2"]);
+    assert_eq!(r.ok("n", 2).launched, ["c#2"]);
+    assert_eq!(r.ok("c", 2).launched, ["fin#2"]);
+    assert_eq!(r.ok("fin", 2).completed(), Some(RunOutcome::Succeeded));
 }
 
 /// A task whose retry is queued (no `retry_delay`) behind `max_parallel`
