@@ -66,6 +66,7 @@ cd "$work"
     --header "Authorization: Bearer $token" \
     --exclude-path-regex '/events' \
     --checks all \
+    --phases examples,coverage,fuzzing \
     --max-examples "${SCHEMATHESIS_EXAMPLES:-100}" \
     --request-timeout 10 \
     --seed 1 \
