@@ -26,6 +26,7 @@ use stagetime::forge::reporter::Reporter;
 use stagetime::grpc::metrics::Metrics;
 use stagetime::grpc::{Limits, ServerConfig, SharedLogSource, TlsFiles, load_token};
 use stagetime::http::{HttpState, router, watch_repos};
+use stagetime::kube::TektonConfig;
 use stagetime::logs::StoreLogSource;
 use stagetime::memory::MemoryStore;
 use stagetime::redis::{RedisConfig, RedisStore};
@@ -182,7 +183,13 @@ async fn run(args: Args) -> Result<(), Failure> {
     // Without Kubernetes access (no kubeconfig, no service account token)
     // `logs` still answers from the store's archive.
     let logs = match args.backend {
-        Some(kind) => match kind.log_reader(Arc::clone(&store), &args.namespace).await {
+        Some(kind) => match kind
+            .log_reader(
+                Arc::clone(&store),
+                &TektonConfig::new(args.namespace.clone()),
+            )
+            .await
+        {
             Ok(reader) => Some(SharedLogSource(reader)),
             Err(e) => {
                 tracing::warn!(

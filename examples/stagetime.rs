@@ -385,21 +385,20 @@ async fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 return Ok(0);
             }
             let kind = backend;
-            let backend = kind
-                .open(workdir.join("runs"), TektonConfig::new(namespace.clone()))
-                .await?;
+            let tekton = TektonConfig::new(namespace);
+            let backend = kind.open(workdir.join("runs"), tekton.clone()).await?;
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             let backend = kind
                 .capture_logs(
                     backend,
                     workdir.join("runs"),
-                    &namespace,
+                    &tekton,
                     Arc::clone(&store),
                     log_tail_bytes,
                 )
                 .await?;
             let embedded = EmbeddedLogs {
-                reader: kind.log_reader(Arc::clone(&store), &namespace).await?,
+                reader: kind.log_reader(Arc::clone(&store), &tekton).await?,
                 live: logs,
             };
             spec.id = Some(embedded_run_id(&spec)?.to_string());

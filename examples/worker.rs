@@ -165,16 +165,17 @@ async fn run(args: Args) -> Result<(), Failure> {
         tracing::warn!("{warning}");
     }
     let store: Arc<dyn Store> = Arc::new(store);
+    let tekton = tekton.unwrap_or_default();
     let backend = args
         .backend
-        .open(args.workdir.join("runs"), tekton.unwrap_or_default())
+        .open(args.workdir.join("runs"), tekton.clone())
         .await?;
     let backend = args
         .backend
         .capture_logs(
             backend,
             args.workdir.join("runs"),
-            &args.namespace,
+            &tekton,
             Arc::clone(&store),
             args.log_tail_bytes,
         )

@@ -74,16 +74,13 @@ impl BackendKind {
         self,
         backend: Arc<dyn Backend>,
         local_dir: PathBuf,
-        namespace: &str,
+        tekton: &TektonConfig,
         store: Arc<dyn Store>,
         keep: usize,
     ) -> Result<Arc<dyn Backend>> {
         let (source, mode): (Arc<dyn LogSource>, CaptureMode) = match self {
             BackendKind::Local => (Arc::new(LocalLogSource::new(local_dir)), CaptureMode::Live),
-            BackendKind::Tekton => (
-                Arc::new(TektonLogSource::try_default(Some(namespace.to_string())).await?),
-                CaptureMode::AtEnd,
-            ),
+            BackendKind::Tekton => (Arc::new(tekton_logs(tekton).await?), CaptureMode::AtEnd),
         };
         Ok(Arc::new(LogCapture::new(
             backend, store, source, mode, keep,
@@ -92,7 +89,7 @@ impl BackendKind {
 
     /// Where a reader (the server, the embedded CLI) reads the logs of this
     /// backend's attempts: the store for the local backend; for Tekton the
-    /// pods of `namespace` while they exist, then the store's archive.
+    /// pods of the namespaces of `tekton` while they exist, then the store's archive.
     ///
     /// # Errors
     /// [`Error::Unavailable`](stagetime_core::Error::Unavailable) when no
@@ -100,16 +97,24 @@ impl BackendKind {
     pub async fn log_reader(
         self,
         store: Arc<dyn Store>,
-        namespace: &str,
+        tekton: &TektonConfig,
     ) -> Result<Arc<dyn LogSource>> {
         Ok(match self {
             BackendKind::Local => Arc::new(StoreLogSource::new(store)),
             BackendKind::Tekton => Arc::new(LiveFirstLogSource::new(
                 store,
-                Arc::new(TektonLogSource::try_default(Some(namespace.to_string())).await?),
+                Arc::new(tekton_logs(tekton).await?),
             )),
         })
     }
+}
+
+/// Pod logs of the PipelineRuns in every namespace `tekton` puts them in.
+async fn tekton_logs(tekton: &TektonConfig) -> Result<TektonLogSource> {
+    let namespaces = tekton.namespaces();
+    Ok(TektonLogSource::try_default(Some(tekton.namespace.clone()))
+        .await?
+        .also_in(namespaces.into_iter().skip(1).map(str::to_string)))
 }
 
 impl FromStr for BackendKind {

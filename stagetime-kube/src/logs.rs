@@ -47,12 +47,15 @@ const POD_PIPELINE_TASK_LABEL: &str = "tekton.dev/pipelineTask";
 pub struct TektonLogSource {
     client: Client,
     namespace: Option<String>,
+    /// More namespaces to look in after `namespace` (per-repository ones).
+    also: Vec<String>,
 }
 
 impl std::fmt::Debug for TektonLogSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TektonLogSource")
             .field("namespace", &self.namespace)
+            .field("also", &self.also)
             .finish_non_exhaustive()
     }
 }
@@ -61,7 +64,26 @@ impl TektonLogSource {
     /// Reads PipelineRuns of `namespace`, or of every namespace (which
     /// needs cluster-wide `list` on pipelineruns) when `None`.
     pub fn new(client: Client, namespace: Option<String>) -> Self {
-        Self { client, namespace }
+        Self {
+            client,
+            namespace,
+            also: Vec::new(),
+        }
+    }
+
+    /// Also looks for PipelineRuns in `namespaces`, after the first one (the
+    /// namespaces of [`TektonConfig::repo_namespaces`]); no effect when
+    /// reading every namespace.
+    ///
+    /// [`TektonConfig::repo_namespaces`]: crate::TektonConfig::repo_namespaces
+    pub fn also_in<S: Into<String>>(mut self, namespaces: impl IntoIterator<Item = S>) -> Self {
+        for ns in namespaces {
+            let ns = ns.into();
+            if self.namespace.as_ref() != Some(&ns) && !self.also.contains(&ns) {
+                self.also.push(ns);
+            }
+        }
+        self
     }
 
     /// A source using the current kubeconfig or the in-cluster configuration.
@@ -82,19 +104,23 @@ impl TektonLogSource {
     /// The attempt's PipelineRun, wherever it is.
     async fn pipelinerun(&self, key: &LaunchKey) -> Result<PipelineRun> {
         let name = pipelinerun_name(key.run.as_str(), &key.task, key.attempt);
-        let api: Api<PipelineRun> = match &self.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
+        let apis: Vec<Api<PipelineRun>> = match &self.namespace {
+            Some(ns) => std::iter::once(ns)
+                .chain(&self.also)
+                .map(|ns| Api::namespaced(self.client.clone(), ns))
+                .collect(),
+            None => vec![Api::all(self.client.clone())],
         };
-        let found = api
-            .list(&ListParams::default().fields(&format!("metadata.name={name}")))
-            .await
-            .map_err(|e| kube_error(e, "list", "pipelineruns"))?;
-        found
-            .items
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::not_found(format!("PipelineRun {name} of {key}")))
+        for api in apis {
+            let found = api
+                .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+                .await
+                .map_err(|e| kube_error(e, "list", "pipelineruns"))?;
+            if let Some(pr) = found.items.into_iter().next() {
+                return Ok(pr);
+            }
+        }
+        Err(Error::not_found(format!("PipelineRun {name} of {key}")))
     }
 }
 

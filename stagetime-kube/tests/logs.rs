@@ -158,6 +158,24 @@ async fn tekton_logs_are_followed_from_the_pods_then_read_from_the_archive() {
         .unwrap();
     assert_eq!(record.state, RunState::Succeeded);
 
+    // With per-repository namespaces the PipelineRun may be in any of them:
+    // a source whose first namespace has none finds it in the next.
+    let elsewhere =
+        TektonLogSource::new(client.clone(), Some("elsewhere".into())).also_in([ns.clone()]);
+    let found = elsewhere
+        .open(LogQuery {
+            task: Some("build".into()),
+            attempt: Some(1),
+            ..LogQuery::run(run.clone())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        lines(&collect(found).await),
+        live,
+        "found in the next namespace"
+    );
+
     // Housekeeping deletes the PipelineRun (the cluster's garbage collector
     // its pods): the archive answers, steps kept as line prefixes.
     let report = tekton

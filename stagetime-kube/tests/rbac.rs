@@ -11,10 +11,15 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::DeleteParams;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
 use stagetime_core::Backend;
 use stagetime_core::backend::Housekeeping;
+use stagetime_core::store::RunId;
+use stagetime_core::{LogQuery, LogSource};
 use stagetime_kube::TektonBackend;
+use stagetime_kube::TektonLogSource;
 use support::config;
 use support::operator::{Stack, eventually, label, tech};
 use support::rbac::{RENDERINGS, Rbac, assert_allowed, unused_rules};
@@ -71,6 +76,63 @@ async fn deploy_rbac_allows_every_call_and_nothing_more() {
         api.get_opt("doomed").await.ok()?.is_none().then_some(())
     })
     .await;
+
+    // The worker keeps a Tekton attempt's log tail when it ends
+    // (`LogCapture` over `TektonLogSource`): PipelineRun -> its pods -> each
+    // step's log, as the worker's client. A pod of fine's PipelineRun plays
+    // Tekton's.
+    let fine_pr = stack
+        .pipelineruns()
+        .await
+        .into_iter()
+        .find(|p| label(p, "task") == "prepare" && stagetime_kube::status::is_finished(p))
+        .expect("fine's PipelineRun");
+    let pr_name = fine_pr.metadata.name.clone().expect("name");
+    let pod_name = format!("{pr_name}-prepare-pod");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "labels": {
+            "tekton.dev/pipelineRun": pr_name, "tekton.dev/pipelineTask": "prepare"}},
+        "spec": {"containers": [{"name": "step-build", "image": "busybox"}]},
+        "status": {"phase": "Succeeded", "containerStatuses": [
+            {"name": "step-build", "ready": false, "restartCount": 0, "image": "busybox", "imageID": "",
+             "state": {"terminated": {"exitCode": 0}}}]},
+    }))
+    .expect("pod");
+    Api::<Pod>::namespaced(stack.client.clone(), &stack.ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    stack
+        .emu
+        .append_pod_log(&stack.ns, &pod_name, "step-build", "built\n")
+        .await;
+    let key_label = |k: &str| {
+        fine_pr
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(&format!("stagetime/{k}")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let pods_source = TektonLogSource::new(
+        stack.emu.client_as(&stack.ns, "worker"),
+        Some(stack.ns.clone()),
+    );
+    let chunks: Vec<_> = pods_source
+        .open(LogQuery {
+            run: RunId::new(key_label("run")).expect("run label"),
+            task: Some("prepare".into()),
+            attempt: Some(key_label("attempt").parse().expect("attempt label")),
+            follow: false,
+        })
+        .await
+        .expect("open the pod logs as the worker")
+        .collect()
+        .await;
+    let text: String = chunks.into_iter().map(|c| c.expect("chunk").text).collect();
+    assert!(text.contains("built"), "{text:?}");
 
     // The worker's housekeeping (deletes finished PipelineRuns), as the worker's client.
     let worker = TektonBackend::new(stack.emu.client_as(&stack.ns, "worker"), config(&stack.ns));
