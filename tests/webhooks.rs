@@ -1492,41 +1492,8 @@ async fn retest_from_a_comment_reruns_only_what_did_not_succeed_and_needs_write_
     // `/retest` by someone with write access: the failed task and what it
     // held back run again, from stagetime's own record; `ok` does not.
     std::fs::write(&fixed, "").unwrap();
-    let (status, _) = d
-        .github(
-            "issue_comment",
-            "c-retest",
-            &github_comment("Codertocat", "thanks!\n/retest", "created"),
-            Some(SECRET),
-        )
-        .await;
-    assert_eq!(status, 202);
-    let settled = d.settled("github:c-retest").await;
-    assert_eq!(settled.runs, vec![run.clone()], "{settled:?}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = d
-            .store
-            .load_run(&RunId::new(run.as_str()).unwrap())
-            .await
-            .unwrap();
-        if r.version > version && r.state == RunState::Succeeded {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rerun did not succeed: {:?}",
-            r.state
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut lines: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    lines.sort();
-    assert_eq!(lines, ["after", "flaky", "flaky", "ok"]);
+    retest_and_wait(&d, "c-retest", "thanks!\n/retest", &run).await;
+    assert_eq!(sorted_lines(&log), ["after", "flaky", "flaky", "ok"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while d.emulator.states(&head, "stagetime").len() < 4 {
         assert!(
@@ -1544,47 +1511,53 @@ async fn retest_from_a_comment_reruns_only_what_did_not_succeed_and_needs_write_
 
     // `/retest ok`: the succeeded task runs again, with the later stage it
     // holds back; `flaky` (succeeded too, not downstream of `ok`) is kept.
-    let before = d
-        .store
-        .load_run(&RunId::new(run.as_str()).unwrap())
-        .await
-        .unwrap()
-        .version;
+    retest_and_wait(&d, "c-named", "/retest ok", &run).await;
+    assert_eq!(
+        sorted_lines(&log),
+        ["after", "after", "flaky", "flaky", "ok", "ok"]
+    );
+}
+
+/// Comments `comment` as a user with write access (delivery `delivery`) and
+/// waits until it re-ran `run` to success.
+async fn retest_and_wait(d: &Deployment, delivery: &str, comment: &str, run: &str) {
+    let id = RunId::new(run).unwrap();
+    let before = d.store.load_run(&id).await.unwrap().version;
     let (status, _) = d
         .github(
             "issue_comment",
-            "c-named",
-            &github_comment("Codertocat", "/retest ok", "created"),
+            delivery,
+            &github_comment("Codertocat", comment, "created"),
             Some(SECRET),
         )
         .await;
     assert_eq!(status, 202);
-    let settled = d.settled("github:c-named").await;
-    assert_eq!(settled.runs, vec![run.clone()], "{settled:?}");
+    let settled = d.settled(&format!("github:{delivery}")).await;
+    assert_eq!(settled.runs, vec![run.to_string()], "{settled:?}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = d
-            .store
-            .load_run(&RunId::new(run.as_str()).unwrap())
-            .await
-            .unwrap();
+        let r = d.store.load_run(&id).await.unwrap();
         if r.version > before && r.state == RunState::Succeeded {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "the named rerun did not succeed: {:?}",
+            "{comment:?} did not re-run {run} to success: {:?}",
             r.state
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+}
+
+/// The lines of `path`, sorted.
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(String::from)
         .collect();
     lines.sort();
-    assert_eq!(lines, ["after", "after", "flaky", "flaky", "ok", "ok"]);
+    lines
 }
 
 /// The JSON of a JWT's header or claims (part 0 or 1).
